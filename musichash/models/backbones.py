@@ -1,0 +1,281 @@
+"""The musicnn tagging CNNs (Pons & Serra, 2019) in PyTorch, inference only.
+
+Both networks take log-mel patches ``x: float [B, 187, 96]`` (3 s at 16 kHz,
+hop 256) and mirror the original TensorFlow graphs:
+
+- TF kernels are ``[kh, kw, in, out]`` on NHWC tensors; here NCHW with
+  ``H = time`` and ``W = mel band``, so weights are permuted on load.
+- TF's ``'same'`` padding puts the extra row *after* for even kernels
+  (pad ``(k-1)//2`` before, ``k//2`` after).
+- TF max-pooling defaults to ``'valid'`` with floor rounding, as PyTorch does.
+- ``tf.layers.batch_normalization`` uses ``epsilon=1e-3``.
+- Dense layers after a flatten see NHWC order, so maps are permuted back
+  before flattening.
+
+Besides patch-wise ``forward`` (what the original code runs), each backbone
+has ``iter_windows``: it runs the conv stack once over a whole track, in
+overlapping chunks whose margins cover the receptive field, and pools 3 s
+windows out of the shared maps. Away from the patch edges this equals
+patch-wise inference; at the edges the track's real neighbours replace the
+zero padding a lone patch sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WINDOW_FRAMES = 187  # 3 s: librosa.time_to_frames(3, sr=16000, hop_length=256, n_fft=512) + 1
+N_MELS = 96
+BN_EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class BackboneOutput:
+    """Outputs for a batch of windows.
+
+    logits: float [B, n_tags]; features: name -> float [B, ...] (layout per backbone).
+    """
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """Consecutive windows of one track. starts: long [B] (frames, hop 256)."""
+
+    starts: torch.Tensor
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor]
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS)
+
+
+def window_starts(n_frames: int, hop: int, align: int = 1) -> list[int]:
+    """Start frames of the windows covering a track of ``n_frames`` frames.
+
+    Starts are multiples of ``align``; a last window is added near the end so
+    that at most ``hop`` frames of the tail go unseen. A track shorter than a
+    window gets one window at 0 (the caller pads it).
+    """
+    if hop <= 0 or hop % align:
+        raise ValueError(f"hop {hop} must be a positive multiple of {align}")
+    last = n_frames - WINDOW_FRAMES
+    if last <= 0:
+        return [0]
+    starts = list(range(0, last + 1, hop))
+    tail = last - last % align
+    if tail - starts[-1] >= hop // 2:
+        starts.append(tail)
+    return starts
+
+
+def repeat_pad(mel: torch.Tensor, n_frames: int = WINDOW_FRAMES) -> torch.Tensor:
+    """Tile a short spectrogram ``[T, 96]`` up to ``n_frames`` frames, as musicnn's training did."""
+    if mel.shape[0] >= n_frames:
+        return mel
+    reps = -(-n_frames // mel.shape[0])
+    return mel.repeat(reps, 1)[:n_frames]
+
+
+class _Backbone(nn.Module):
+    """Shared windowing logic; subclasses define the stack and the head."""
+
+    #: time stride of the maps the windows are cut from; window starts are multiples of it
+    align: int = 1
+    #: frames of context each chunk carries on both sides (covers the receptive field)
+    margin: int = 128
+
+    def trunk(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Conv stack over ``x: float [B, T, 96]`` for any ``T``; maps keyed by name."""
+        raise NotImplementedError
+
+    def head(self, maps: dict[str, torch.Tensor], starts: list[int]) -> BackboneOutput:
+        """Cut one window per start (in frames relative to the maps' origin) and classify."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        """Patch-wise inference, as the original code does: ``x: float [B, 187, 96]``."""
+        return self.head(self.trunk(x), [0] * x.shape[0]) if x.shape[0] else self._empty(x)
+
+    def _empty(self, x: torch.Tensor) -> BackboneOutput:
+        return BackboneOutput(x.new_zeros(0, self.n_tags), {})
+
+    @torch.inference_mode()
+    def iter_windows(
+        self,
+        mel: torch.Tensor | Iterable[torch.Tensor],
+        hop: int,
+        *,
+        chunk_windows: int = 32,
+        features: bool = False,
+    ) -> Iterator[WindowBatch]:
+        """Windows of one track, the conv stack run once over it in chunks.
+
+        mel: float [T, 96], or an iterable of consecutive [t_i, 96] chunks so
+        that a long track streams through in bounded memory (a track shorter
+        than 187 frames is repeat-padded). hop: frames between window starts,
+        a multiple of ``self.align``. Yields batches of at most
+        ``chunk_windows`` consecutive windows; ``features`` adds the
+        per-window maps (large: only ask when needed). Results do not depend
+        on how the input is chunked.
+        """
+        window_starts(WINDOW_FRAMES, hop, self.align)  # validates hop
+        chunks = [mel] if isinstance(mel, torch.Tensor) else mel
+        buf: torch.Tensor | None = None
+        off = 0  # track frame of buf[0]
+        next_start = 0
+        for chunk in chunks:
+            buf = chunk if buf is None else torch.cat([buf, chunk.to(buf.device)])
+            while True:
+                group = [next_start + k * hop for k in range(chunk_windows)]
+                if off + buf.shape[0] < group[-1] + WINDOW_FRAMES + self.margin:
+                    break
+                yield self._run(buf, off, group, features)
+                next_start = group[-1] + hop
+                keep = max(0, next_start - self.margin)
+                buf, off = buf[keep - off :], keep
+        if buf is None:
+            raise ValueError("empty spectrogram")
+        if off == 0:
+            buf = repeat_pad(buf)
+        rest = [s for s in window_starts(off + buf.shape[0], hop, self.align) if s >= next_start]
+        for i in range(0, len(rest), chunk_windows):
+            yield self._run(buf, off, rest[i : i + chunk_windows], features)
+
+    def _run(self, buf: torch.Tensor, off: int, group: list[int], features: bool) -> WindowBatch:
+        """Run the stack over the frames around ``group`` (track frames) and classify its windows."""
+        lo = max(off, group[0] - self.margin)
+        hi = min(off + buf.shape[0], group[-1] + WINDOW_FRAMES + self.margin)
+        maps = self.trunk(buf[lo - off : hi - off].unsqueeze(0))
+        out = self.head(maps, [s - lo for s in group])
+        return WindowBatch(torch.tensor(group), out.logits, out.features if features else {})
+
+
+class VGG(_Backbone):
+    """musicnn's VGG-like baseline (MTT_vgg / MSD_vgg): five conv+BN+max-pool blocks.
+
+    Feature maps (NCHW, per 187-frame window): pool1 [128, 92, 48],
+    pool2 [128, 46, 24], pool3 [128, 23, 12], pool4 [128, 11, 6], pool5 [128, 2, 1].
+    """
+
+    POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4)))
+    STRIDES = (2, 4, 8, 16)  # time stride of pool1..pool4
+    LENGTHS = (92, 46, 23, 11)  # frames of pool1..pool4 in one window
+    align = 16
+
+    def __init__(self, n_filters: int = 128, n_tags: int = 50):
+        super().__init__()
+        self.n_filters, self.n_tags = n_filters, n_tags
+        self.bn_in = _bn(1)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(1 if i == 0 else n_filters, n_filters, 3, padding=1) for i in range(5)
+        )
+        self.bns = nn.ModuleList(_bn(n_filters) for _ in range(5))
+        self.dense = nn.Linear(n_filters * 2, n_tags)
+
+    def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        kernel, stride = self.POOLS[i]
+        return F.max_pool2d(self.bns[i](F.relu(self.convs[i](x))), kernel, stride)
+
+    def trunk(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.bn_in(x.unsqueeze(1))
+        maps = {}
+        for i in range(4):  # pool5 is taken per window, in ``head``
+            h = self._block(i, h)
+            maps[f"pool{i + 1}"] = h
+        return maps
+
+    def head(self, maps: dict[str, torch.Tensor], starts: list[int]) -> BackboneOutput:
+        cut = {}
+        for i, (stride, length) in enumerate(zip(self.STRIDES, self.LENGTHS)):
+            name = f"pool{i + 1}"
+            m = maps[name]
+            # one map for a patch batch, or one track map shared by all windows
+            cut[name] = torch.stack(
+                [m[b if m.shape[0] > 1 else 0, :, s // stride : s // stride + length] for b, s in enumerate(starts)]
+            )
+        pool5 = self._block(4, cut["pool4"])
+        cut["pool5"] = pool5
+        # TF flattens NHWC: (time, band, channel)
+        logits = self.dense(pool5.permute(0, 2, 3, 1).flatten(1))
+        return BackboneOutput(logits, cut)
+
+
+class Musicnn(_Backbone):
+    """musicnn (MTT_musicnn / MSD_musicnn): musically motivated front end, dense mid end, pooled back end.
+
+    Per-window features: timbral [187, 408], temporal [187, 153], cnn1..cnn3
+    [187, 64] (time, channels), mean_pool and max_pool [753], penultimate [200].
+    """
+
+    TEMPORAL_KERNELS = (128, 64, 32)
+
+    def __init__(self, n_tags: int = 50, n_filt_frontend: float = 1.6, n_filt_midend: int = 64, n_units: int = 200):
+        super().__init__()
+        self.n_tags = n_tags
+        timbral = int(n_filt_frontend * 128)
+        temporal = int(n_filt_frontend * 32)
+        self.bn_in = _bn(1)
+        # timbral: [7, 0.4*96] and [7, 0.7*96] kernels over a time-padded input
+        self.timbral = nn.ModuleList(nn.Conv2d(1, timbral, (7, int(f * N_MELS))) for f in (0.4, 0.7))
+        self.timbral_bn = nn.ModuleList(_bn(timbral) for _ in range(2))
+        self.temporal = nn.ModuleList(nn.Conv2d(1, temporal, (k, 1)) for k in self.TEMPORAL_KERNELS)
+        self.temporal_bn = nn.ModuleList(_bn(temporal) for _ in range(3))
+        front = 2 * timbral + 3 * temporal
+        self.mid = nn.ModuleList(
+            nn.Conv1d(front if i == 0 else n_filt_midend, n_filt_midend, 7, padding=3) for i in range(3)
+        )
+        self.mid_bn = nn.ModuleList(nn.BatchNorm1d(n_filt_midend, eps=BN_EPS) for _ in range(3))
+        pooled = 2 * (front + 3 * n_filt_midend)
+        self.bn_flat = nn.BatchNorm1d(pooled, eps=BN_EPS)
+        self.dense = nn.Linear(pooled, n_units)
+        self.bn_dense = nn.BatchNorm1d(n_units, eps=BN_EPS)
+        self.out = nn.Linear(n_units, n_tags)
+
+    def trunk(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.bn_in(x.unsqueeze(1))  # [B, 1, T, 96]
+        padded = F.pad(h, (0, 0, 3, 3))
+        front = []
+        for conv, bn in zip(self.timbral, self.timbral_bn):
+            front.append(bn(F.relu(conv(padded))).amax(dim=3))  # [B, C, T]
+        for conv, bn, k in zip(self.temporal, self.temporal_bn, self.TEMPORAL_KERNELS):
+            same = F.pad(h, (0, 0, (k - 1) // 2, k // 2))
+            front.append(bn(F.relu(conv(same))).amax(dim=3))
+        f = torch.cat(front, dim=1)  # [B, 561, T]
+        c1 = self.mid_bn[0](F.relu(self.mid[0](f)))
+        c2 = self.mid_bn[1](F.relu(self.mid[1](c1))) + c1
+        c3 = self.mid_bn[2](F.relu(self.mid[2](c2))) + c2
+        return {"front": f, "cnn1": c1, "cnn2": c2, "cnn3": c3}
+
+    def head(self, maps: dict[str, torch.Tensor], starts: list[int]) -> BackboneOutput:
+        mid = torch.cat([maps["front"], maps["cnn1"], maps["cnn2"], maps["cnn3"]], dim=1)
+        shared = mid.shape[0] == 1 and len(starts) > 1
+        win = torch.stack([mid[0 if shared else b, :, s : s + WINDOW_FRAMES] for b, s in enumerate(starts)])
+        max_pool, mean_pool = win.amax(dim=2), win.mean(dim=2)
+        # TF concatenates [max, mean] on a trailing axis, so flattening interleaves them
+        flat = torch.stack([max_pool, mean_pool], dim=2).flatten(1)
+        penultimate = self.bn_dense(F.relu(self.dense(self.bn_flat(flat))))
+        logits = self.out(penultimate)
+        n_timbral = self.timbral[0].out_channels * 2
+        n_front = n_timbral + 3 * self.temporal[0].out_channels
+        n_mid = self.mid[0].out_channels
+        t = win.transpose(1, 2)  # [B, 187, C]
+        features = {
+            "timbral": t[..., :n_timbral],
+            "temporal": t[..., n_timbral:n_front],
+            "cnn1": t[..., n_front : n_front + n_mid],
+            "cnn2": t[..., n_front + n_mid : n_front + 2 * n_mid],
+            "cnn3": t[..., n_front + 2 * n_mid :],
+            "mean_pool": mean_pool,
+            "max_pool": max_pool,
+            "penultimate": penultimate,
+        }
+        return BackboneOutput(logits, features)

@@ -1,0 +1,121 @@
+"""Named model configurations, and building models from them.
+
+A model is known by its name only; its architecture, config and weights file
+come from here (weights ship as package data, never pickled classes).
+The ``unittest_*`` configs are tiny, randomly initialised and seeded: for
+fast tests, never for real use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from musichash.errors import MusichashError
+from musichash.models.backbones import VGG, Musicnn, _Backbone
+
+WEIGHTS_PACKAGE = "musichash.models"
+DEFAULT_TAGGER = "MTT_musicnn"
+
+
+class ModelError(MusichashError):
+    """Unknown model name, or its weights are missing or do not fit."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model. ``kind`` is what it produces: ``tagger`` (tags and feature maps)."""
+
+    name: str
+    kind: str
+    arch: str
+    vocabulary: str
+    description: str
+    weights: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    bits: int | None = None
+    test_only: bool = False
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec(
+            "MTT_musicnn", "tagger", "musicnn", "MTT",
+            "musicnn trained on MagnaTagATune (ROC-AUC 0.907); default tagger",
+            weights="MTT_musicnn.safetensors",
+        ),
+        ModelSpec(
+            "MTT_vgg", "tagger", "vgg", "MTT",
+            "VGG-like CNN trained on MagnaTagATune (ROC-AUC 0.903); five pooled maps for CRNNH",
+            weights="MTT_vgg.safetensors",
+        ),
+        ModelSpec(
+            "MSD_musicnn", "tagger", "musicnn", "MSD",
+            "musicnn trained on the Million Song Dataset's top-50 tags",
+            weights="MSD_musicnn.safetensors",
+        ),
+        ModelSpec(
+            "MSD_vgg", "tagger", "vgg", "MSD",
+            "VGG-like CNN trained on the Million Song Dataset's top-50 tags",
+            weights="MSD_vgg.safetensors",
+        ),
+        ModelSpec(
+            "unittest_vgg", "tagger", "vgg", "MTT", "tiny random VGG for tests",
+            config={"n_filters": 4}, test_only=True,
+        ),
+        ModelSpec(
+            "unittest_musicnn", "tagger", "musicnn", "MTT", "tiny random musicnn for tests",
+            config={"n_filt_frontend": 0.1, "n_filt_midend": 4, "n_units": 8}, test_only=True,
+        ),
+    ]
+}
+
+ARCHS: dict[str, type[_Backbone]] = {"vgg": VGG, "musicnn": Musicnn}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(n for n, s in REGISTRY.items() if not s.test_only)
+        raise ModelError(f"unknown model {name!r}; choose one of: {known} (see `musichash models`)") from None
+
+
+@lru_cache(maxsize=None)
+def tag_names(vocabulary: str) -> tuple[str, ...]:
+    """The tag vocabulary (``MTT`` or ``MSD``), in the order of the model's outputs."""
+    text = resources.files(WEIGHTS_PACKAGE).joinpath("weights/tags.json").read_text()
+    return tuple(json.loads(text)[vocabulary])
+
+
+def weights_path(spec: ModelSpec):
+    return resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{spec.weights}")
+
+
+def build_backbone(name: str, device: str | torch.device = "cpu") -> _Backbone:
+    """Build a registered backbone in inference mode, weights loaded."""
+    spec = get_spec(name)
+    n_tags = len(tag_names(spec.vocabulary))
+    torch.manual_seed(0)  # test configs are random but reproducible
+    model = ARCHS[spec.arch](n_tags=n_tags, **spec.config)
+    if spec.weights is not None:
+        path = weights_path(spec)
+        if not path.is_file():
+            raise ModelError(
+                f"weights for {name} are missing ({spec.weights}); reinstall musichash, "
+                "or convert them: musichash convert-weights musicnn-0.1.0-py3-none-any.whl"
+            )
+        with resources.as_file(path) as p:
+            state = load_file(str(p))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ModelError(f"weights {spec.weights} do not fit model {name}: {e}") from e
+    return model.eval().to(device)
