@@ -119,3 +119,12 @@ def build_backbone(name: str, device: str | torch.device = "cpu") -> _Backbone:
         except RuntimeError as e:
             raise ModelError(f"weights {spec.weights} do not fit model {name}: {e}") from e
     return model.eval().to(device)
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``None`` or ``"auto"`` picks CUDA when a GPU is usable, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but no CUDA GPU is usable here; use --device cpu")
+    return torch.device(device)

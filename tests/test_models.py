@@ -1,0 +1,131 @@
+import hashlib
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from musichash.models import REGISTRY, ModelError, build_backbone, get_spec, tag_names
+from musichash.models.backbones import WINDOW_FRAMES, window_starts
+from musichash.models.tfcheckpoint import CheckpointError, read_checkpoint, read_index
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "tiny_ckpt"
+
+
+def test_reads_real_tensorflow_checkpoint():
+    tensors = read_checkpoint(TINY / "model")
+    expected = {k.replace("|", "/"): v for k, v in np.load(TINY / "expected.npz").items()}
+    assert set(tensors) == set(expected)
+    for name, value in expected.items():
+        assert tensors[name].dtype == value.dtype, name
+        assert tensors[name].shape == value.shape, name
+        np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+
+
+def test_index_lists_shapes_without_reading_data():
+    entries = read_index(TINY / "model.index")
+    assert entries["conv/kernel"].shape == (3, 3, 2, 4)
+    assert entries["scalar"].shape == ()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: d[: len(d) // 2], "bad magic"),
+        (lambda d: d[:10], "too short"),
+        (lambda d: d[:-8] + b"\0" * 8, "bad magic"),
+    ],
+)
+def test_damaged_index_raises(tmp_path, damage, message):
+    shutil.copy(TINY / "model.data-00000-of-00001", tmp_path)
+    (tmp_path / "model.index").write_bytes(damage((TINY / "model.index").read_bytes()))
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(tmp_path / "model")
+
+
+def test_missing_or_truncated_data_shard_raises(tmp_path):
+    shutil.copy(TINY / "model.index", tmp_path)
+    with pytest.raises(CheckpointError, match="data shard 0 is missing"):
+        read_checkpoint(tmp_path / "model")
+    data = (TINY / "model.data-00000-of-00001").read_bytes()
+    (tmp_path / "model.data-00000-of-00001").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_checkpoint(tmp_path / "model")
+
+
+def test_shipped_weights_match_provenance():
+    weights = resources.files("musichash.models").joinpath("weights")
+    provenance = json.loads(weights.joinpath("PROVENANCE.json").read_text())
+    assert provenance["source_version"] == "0.1.0"
+    assert "ISC" in weights.joinpath("LICENSE.musicnn").read_text() or "Permission to use" in weights.joinpath(
+        "LICENSE.musicnn"
+    ).read_text()
+    for name, rec in provenance["models"].items():
+        data = weights.joinpath(f"{name}.safetensors").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == rec["safetensors_sha256"]
+        model = build_backbone(name)  # strict load: every tensor has a home
+        assert sum(p.numel() for p in model.state_dict().values() if p.dtype.is_floating_point) == rec["parameters"]
+
+
+def test_every_real_model_is_registered_with_weights_and_vocabulary():
+    for spec in REGISTRY.values():
+        assert len(tag_names(spec.vocabulary)) == 50
+        assert spec.test_only == (spec.weights is None)
+    assert tag_names("MTT")[:3] == ("guitar", "classical", "slow")
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ModelError, match="unknown model 'nope'; choose one of: MTT_musicnn"):
+        get_spec("nope")
+
+
+def test_window_starts_cover_the_track():
+    assert window_starts(100, 176, 16) == [0]
+    assert window_starts(WINDOW_FRAMES, 176, 16) == [0]
+    starts = window_starts(1000, 176, 16)
+    assert all(s % 16 == 0 for s in starts)
+    assert 1000 - (starts[-1] + WINDOW_FRAMES) < 176
+    with pytest.raises(ValueError):
+        window_starts(1000, 100, 16)
+
+
+@pytest.mark.parametrize("name", ["unittest_vgg", "unittest_musicnn"])
+def test_streamed_windows_do_not_depend_on_chunking(name):
+    model = build_backbone(name)
+    mel = torch.rand(1500, 96, generator=torch.Generator().manual_seed(0)) * 3
+    whole = list(model.iter_windows(mel, 176, chunk_windows=1000))
+    for chunk_windows, chunk_frames in [(1, 97), (3, 1500), (5, 401)]:
+        parts = list(model.iter_windows(mel.split(chunk_frames), 176, chunk_windows=chunk_windows))
+        assert torch.cat([p.starts for p in parts]).tolist() == whole[0].starts.tolist()
+        torch.testing.assert_close(torch.cat([p.logits for p in parts]), whole[0].logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["unittest_vgg", "unittest_musicnn"])
+def test_a_one_window_track_equals_patch_inference(name):
+    """The window cut from the track maps must be exactly the patch (no off-by-one in pool strides)."""
+    model = build_backbone(name)
+    patch = torch.rand(WINDOW_FRAMES, 96, generator=torch.Generator().manual_seed(1)) * 3
+    ref = model(patch.unsqueeze(0))
+    track = list(model.iter_windows(patch, 176))
+    assert track[0].starts.tolist() == [0]
+    torch.testing.assert_close(track[0].logits, ref.logits, atol=1e-5, rtol=0)
+
+
+def test_short_track_is_repeat_padded_to_one_window():
+    model = build_backbone("unittest_vgg")
+    short = torch.rand(70, 96)
+    [batch] = list(model.iter_windows(short, 176))
+    tiled = short.repeat(3, 1)[:WINDOW_FRAMES]
+    torch.testing.assert_close(batch.logits, model(tiled.unsqueeze(0)).logits)
+
+
+def test_vgg_exposes_the_five_pooled_maps():
+    model = build_backbone("unittest_vgg")
+    out = model(torch.rand(2, WINDOW_FRAMES, 96))
+    shapes = {k: tuple(v.shape[2:]) for k, v in out.features.items()}
+    assert shapes == {"pool1": (92, 48), "pool2": (46, 24), "pool3": (23, 12), "pool4": (11, 6), "pool5": (2, 1)}
+    assert out.logits.shape == (2, 50)
