@@ -192,10 +192,12 @@ def _sf_blocks(path: Path, f: sf.SoundFile, block_frames: int, promised: int) ->
 def _av_error(path: Path, e: Exception, stage: str) -> AudioError:
     import av  # noqa: PLC0415  (see _open_av)
 
+    # av's str(e) repeats errno and path; its strerror is the part worth showing
+    why = getattr(e, "strerror", None) or str(e)
     if isinstance(e, av.error.DecoderNotFoundError):
-        return AudioUnsupportedError(path, f"no decoder in this ffmpeg build ({e}); {_CONVERT_FIX}")
+        return AudioUnsupportedError(path, f"no decoder in this ffmpeg build ({why}); {_CONVERT_FIX}")
     if _looks_like_audio(path):
-        return AudioCorruptError(path, f"truncated or corrupt; ffmpeg failed while {stage} ({e}); {_CORRUPT_FIX}")
+        return AudioCorruptError(path, f"truncated or corrupt; ffmpeg failed while {stage} ({why}); {_CORRUPT_FIX}")
     return AudioUnsupportedError(path, f"not an audio file that soundfile or ffmpeg can read; {_CONVERT_FIX}")
 
 

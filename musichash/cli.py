@@ -88,7 +88,8 @@ def tag(files: tuple[Path, ...], model: str, top: int, as_json: bool, device: st
 
     tagger = Tagger(model, device)
     failed = 0
-    bar = tqdm(total=len(files), unit="file", disable=quiet or as_json or len(files) < 2, file=sys.stderr, leave=False)
+    quiet = quiet or as_json or len(files) < 2 or not sys.stderr.isatty()
+    bar = tqdm(total=len(files), unit="file", disable=quiet, file=sys.stderr, leave=False)
     for path in files:
         try:
             result = tagger.tag_file(path)

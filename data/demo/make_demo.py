@@ -20,41 +20,51 @@ from pathlib import Path
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 
-# (output name, music21 corpus path, GM program for every part or None to keep the score's, label)
+# (output name, music21 corpus path, GM program per part (the last repeats), label)
 SCORES = [
-    ("string_quartet", "beethoven/opus18no4", None, "orchestral"),
-    ("chorale_choir", "bach/bwv66.6", 52, "choir"),  # 52: Choir Aahs
-    ("piano_sonata", "mozart/k331", 0, "piano"),  # 0: Acoustic Grand Piano
+    ("string_quartet", "beethoven/opus18no4", (40, 40, 41, 42), "orchestral"),  # violins, viola, cello
+    ("chorale_choir", "bach/bwv66.6", (52,), "choir"),  # Choir Aahs
+    ("piano_sonata", "mozart/k545/movement1_exposition.mxl", (0,), "piano"),  # Acoustic Grand Piano
 ]
 
 
-def score_to_midi(corpus_path: str, program: int | None, out: Path, seconds: float) -> None:
-    from music21 import corpus, instrument, tempo
+def score_to_midi(corpus_path: str, programs: tuple[int, ...], out: Path, seconds: float) -> None:
+    from music21 import corpus
 
-    score = corpus.parse(corpus_path)
-    if isinstance(score, list) or not hasattr(score, "parts"):
-        score = score[0]
-    if program is not None:
-        for part in score.parts:
-            for old in part.recurse().getElementsByClass(instrument.Instrument):
-                part.remove(old, recurse=True)
-            inst = instrument.instrumentFromMidiProgram(program)
-            part.insert(0, inst)
-    if not score.recurse().getElementsByClass(tempo.MetronomeMark):
-        score.insert(0, tempo.MetronomeMark(number=80))
-    score.write("midi", fp=str(out))
-    _trim_midi(out, seconds)
+    corpus.parse(corpus_path).write("midi", fp=str(out))
+    _trim_midi(out, seconds, programs)
 
 
-def _trim_midi(path: Path, seconds: float) -> None:
-    import pretty_midi
+def _trim_midi(path: Path, seconds: float, programs: tuple[int, ...]) -> None:
+    """Keep the first ``seconds`` of a MIDI file (so FluidSynth renders only that).
 
-    pm = pretty_midi.PrettyMIDI(str(path))
-    for inst in pm.instruments:
-        inst.notes = [n for n in inst.notes if n.start < seconds]
-        for n in inst.notes:
-            n.end = min(n.end, seconds)
-    pm.write(str(path))
+    Part k (its MIDI channel, in order of first use) plays GM program ``programs[k]``
+    (the last one repeats): music21 exports most scores without programs.
+    """
+    import mido
+
+    src = mido.MidiFile(str(path))
+    channels = sorted({m.channel for t in src.tracks for m in t if hasattr(m, "channel") and m.channel != 9})
+    track = mido.MidiTrack(
+        mido.Message("program_change", channel=c, program=programs[min(k, len(programs) - 1)])
+        for k, c in enumerate(channels)
+    )
+    elapsed, pending = 0.0, 0.0
+    for msg in src:  # merged tracks, delta times in seconds
+        elapsed += msg.time
+        if elapsed > seconds:
+            break
+        pending += msg.time
+        if msg.is_meta or msg.type == "program_change":  # delta stays in `pending`; tempo is baked in
+            continue
+        ticks = int(round(mido.second2tick(pending, src.ticks_per_beat, 500000)))
+        track.append(msg.copy(time=ticks))
+        pending = 0.0
+    # note-offs for anything still sounding
+    track += [mido.Message("control_change", channel=c, control=123, value=0) for c in range(16)]
+    out = mido.MidiFile(ticks_per_beat=src.ticks_per_beat)
+    out.tracks.append(track)
+    out.save(str(path))
 
 
 def groove(style: str, out: Path, seconds: float, seed: int) -> None:
@@ -97,12 +107,18 @@ def groove(style: str, out: Path, seconds: float, seed: int) -> None:
     pm.write(str(out))
 
 
-def render(midi: Path, out: Path) -> None:
+def render(midi: Path, out: Path, seconds: float) -> None:
+    """FluidSynth to a WAV, then the first ``seconds`` to FLAC."""
+    import soundfile as sf
+
+    wav = midi.with_suffix(".wav")
     subprocess.run(
-        ["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", "44100", "-F", str(out), SOUNDFONT, str(midi)],
+        ["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", "44100", "-F", str(wav), SOUNDFONT, str(midi)],
         check=True,
         capture_output=True,
     )
+    audio, rate = sf.read(wav, frames=int(seconds * 44100), dtype="float32")
+    sf.write(out, audio, rate)
 
 
 def main() -> None:
@@ -121,7 +137,7 @@ def main() -> None:
             midi = Path(tmp) / f"{name}.mid"
             make_midi(midi)
             flac = args.out / f"{name}.flac"
-            render(midi, flac)
+            render(midi, flac, args.seconds)
             manifest.append({"file": flac.name, "source": source, "label": label})
             print(f"{flac}  [{label}]")
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
