@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import numpy as np
 import soundfile as sf
 
 MODELS = ["MTT_musicnn", "MTT_vgg"]
+ROOT = Path(__file__).resolve().parent.parent  # so the children import this checkout
 
 
 def make_long_file(path: Path, minutes: float, demo: Path) -> str:
@@ -97,7 +99,7 @@ def main() -> None:
         for model in args.models:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", model, str(audio), args.device],
-                check=True, capture_output=True, text=True,
+                check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

@@ -32,6 +32,8 @@ from torch import nn
 WINDOW_FRAMES = 187  # 3 s: librosa.time_to_frames(3, sr=16000, hop_length=256, n_fft=512) + 1
 N_MELS = 96
 BN_EPS = 1e-3
+#: frames of windows per conv pass (~33 s); 128 VGG channels over 96 bands take ~100 MB per map at this size
+CHUNK_FRAMES = 2048
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class _Backbone(nn.Module):
         mel: torch.Tensor | Iterable[torch.Tensor],
         hop: int,
         *,
-        chunk_windows: int = 32,
+        chunk_windows: int | None = None,
         features: bool = False,
     ) -> Iterator[WindowBatch]:
         """Windows of one track, the conv stack run once over it in chunks.
@@ -123,11 +125,15 @@ class _Backbone(nn.Module):
         that a long track streams through in bounded memory (a track shorter
         than 187 frames is repeat-padded). hop: frames between window starts,
         a multiple of ``self.align``. Yields batches of at most
-        ``chunk_windows`` consecutive windows; ``features`` adds the
+        ``chunk_windows`` consecutive windows (default: as many as fit in
+        ``CHUNK_FRAMES``, which bounds the conv maps held at once to a few
+        hundred MB at most); ``features`` adds the
         per-window maps (large: only ask when needed). Results do not depend
         on how the input is chunked.
         """
         window_starts(WINDOW_FRAMES, hop, self.align)  # validates hop
+        if chunk_windows is None:
+            chunk_windows = max(1, (CHUNK_FRAMES - WINDOW_FRAMES) // hop + 1)
         chunks = [mel] if isinstance(mel, torch.Tensor) else mel
         buf: torch.Tensor | None = None
         off = 0  # track frame of buf[0]
