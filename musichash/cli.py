@@ -83,35 +83,32 @@ def tag(files: tuple[Path, ...], model: str, top: int, as_json: bool, device: st
     """
     from tqdm import tqdm
 
-    from musichash.audio import AudioError
+    from musichash.audio import AudioError, audio_info
     from musichash.tagging import Tagger
 
     tagger = Tagger(model, device)
+    show_bar = not (quiet or as_json) and sys.stderr.isatty()
     failed = 0
-    quiet = quiet or as_json or len(files) < 2 or not sys.stderr.isatty()
-    bar = tqdm(total=len(files), unit="file", disable=quiet, file=sys.stderr, leave=False)
     for path in files:
         try:
-            result = tagger.tag_file(path)
+            total = audio_info(path).duration_s if show_bar else None
+            with tqdm(total=total, unit="s", desc=path.name, disable=not show_bar, leave=False, file=sys.stderr,
+                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}, {rate_fmt}]") as bar:
+                result = tagger.tag_file(path, progress=bar.update)
         except AudioError as e:
             failed += 1
-            bar.clear()
             click.echo(f"Error: {e}", err=True)
             if as_json:
                 emit({"path": str(path), "tags": [], "error": e.reason})
-            bar.update()
             continue
-        bar.update()
         scores = result.top(top)
         if as_json:
             emit({"path": result.path, "tags": [{"tag": s.tag, "p": round(s.p, 6)} for s in scores]})
-        else:
-            bar.clear()
-            click.echo(f"{result.path}  ({_duration(result.duration_s)}, {result.n_windows} windows)")
-            width = max(len(s.tag) for s in scores)
-            for s in scores:
-                click.echo(f"  {s.tag:<{width}}  {s.p:.3f}")
-    bar.close()
+            continue
+        click.echo(f"{result.path}  ({_duration(result.duration_s)}, {result.n_windows} windows)")
+        width = max(len(s.tag) for s in scores)
+        for s in scores:
+            click.echo(f"  {s.tag:<{width}}  {s.p:.3f}")
     if failed:
         raise click.ClickException(f"{failed} of {len(files)} files could not be tagged")
 
