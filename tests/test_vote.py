@@ -1,0 +1,230 @@
+"""Time-consistent voting on seeded synthetic kNN results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from musichash.search.vote import (
+    DEFAULT_MATCH_THRESHOLD,
+    SegmentHits,
+    TrackVote,
+    calibrate_threshold,
+    match_decision,
+    vote,
+)
+
+BITS = 64
+HOP = 1.28
+K = 10
+
+
+class SyntheticKnn:
+    """A library of random tracks and kNN results for one query clip.
+
+    Random neighbours are uniform over library segments at 14..26 bits (the
+    lucky tail of a large library for 64-bit codes); planted true hits sit at
+    2..12 bits on the line ``t = offset + rate * q_time`` plus up to 0.1 s of
+    jitter, replacing the first neighbour of ``hit_frac`` of the windows.
+    """
+
+    def __init__(self, seed: int, n_tracks: int = 200):
+        self.rng = np.random.default_rng(seed)
+        lengths = self.rng.uniform(120.0, 300.0, n_tracks)
+        n_seg = (lengths // HOP).astype(np.int64)
+        self.seg_track = np.repeat(np.arange(n_tracks, dtype=np.int64), n_seg)
+        self.seg_time = np.concatenate([np.arange(n) * HOP for n in n_seg])
+        self.lengths = lengths
+
+    def query(self, nq: int, *, plant: int | None = None, offset: float = 0.0, rate: float = 1.0,
+              hit_frac: float = 1.0) -> tuple[SegmentHits, np.ndarray]:
+        rng = self.rng
+        q_times = np.arange(nq) * HOP
+        I = rng.integers(0, len(self.seg_track), size=(nq, K))
+        D = rng.integers(14, 27, size=(nq, K))
+        seg_track, seg_time = self.seg_track, self.seg_time
+        planted = np.zeros(nq, dtype=bool)
+        if plant is not None:
+            planted[rng.choice(nq, size=int(np.ceil(hit_frac * nq)), replace=False)] = True
+            t = offset + rate * q_times[planted] + rng.uniform(-0.1, 0.1, planted.sum())
+            I[planted, 0] = len(seg_track) + np.arange(planted.sum())
+            D[planted, 0] = rng.integers(2, 13, size=planted.sum())
+            seg_track = np.concatenate([seg_track, np.full(planted.sum(), plant)])
+            seg_time = np.concatenate([seg_time, t])
+        return SegmentHits.from_knn(q_times, D.astype(np.int32), I, seg_track, seg_time, BITS), planted
+
+
+def top_score(votes: list[TrackVote]) -> float:
+    return votes[0].score if votes else 0.0
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.95, 1.05])
+@pytest.mark.parametrize("seed", range(5))
+def test_planted_track_wins_with_its_offset(seed, rate):
+    lib = SyntheticKnn(seed)
+    offset = float(lib.rng.uniform(0.0, 80.0))
+    hits, _ = lib.query(nq=24, plant=7, offset=offset, rate=rate, hit_frac=0.6)
+    votes = vote(hits)
+    assert votes[0].track_id == 7
+    assert abs(votes[0].offset_s - offset) < 0.2
+    assert abs(votes[0].rate - rate) <= 0.02
+    assert votes[0].votes >= int(np.ceil(0.6 * 24))
+    assert 0.0 < votes[0].score <= 1.0
+    lo, hi = votes[0].span
+    assert offset - 0.2 <= lo <= hi <= offset + rate * 23 * HOP + 0.2
+
+
+def test_results_are_ranked_and_bounded():
+    lib = SyntheticKnn(11)
+    hits, _ = lib.query(nq=12, plant=3, offset=30.0)
+    votes = vote(hits, max_tracks=5)
+    assert len(votes) == 5
+    keys = [(-v.score, v.track_id) for v in votes]
+    assert keys == sorted(keys)
+    assert len({v.track_id for v in votes}) == 5
+
+
+def brute_force_top(hits: SegmentHits, tol: float) -> float:
+    """Best rate-1 score over the windows [j * tol, (j + 2) * tol), by loops."""
+    w = np.clip(1.0 - 2.0 * hits.hamming / hits.bits, 0.0, 1.0) ** 2
+    b = np.floor((hits.t_time - hits.q_time) / tol).astype(int)
+    best = 0.0
+    for tr in set(hits.track_id.tolist()):
+        for j in set(b.tolist()) | set((b - 1).tolist()):
+            per_q = {}
+            for i in range(len(b)):
+                if hits.track_id[i] == tr and b[i] in (j, j + 1) and w[i] > 0:
+                    per_q[hits.q_index[i]] = max(per_q.get(hits.q_index[i], 0.0), w[i])
+            best = max(best, sum(per_q.values()) / max(hits.n_query_windows, 3))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_score_matches_brute_force(seed):
+    lib = SyntheticKnn(100 + seed, n_tracks=5)
+    hits, _ = lib.query(nq=10, plant=2, offset=12.0, hit_frac=0.5)
+    assert top_score(vote(hits, max_rate_change=0.0)) == pytest.approx(brute_force_top(hits, 0.75))
+
+
+def test_default_threshold_separates_random_from_planted():
+    neg, pos = [], []
+    for seed in range(200):
+        lib = SyntheticKnn(1000 + seed)
+        nq = int(lib.rng.integers(4, 25))
+        hits, _ = lib.query(nq)
+        neg.append(top_score(vote(hits)))
+        hits, _ = lib.query(nq, plant=int(lib.rng.integers(200)), offset=float(lib.rng.uniform(0, 60)),
+                            rate=float(lib.rng.uniform(0.95, 1.05)), hit_frac=0.5)
+        pos.append(top_score(vote(hits)))
+    neg, pos = np.array(neg), np.array(pos)
+    assert neg.max() < pos.min()
+    assert np.mean(neg > DEFAULT_MATCH_THRESHOLD) <= 0.05
+    assert np.all(pos > DEFAULT_MATCH_THRESHOLD)
+
+
+def test_match_decision():
+    assert not match_decision([])
+    v = TrackVote(track_id=1, offset_s=0.0, score=0.5, votes=3, hamming=4, span=(0.0, 3.0))
+    assert match_decision([v], threshold=0.4)
+    assert not match_decision([v], threshold=0.5)
+
+
+def test_repeated_votes_of_one_window_count_once():
+    # Window 0 hits track 5 three times at the same offset; window 1 once.
+    hits = SegmentHits(
+        q_index=np.array([0, 0, 0, 1]),
+        q_time=np.array([0.0, 0.0, 0.0, HOP]),
+        track_id=np.array([5, 5, 5, 5]),
+        t_time=np.array([10.0, 10.1, 10.2, 10.0 + HOP]),
+        hamming=np.array([0, 8, 0, 0]),
+        bits=BITS,
+        n_query_windows=4,
+    )
+    (v,) = vote(hits)
+    assert v.votes == 2
+    assert v.score == pytest.approx(2 / 4)
+    assert v.offset_s == pytest.approx(10.0)
+    assert v.hamming == 0
+
+
+def test_window_counts_once_across_a_bin_edge():
+    # Window 0's two hits fall in neighbouring bins of one voting window, with
+    # window 1's hit between them in hit order.
+    hits = SegmentHits(
+        q_index=np.array([0, 1, 0]),
+        q_time=np.array([0.0, HOP, 0.0]),
+        track_id=np.array([5, 5, 5]),
+        t_time=np.array([10.0, 10.0 + HOP, 10.6]),
+        hamming=np.array([0, 0, 0]),
+        bits=BITS,
+        n_query_windows=4,
+    )
+    (v,) = vote(hits)
+    assert (v.votes, v.score) == (2, 0.5)
+
+
+def test_missing_neighbours_are_ignored():
+    q_times = np.array([0.0, HOP, 2 * HOP])
+    I = np.array([[0, -1], [-1, -1], [1, -1]])
+    D = np.array([[4, 0], [0, 0], [4, 0]], dtype=np.int32)
+    seg_track = np.array([9, 9], dtype=np.int64)
+    seg_time = np.array([50.0, 50.0 + 2 * HOP])
+    hits = SegmentHits.from_knn(q_times, D, I, seg_track, seg_time, BITS)
+    assert len(hits.q_index) == 2
+    assert hits.hamming.dtype == np.int64
+    (v,) = vote(hits)
+    assert (v.track_id, v.votes, v.offset_s, v.hamming) == (9, 2, 50.0, 4)
+    assert v.score == pytest.approx(2 * (1 - 8 / 64) ** 2 / 3)
+
+
+def test_empty_hits_give_no_votes():
+    empty = SegmentHits.from_knn(np.zeros(3), np.zeros((3, 4), np.int32), np.full((3, 4), -1),
+                                 np.zeros(0, np.int64), np.zeros(0), BITS)
+    assert vote(empty) == []
+    assert not match_decision(vote(empty))
+    none = SegmentHits.from_knn(np.zeros(0), np.zeros((0, 4), np.int32), np.zeros((0, 4), np.int64),
+                                np.zeros(0, np.int64), np.zeros(0), BITS)
+    assert vote(none) == []
+
+
+def test_chance_level_hits_are_no_evidence():
+    hits = SegmentHits(np.array([0]), np.array([0.0]), np.array([1]), np.array([5.0]), np.array([32]), BITS, 1)
+    assert vote(hits) == []
+
+
+def test_ties_break_by_track_id():
+    hits = SegmentHits(np.array([0, 1]), np.array([0.0, 0.0]), np.array([8, 3]), np.array([5.0, 9.0]),
+                       np.array([4, 4]), BITS, 2)
+    assert [v.track_id for v in vote(hits)] == [3, 8]
+
+
+def test_calibrate_threshold_is_the_negative_quantile():
+    neg = [0.05, 0.30, 0.10, 0.20, 0.01, 0.02, 0.03, 0.04, 0.15, 0.25]
+    pos = [0.5, 0.6]
+    # 95 % of 10 negatives -> 10 must be at or below: the largest, 0.30.
+    assert calibrate_threshold(pos, neg, target_tnr=0.95) == 0.30
+    # Sorted: .01 .02 .03 .04 .05 .10 .15 .20 .25 .30
+    # 80 % -> 8 at or below: the 8th smallest, 0.20.
+    assert calibrate_threshold(pos, neg, target_tnr=0.8) == 0.20
+    # 70 % -> 7 at or below: 0.15.
+    t = calibrate_threshold(pos, neg, target_tnr=0.7)
+    assert t == 0.15
+    assert np.mean(np.array(neg) <= t) >= 0.7
+
+
+def test_invalid_inputs_raise():
+    with pytest.raises(ValueError):
+        SegmentHits(np.array([3]), np.array([0.0]), np.array([1]), np.array([5.0]), np.array([1]), BITS, 2)
+    with pytest.raises(ValueError):
+        calibrate_threshold([0.5], [], 0.95)
+    with pytest.raises(ValueError):
+        SegmentHits.from_knn(np.zeros(2), np.zeros((3, 4)), np.zeros((3, 4), np.int64), np.zeros(1, np.int64),
+                             np.zeros(1), BITS)
+
+
+def test_short_clip_needs_a_near_identical_segment():
+    # A 3 s clip has one window: a lucky random neighbour must not decide.
+    lucky = SegmentHits(np.array([0]), np.array([0.0]), np.array([4]), np.array([20.0]), np.array([14]), BITS, 1)
+    exact = SegmentHits(np.array([0]), np.array([0.0]), np.array([4]), np.array([20.0]), np.array([1]), BITS, 1)
+    assert not match_decision(vote(lucky))
+    assert match_decision(vote(exact))
