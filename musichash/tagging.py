@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musichash.audio import HOP, SAMPLE_RATE, MelFrontend, iter_audio_blocks, iter_mel_blocks
+from musichash.audio import HOP, SAMPLE_RATE, iter_audio_blocks, iter_mel_blocks
 from musichash.models import DEFAULT_TAGGER, build_backbone, get_spec, tag_names
 from musichash.models.registry import resolve_device
 
@@ -40,13 +40,12 @@ class TagResult:
 
 
 class Tagger:
-    """A backbone and its front end, loaded once and reused for many files."""
+    """A backbone loaded once and reused for many files (the mel front end is cached per device)."""
 
     def __init__(self, model: str = DEFAULT_TAGGER, device: str | None = None, hop: int = TAG_HOP):
         self.spec = get_spec(model)
         self.device = resolve_device(device)
         self.backbone = build_backbone(model, self.device)
-        self.frontend = MelFrontend().to(self.device)
         self.vocabulary = tag_names(self.spec.vocabulary)
         self.hop = hop
 
