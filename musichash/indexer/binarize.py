@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musichash.bits import hamming as _hamming
 from musichash.errors import MusichashError
 
 __all__ = [
@@ -64,7 +65,6 @@ _CHUNK = 65536
 # data; dividing by it would only amplify rounding noise.
 _MIN_STD = 1e-8
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 class BinarizerError(MusichashError):
@@ -370,7 +370,7 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise BinarizerError(
             f"codes must be packed uint8 [n, bits/8], got dtypes {a.dtype} and {b.dtype}"
         )
-    return _POPCOUNT[np.bitwise_xor(a, b)].sum(axis=-1, dtype=np.int32)
+    return _hamming(a, b)
 
 
 # ----------------------------------------------------------------------

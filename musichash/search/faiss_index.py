@@ -36,6 +36,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from musichash.bits import hamming
 from musichash.errors import MusichashError
 
 __all__ = [
@@ -61,8 +62,6 @@ MISSING_DISTANCE = np.iinfo(np.int32).max
 # IVF k-means wants about 39 training points per list; fewer only adds noise.
 _MIN_POINTS_PER_LIST = 39
 _MAX_NLIST = 65536
-
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 class SearchError(MusichashError):
@@ -200,8 +199,7 @@ def hamming_distances(xq: np.ndarray, xb: np.ndarray) -> np.ndarray:
     # Bound the uint8 [chunk, nb, B] xor temporary to ~32 MB.
     chunk = max(1, (32 << 20) // max(1, nb * nbytes))
     for i0 in range(0, nq, chunk):
-        xor = np.bitwise_xor(xq[i0 : i0 + chunk, None, :], xb[None, :, :])
-        out[i0 : i0 + chunk] = _POPCOUNT[xor].sum(axis=-1, dtype=np.int32)
+        out[i0 : i0 + chunk] = hamming(xq[i0 : i0 + chunk, None, :], xb[None, :, :])
     return out
 
 
