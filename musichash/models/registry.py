@@ -103,8 +103,9 @@ def build_backbone(name: str, device: str | torch.device = "cpu") -> _Backbone:
     """Build a registered backbone in inference mode, weights loaded."""
     spec = get_spec(name)
     n_tags = len(tag_names(spec.vocabulary))
-    torch.manual_seed(0)  # test configs are random but reproducible
-    model = ARCHS[spec.arch](n_tags=n_tags, **spec.config)
+    with torch.random.fork_rng(devices=[]):  # test configs are random but reproducible; callers' RNG untouched
+        torch.manual_seed(0)
+        model = ARCHS[spec.arch](n_tags=n_tags, **spec.config)
     if spec.weights is not None:
         path = weights_path(spec)
         if not path.is_file():
