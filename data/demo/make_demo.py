@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+# MIDI trimming and FluidSynth rendering are shared with the benchmark corpus builder
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from corpus import render, trim_midi  # noqa: E402
 
 # (output name, music21 corpus path, GM program per part (the last repeats), label)
 SCORES = [
@@ -32,39 +34,7 @@ def score_to_midi(corpus_path: str, programs: tuple[int, ...], out: Path, second
     from music21 import corpus
 
     corpus.parse(corpus_path).write("midi", fp=str(out))
-    _trim_midi(out, seconds, programs)
-
-
-def _trim_midi(path: Path, seconds: float, programs: tuple[int, ...]) -> None:
-    """Keep the first ``seconds`` of a MIDI file (so FluidSynth renders only that).
-
-    Part k (its MIDI channel, in order of first use) plays GM program ``programs[k]``
-    (the last one repeats): music21 exports most scores without programs.
-    """
-    import mido
-
-    src = mido.MidiFile(str(path))
-    channels = sorted({m.channel for t in src.tracks for m in t if hasattr(m, "channel") and m.channel != 9})
-    track = mido.MidiTrack(
-        mido.Message("program_change", channel=c, program=programs[min(k, len(programs) - 1)])
-        for k, c in enumerate(channels)
-    )
-    elapsed, pending = 0.0, 0.0
-    for msg in src:  # merged tracks, delta times in seconds
-        elapsed += msg.time
-        if elapsed > seconds:
-            break
-        pending += msg.time
-        if msg.is_meta or msg.type == "program_change":  # delta stays in `pending`; tempo is baked in
-            continue
-        ticks = int(round(mido.second2tick(pending, src.ticks_per_beat, 500000)))
-        track.append(msg.copy(time=ticks))
-        pending = 0.0
-    # note-offs for anything still sounding
-    track += [mido.Message("control_change", channel=c, control=123, value=0) for c in range(16)]
-    out = mido.MidiFile(ticks_per_beat=src.ticks_per_beat)
-    out.tracks.append(track)
-    out.save(str(path))
+    trim_midi(out, seconds, programs)
 
 
 def groove(style: str, out: Path, seconds: float, seed: int) -> None:
@@ -105,20 +75,6 @@ def groove(style: str, out: Path, seconds: float, seed: int) -> None:
                 lead.notes.append(pretty_midi.Note(100, pitch, t, t + beat / 2 * 0.9))
     pm.instruments += [drums, bass, pad, lead]
     pm.write(str(out))
-
-
-def render(midi: Path, out: Path, seconds: float) -> None:
-    """FluidSynth to a WAV, then the first ``seconds`` to FLAC."""
-    import soundfile as sf
-
-    wav = midi.with_suffix(".wav")
-    subprocess.run(
-        ["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", "44100", "-F", str(wav), SOUNDFONT, str(midi)],
-        check=True,
-        capture_output=True,
-    )
-    audio, rate = sf.read(wav, frames=int(seconds * 44100), dtype="float32")
-    sf.write(out, audio, rate)
 
 
 def main() -> None:
