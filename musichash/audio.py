@@ -13,6 +13,7 @@ torch, batched, on whatever device the waveform lives on.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import stat
@@ -310,8 +311,13 @@ def _native_checked(path: Path, blocks: Iterator[np.ndarray]) -> Iterator[np.nda
         raise AudioEmptyError(path, f"contains no audio frames (empty, or cut off after its header); {_CORRUPT_FIX}")
 
 
-def _rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Regroups blocks into exactly ``size`` samples each, the last one shorter."""
+def _windows(blocks: Iterable[np.ndarray], size: int, step: int) -> Iterator[np.ndarray]:
+    """Windows of exactly ``size`` samples every ``step`` across blocks of any sizes.
+
+    After the last full window comes the remainder (the samples from the next
+    start on, shorter than ``size``) if there is one. Holds at most one input
+    block plus one window.
+    """
     pending: list[np.ndarray] = []
     n = 0
     for x in blocks:
@@ -323,10 +329,10 @@ def _rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
         start = 0
         while n - start >= size:
             yield joined[start : start + size]
-            start += size
+            start += step
         pending = [joined[start:].copy()]
         n -= start
-    if n:
+    if n > 0:
         yield np.concatenate(pending)
 
 
@@ -339,7 +345,8 @@ def _iter_16k(path: Path, block_seconds: float) -> Iterator[np.ndarray]:
             resampled: Iterable[np.ndarray] = native
         else:
             resampled = _resample_stream(native, rate)
-        yield from _rechunk(resampled, max(1, round(block_seconds * SAMPLE_RATE)))
+        size = max(1, round(block_seconds * SAMPLE_RATE))
+        yield from _windows(resampled, size, size)
 
 
 def _resample_stream(blocks: Iterable[np.ndarray], rate: int) -> Iterator[np.ndarray]:
@@ -554,25 +561,16 @@ def _iter_mel(blocks: Iterable[np.ndarray], block_frames: int, fe: MelFrontend, 
         with torch.inference_mode():
             return fe._log_mel(x, center=False)[0].cpu().numpy()
 
-    # `pending` holds the padded signal from the first sample of the next frame on.
-    pending: list[np.ndarray] = [np.zeros(N_FFT // 2, np.float32)]
-    n_pending = N_FFT // 2
+    def checked(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for b in blocks:
+            b = np.asarray(b, dtype=np.float32)
+            if b.ndim != 1:
+                raise ValueError(f"blocks must be 1-D, got shape {b.shape}")
+            yield b
+
+    pad = np.zeros(N_FFT // 2, np.float32)  # the centre padding, once at each end
+    padded = itertools.chain([pad], checked(blocks), [pad])
     need = (block_frames - 1) * HOP + N_FFT  # samples that make block_frames frames
-    for b in blocks:
-        b = np.asarray(b, dtype=np.float32)
-        if b.ndim != 1:
-            raise ValueError(f"blocks must be 1-D, got shape {b.shape}")
-        pending.append(b)
-        n_pending += len(b)
-        if n_pending < need:
-            continue
-        buf = np.concatenate(pending)
-        start = 0
-        while len(buf) - start >= need:
-            yield frames(buf[start : start + need])
-            start += block_frames * HOP
-        pending = [buf[start:].copy()]
-        n_pending = len(buf) - start
-    # The end padding makes the remaining frames, at most block_frames of them.
-    pending.append(np.zeros(N_FFT // 2, np.float32))
-    yield frames(np.concatenate(pending))
+    for w in _windows(padded, need, block_frames * HOP):
+        if len(w) >= N_FFT:  # the remainder holds fewer than block_frames frames, maybe none
+            yield frames(w)
