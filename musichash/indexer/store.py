@@ -56,6 +56,11 @@ from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from musichash.indexer.codes_file import (
+    group_valid,
+    open_codes_for_read,
+    open_codes_for_write,
+)
 from musichash.indexer.records import (
     SCHEMA_VERSION,
     STATUSES,
@@ -97,13 +102,6 @@ __all__ = [
 DB_FILE = "library.db"
 CODES_FILE = "codes.h5"
 LOCK_FILE = ".lock"
-# Low bound v108: superblock v2 and v2 object headers, whose metadata is
-# checksummed.  Not 'latest' (v110+): its superblock v3 carries "open for
-# write" flags that make every other process refuse the file while a writer
-# has it open, and every process refuse it after a writer was killed.
-_H5_KW = {"libver": ("v108", "latest"), "locking": False}
-
-
 # ---------------------------------------------------------------------- store
 
 
@@ -176,11 +174,11 @@ class LibraryStore:
             stored_model, stored_bits = meta["code_model"], int(meta["bits"])
             set_aside = None
             if write:
-                h5, set_aside = _open_codes_for_write(
+                h5, set_aside = open_codes_for_write(
                     folder / CODES_FILE, stored_model, stored_bits
                 )
             else:
-                h5 = _open_codes_for_read(folder / CODES_FILE)
+                h5 = open_codes_for_read(folder / CODES_FILE)
         except BaseException:
             if h5 is not None:
                 h5.close()
@@ -298,7 +296,7 @@ class LibraryStore:
             tid = int(name) if name.isdigit() else None
             if tid not in ok:
                 orphans.append(name)
-            elif not _group_valid(groups[name], ok.pop(tid), self.bits // 8):
+            elif not group_valid(groups[name], ok.pop(tid), self.bits // 8):
                 del groups[name]
                 pending.append(tid)
         pending += ok  # 'ok' rows left in ``ok`` have no group
@@ -532,65 +530,3 @@ def _check_array(name: str, a: np.ndarray, dtype: type | None, shape: tuple[int,
     if (dtype is not None and a.dtype != dtype) or a.shape != shape:
         want = f"{np.dtype(dtype).name if dtype else 'float'} {list(shape)}"
         raise ValueError(f"{name} must be {want}, got {a.dtype} {list(a.shape)}")
-
-
-def _group_valid(g: h5py.Group, n_segments: int, nbytes: int) -> bool:
-    try:
-        return (
-            g["track_code"].shape == (nbytes,)
-            and g["segment_codes"].shape == (n_segments, nbytes)
-            and g["segment_times"].shape == (n_segments,)
-        )
-    except (KeyError, OSError):  # missing, or its metadata fails the checksum
-        return False
-
-
-def _new_codes_file(path: Path, code_model: str, bits: int) -> h5py.File:
-    h5 = h5py.File(path, "w", **_H5_KW)
-    h5.attrs["code_model"] = code_model
-    h5.attrs["bits"] = bits
-    h5.attrs["schema_version"] = SCHEMA_VERSION
-    h5.create_group("tracks")
-    h5.flush()
-    return h5
-
-
-def _open_codes_for_write(path: Path, code_model: str, bits: int) -> tuple[h5py.File, Path | None]:
-    """Open (or start) codes.h5; an unreadable one is set aside. Returns (file, set-aside path)."""
-    if not path.exists():
-        return _new_codes_file(path, code_model, bits), None
-    try:
-        h5 = h5py.File(path, "a", **_H5_KW)
-    except OSError:
-        h5 = None
-    if h5 is not None:
-        if "tracks" in h5 and "code_model" in h5.attrs:
-            stored = (str(h5.attrs["code_model"]), int(h5.attrs["bits"]))
-            if stored != (code_model, bits):
-                h5.close()
-                raise ModelMismatchError(
-                    f"{path}: holds codes of model {stored[0]} ({stored[1]} bits) but the library "
-                    f"database says {code_model} ({bits} bits); was codes.h5 copied from another "
-                    f"library? Move it away and run `musichash index` to recompute the codes"
-                )
-            return h5, None
-        h5.close()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    path.rename(aside)
-    return _new_codes_file(path, code_model, bits), aside
-
-
-def _open_codes_for_read(path: Path) -> h5py.File:
-    try:
-        h5 = h5py.File(path, "r", **_H5_KW)
-    except (OSError, FileNotFoundError) as e:
-        raise LibraryError(
-            f"{path}: cannot read the codes ({e}); run `musichash index` to repair the library"
-        ) from None
-    if "tracks" not in h5:
-        h5.close()
-        raise LibraryError(
-            f"{path}: no codes in this file; run `musichash index` to repair the library"
-        )
-    return h5
