@@ -118,10 +118,11 @@ def tag(files: tuple[Path, ...], model: str, top: int, as_json: bool, device: st
 @json_option
 def models(show_all: bool, as_json: bool):
     """List the available models and which one is the default."""
-    from musichash.models import DEFAULT_TAGGER, REGISTRY
+    from musichash.models import DEFAULT_CODE_MODEL, DEFAULT_TAGGER, REGISTRY
 
     rows = [
-        {"name": s.name, "kind": s.kind, "bits": s.bits, "default": s.name == DEFAULT_TAGGER, "description": s.description}
+        {"name": s.name, "kind": s.kind, "bits": s.bits, "default": s.name in (DEFAULT_TAGGER, DEFAULT_CODE_MODEL),
+         "description": s.description}
         for s in REGISTRY.values()
         if show_all or not s.test_only
     ]
@@ -156,6 +157,321 @@ def convert_weights(source: Path, out: Path, as_json: bool):
         return
     for name, rec in provenance["models"].items():
         click.echo(f"{out / (name + '.safetensors')}  {rec['parameters']:,} parameters")
+
+
+# ------------------------------------------------------------------ library
+
+
+def library_options(f):
+    f = click.option(
+        "--db-url", metavar="URL", envvar="MUSICHASH_DB_URL",
+        help="SQLAlchemy URL of the metadata database (default: library.db in the library folder).",
+    )(f)
+    return click.option(
+        "--library", "library", type=click.Path(file_okay=False, path_type=Path), envvar="MUSICHASH_LIBRARY",
+        help="Library folder (default: $MUSICHASH_LIBRARY, else ~/.local/share/musichash).",
+    )(f)
+
+
+def _open(library: Path | None, db_url: str | None, *, write: bool = False, device: str = "auto", code_model: str | None = None):
+    from musichash.library import Library
+
+    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model)
+    report = lib.store.repair_report
+    if report.changed:
+        click.echo(
+            f"Warning: {lib.folder}: repaired after an interrupted run "
+            f"({len(report.marked_pending)} tracks to redo, {len(report.orphans_removed)} stray code groups removed"
+            + (f", unreadable codes moved to {report.codes_set_aside}" if report.codes_set_aside else "")
+            + "); `musichash index` completes it",
+            err=True,
+        )
+    return lib
+
+
+def _bar(quiet: bool, as_json: bool):
+    from tqdm import tqdm
+
+    show = not (quiet or as_json) and sys.stderr.isatty()
+    return functools.partial(tqdm, disable=not show, file=sys.stderr, leave=False)
+
+
+def _tags_text(tags) -> str:
+    return ", ".join(t.tag for t in tags[:3])
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(max(seconds, 0.0), 60)
+    return f"{int(m)}:{s:04.1f}"
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@library_options
+@click.option("--prune", is_flag=True, help="Also drop tracks whose files are gone.")
+@click.option("--code-model", default=None, help="Code model of a new library (default: the default of `musichash models`).")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Decoding processes (0: decode in the main process).")
+@json_option
+@device_option
+@quiet_option
+@reports_errors
+def index(paths, library, db_url, prune, code_model, workers, as_json, device, quiet):
+    """Add or update the audio files under PATHS (folders are scanned recursively).
+
+    Unchanged files are skipped, moved files are recognised by their content,
+    and files that cannot be decoded are listed at the end without stopping the run.
+    """
+    from musichash.indexer.pipeline import Progress
+
+    bar_factory = _bar(quiet, as_json)
+
+    class Bar(Progress):
+        def start(self, n_files, total_s):
+            self.bar = bar_factory(total=round(total_s), unit="s", unit_scale=True, desc=f"indexing {n_files} files",
+                                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]")
+
+        def advance(self, path, seconds):
+            self.bar.set_postfix_str(Path(path).name[:30], refresh=False)
+            self.bar.update(seconds)
+
+    with _open(library, db_url, write=True, device=device, code_model=code_model) as lib:
+        progress = Bar()
+        try:
+            report = lib.index(paths, prune=prune, workers=workers, progress=progress)
+        finally:
+            if hasattr(progress, "bar"):
+                progress.bar.close()
+    if as_json:
+        emit({
+            "library": str(lib.folder), "added": len(report.added), "updated": len(report.updated),
+            "unchanged": report.unchanged, "moved": [list(m) for m in report.moved],
+            "copies": [list(c) for c in report.copies], "pruned": list(report.pruned),
+            "failed": [{"path": f.path, "reason": f.reason} for f in report.failed],
+            "audio_s": round(report.audio_s, 2), "seconds": round(report.seconds, 2),
+        })
+        return
+    speed = f", {report.audio_s / report.seconds:.0f}x real time" if report.audio_s and report.seconds else ""
+    click.echo(
+        f"{lib.folder}: {len(report.added)} added, {len(report.updated)} updated, {report.unchanged} unchanged, "
+        f"{len(report.moved)} moved, {len(report.copies)} exact copies, {len(report.pruned)} pruned, "
+        f"{len(report.failed)} failed ({_duration(report.audio_s)} of audio in {report.seconds:.1f} s{speed})"
+    )
+    for old, new in report.moved:
+        click.echo(f"  moved: {old} -> {new}")
+    for path, original in report.copies:
+        click.echo(f"  copy: {path} (same bytes as {original})")
+    for f in report.failed:
+        click.echo(f"  skipped: {f.path}: {f.reason}", err=True)
+
+
+@cli.command()
+@click.argument("clips", nargs=-1, required=True, type=click.Path(path_type=Path))
+@library_options
+@click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(1), help="Tracks listed per clip.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Score above which a clip counts as a match (default: the code model's calibrated value).")
+@json_option
+@device_option
+@quiet_option
+@reports_errors
+def search(clips, library, db_url, top_k, threshold, as_json, device, quiet):
+    """Find the tracks that CLIPS (files or folders of clips, 3 s or longer) come from, and where."""
+    from musichash.indexer.pipeline import scan
+    from musichash.search.results import search_json
+
+    files, missing = scan(clips)
+    for m in missing:
+        click.echo(f"Error: {m.path}: {m.reason}", err=True)
+    failed = len(missing)
+    with _open(library, db_url, device=device) as lib:
+        for r in lib.search(files, top_k=top_k, threshold=threshold):
+            if r.error is not None:
+                failed += 1
+                click.echo(f"Error: {r.query}: {r.error}", err=True)
+                if as_json:
+                    emit(search_json(r))
+                continue
+            if as_json:
+                emit(search_json(r))
+                continue
+            verdict = "match" if r.match else "no match"
+            click.echo(f"{r.query}  ({r.duration_s:.1f} s): {verdict}")
+            for i, h in enumerate(r.results if r.match else r.results[:1], 1):
+                lead = f"{i}." if r.match else "nearest:"
+                click.echo(
+                    f"  {lead} {h.path}  at {_clock(h.offset_s)}  score {h.score:.2f}  hamming {h.hamming}  [{_tags_text(h.tags)}]"
+                )
+    if failed:
+        raise click.ClickException(f"{failed} of {len(files) + len(missing)} clips could not be searched")
+
+
+@cli.command()
+@library_options
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Aligned fraction of a track that makes two tracks one recording (default: the code model's calibrated value).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV rows: group, track_id, path, start_s, end_s.")
+@json_option
+@reports_errors
+def dedup(library, db_url, threshold, as_csv, as_json):
+    """Groups of files that are the same recording (re-encodes, trims, fades, gain or small speed changes)."""
+    from musichash.search.results import dedup_json
+
+    with _open(library, db_url) as lib:
+        groups = lib.dedup(threshold)
+    if as_json:
+        emit(dedup_json(groups))
+        return
+    if as_csv:
+        import csv
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["group", "track_id", "path", "start_s", "end_s"])
+        for g, group in enumerate(groups, 1):
+            for m in group.tracks:
+                w.writerow([g, m.track_id, m.path, f"{m.span_s[0]:.2f}", f"{m.span_s[1]:.2f}"])
+        return
+    if not groups:
+        click.echo("no duplicates found")
+    for g, group in enumerate(groups, 1):
+        click.echo(f"group {g} ({len(group.tracks)} files, score {group.score:.2f})")
+        for m in group.tracks:
+            click.echo(f"  {m.path}  [{_clock(m.span_s[0])} - {_clock(m.span_s[1])}]")
+
+
+def similar_options(f):
+    f = click.option("--min-p", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Probability at which a track has a tag.")(f)
+    f = click.option("--exclude-tag", "exclude_tags", multiple=True, help="Leave out tracks with this tag (repeatable).")(f)
+    f = click.option("--tag", "tags", multiple=True, help="Only tracks with this tag (repeatable: all of them).")(f)
+    return click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Tracks listed.")(f)
+
+
+def _print_similar(r) -> None:
+    click.echo(f"similar to {r.seed}:")
+    for i, h in enumerate(r.results, 1):
+        click.echo(f"  {i}. {h.path}  score {h.score:.2f}  [{_tags_text(h.tags)}]")
+    if not r.results:
+        click.echo("  (no tracks pass the filters)")
+    for p in r.excluded:
+        click.echo(f"  left out (same recording): {p}")
+
+
+@cli.command()
+@click.argument("seed")
+@library_options
+@similar_options
+@json_option
+@device_option
+@reports_errors
+def similar(seed, library, db_url, top_k, tags, exclude_tags, min_p, as_json, device):
+    """Tracks that sound like SEED (a library track's path or id, or any audio file), without its duplicates."""
+    from musichash.search.results import similar_json
+
+    with _open(library, db_url, device=device) as lib:
+        r = lib.similar(seed, top_k=top_k, tags=tags, exclude_tags=exclude_tags, min_p=min_p)
+    if as_json:
+        emit(similar_json(r))
+    else:
+        _print_similar(r)
+
+
+@cli.command()
+@click.option("--seeds", "seeds", multiple=True, help="A seed track (path, id or audio file); repeat for a playlist.")
+@click.option("--all", "every", is_flag=True, help="Candidates for every track of the library (needs --out).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="JSON Lines file for --all.")
+@library_options
+@similar_options
+@json_option
+@device_option
+@quiet_option
+@reports_errors
+def recommend(seeds, every, out, library, db_url, top_k, tags, exclude_tags, min_p, as_json, device, quiet):
+    """Recommendation candidates: tracks near all the --seeds, or (--all --out FILE) for every track."""
+    if every == bool(seeds):
+        raise click.UsageError("give either --seeds (one or more) or --all with --out FILE")
+    if every and out is None:
+        raise click.UsageError("--all writes one line per track: give --out FILE")
+    from musichash.search.results import similar_json
+
+    filters = {"top_k": top_k, "tags": tags, "exclude_tags": exclude_tags, "min_p": min_p}
+    with _open(library, db_url, device=device) as lib:
+        if not every:
+            r = lib.recommend(list(seeds), **filters)
+            if as_json:
+                emit(similar_json(r))
+            else:
+                _print_similar(r)
+            return
+        n = lib.stats().n_tracks
+        tmp = out.with_name(f".{out.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f, _bar(quiet, as_json)(total=n, unit="track", desc="recommend") as bar:
+            for r in lib.recommend_all(**filters):
+                f.write(json.dumps(similar_json(r), ensure_ascii=False) + "\n")
+                bar.update(1)
+        tmp.replace(out)
+    if as_json:
+        emit({"out": str(out), "tracks": n})
+    else:
+        click.echo(f"{out}: candidates for {n} tracks")
+
+
+@cli.command()
+@library_options
+@json_option
+@reports_errors
+def stats(library, db_url, as_json):
+    """Size of the library, its code model and index, and what its codes cost."""
+    from musichash.search.cache import read_config
+
+    with _open(library, db_url) as lib:
+        s = lib.stats()
+        kind = read_config(lib.folder, s.bits).kind
+    row = {
+        "library": str(lib.folder), "tracks": s.n_tracks, "errors": s.n_errors, "pending": s.n_pending,
+        "segments": s.n_segments, "hours": round(s.hours, 3), "code_model": s.code_model, "bits": s.bits,
+        "index_type": kind, "code_bytes": s.code_bytes, "code_bytes_per_hour": round(s.code_bytes_per_hour, 1),
+    }
+    if as_json:
+        emit(row)
+        return
+    width = max(map(len, row))
+    for k, v in row.items():
+        click.echo(f"{k.replace('_', ' '):<{width}}  {v}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@library_options
+@json_option
+@reports_errors
+def remove(paths, library, db_url, as_json):
+    """Drop the tracks at PATHS (files, or every track under a folder) from the library; files are not touched."""
+    with _open(library, db_url, write=True) as lib:
+        gone = lib.remove(paths)
+    if as_json:
+        emit({"removed": gone})
+        return
+    for p in gone:
+        click.echo(f"removed {p}")
+
+
+@cli.command()
+@library_options
+@click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf", "multihash"]), default=None,
+              help="Switch the segment index type (default: keep the current one; new libraries use flat).")
+@click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF lists probed per query.")
+@json_option
+@device_option
+@reports_errors
+def reindex(library, db_url, index_type, nprobe, as_json, device):
+    """Rebuild the FAISS index files from the stored codes (they are a cache)."""
+    params = {} if nprobe is None else {"nprobe": nprobe}
+    with _open(library, db_url, write=True, device=device) as lib:
+        idx = lib.reindex(index_type, **params)
+    row = {"library": str(lib.folder), "index_type": idx.segments.kind, "segments": idx.segments.ntotal,
+           "tracks": idx.tracks.ntotal, "device": idx.segments.device}
+    if as_json:
+        emit(row)
+    else:
+        click.echo(f"{lib.folder}: rebuilt {row['index_type']} index of {row['segments']} segments, {row['tracks']} tracks ({row['device']})")
+
 
 
 def _duration(seconds: float) -> str:

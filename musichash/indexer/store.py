@@ -283,6 +283,17 @@ class LibraryStore:
         self._delete_codes(ids)
         return n
 
+    def update_file(self, track_id: int, path: str, size: int, mtime: float) -> Track:
+        """Point a track at a moved or touched file whose bytes are unchanged; codes stay."""
+        self._check_writable()
+        with Session(self._engine) as s, s.begin():
+            row = s.get(_Track, int(track_id))
+            if row is None:
+                raise LibraryError(f"track {track_id} is not in {self.folder}")
+            row.path, row.size, row.mtime = str(path), size, mtime
+            s.flush()
+            return row.to_track()
+
     def repair(self) -> RepairReport:
         """Make SQL and HDF5 agree after a crash (see module docstring)."""
         self._check_writable()
@@ -366,6 +377,31 @@ class LibraryStore:
                 np.zeros((0, nbytes), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.float32)
             )
         return SegmentTable(np.concatenate(codes), np.concatenate(tids), np.concatenate(times))
+
+    def track_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Track-level codes of all 'ok' tracks: ``ids: int64 [n]``, ``codes: uint8 [n, bits/8]``."""
+        ids, codes = [], []
+        groups = self._h5["tracks"]
+        for t in self.tracks("ok"):
+            g = groups.get(str(t.id))
+            if g is not None:
+                ids.append(t.id)
+                codes.append(g["track_code"][()])
+        nbytes = self.bits // 8
+        return np.asarray(ids, np.int64), np.asarray(codes, np.uint8).reshape(-1, nbytes)
+
+    def stamp(self) -> str:
+        """A token that changes whenever the set of valid codes changes (for derived caches)."""
+        with Session(self._engine) as s:
+            n, ids, segs, last = s.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(_Track.id), 0),
+                    func.coalesce(func.sum(_Track.n_segments), 0),
+                    func.coalesce(func.max(_Track.updated), 0.0),
+                ).where(_Track.status == "ok")
+            ).one()
+        return f"{self.code_model}:{self.bits}:{n}:{ids}:{segs}:{float(last):.6f}"
 
     def stats(self) -> LibraryStats:
         with Session(self._engine) as s:

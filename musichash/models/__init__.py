@@ -2,6 +2,7 @@
 
 from musichash.models.backbones import VGG, BackboneOutput, Musicnn, WindowBatch
 from musichash.models.registry import (
+    DEFAULT_CODE_MODEL,
     DEFAULT_TAGGER,
     REGISTRY,
     ModelError,
@@ -12,6 +13,7 @@ from musichash.models.registry import (
 )
 
 __all__ = [
+    "DEFAULT_CODE_MODEL",
     "DEFAULT_TAGGER",
     "REGISTRY",
     "VGG",

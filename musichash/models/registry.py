@@ -22,6 +22,9 @@ from musichash.models.backbones import VGG, Musicnn, _Backbone
 
 WEIGHTS_PACKAGE = "musichash.models"
 DEFAULT_TAGGER = "MTT_musicnn"
+DEFAULT_CODE_MODEL = "interim_vgg_itq64"
+#: bit lengths of the shipped interim code models
+INTERIM_BITS = (16, 32, 48, 64, 128)
 
 
 class ModelError(MusichashError):
@@ -30,7 +33,13 @@ class ModelError(MusichashError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One registered model. ``kind`` is what it produces: ``tagger`` (tags and feature maps)."""
+    """One registered model. ``kind`` is what it produces: ``tagger`` (tags and feature maps)
+    or ``hash`` (binary codes made from the feature maps of the tagger named ``backbone``).
+
+    For ``hash`` models with ``arch == "binarizer"``, ``weights`` is a fitted linear
+    binarizer of the backbone's ``feature`` map (``None``: a seeded random projection,
+    test configs only).
+    """
 
     name: str
     kind: str
@@ -41,6 +50,8 @@ class ModelSpec:
     config: dict[str, Any] = field(default_factory=dict)
     bits: int | None = None
     test_only: bool = False
+    backbone: str | None = None
+    feature: str | None = None
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -66,6 +77,15 @@ REGISTRY: dict[str, ModelSpec] = {
             "VGG-like CNN trained on the Million Song Dataset's top-50 tags",
             weights="MSD_vgg.safetensors",
         ),
+        *(
+            ModelSpec(
+                f"interim_vgg_itq{bits}", "hash", "binarizer", "MTT",
+                f"interim codes: MTT_vgg pool5 features, {bits}-bit ITQ fitted on allowed game music"
+                + ("; default code model" if bits == 64 else ""),
+                weights=f"interim_vgg_itq{bits}.safetensors", bits=bits, backbone="MTT_vgg", feature="pool5",
+            )
+            for bits in INTERIM_BITS
+        ),
         ModelSpec(
             "unittest_vgg", "tagger", "vgg", "MTT", "tiny random VGG for tests",
             config={"n_filters": 4}, test_only=True,
@@ -73,6 +93,10 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "unittest_musicnn", "tagger", "musicnn", "MTT", "tiny random musicnn for tests",
             config={"n_filt_frontend": 0.1, "n_filt_midend": 4, "n_units": 8}, test_only=True,
+        ),
+        ModelSpec(
+            "unittest_hash", "hash", "binarizer", "MTT", "tiny random codes for tests (unittest_vgg + 16-bit LSH)",
+            bits=16, backbone="unittest_vgg", feature="pool5", test_only=True,
         ),
     ]
 }
@@ -102,6 +126,8 @@ def weights_path(spec: ModelSpec):
 def build_backbone(name: str, device: str | torch.device = "cpu") -> _Backbone:
     """Build a registered backbone in inference mode, weights loaded."""
     spec = get_spec(name)
+    if spec.kind != "tagger":
+        raise ModelError(f"{name} is a {spec.kind} model, not a backbone; its backbone is {spec.backbone}")
     n_tags = len(tag_names(spec.vocabulary))
     with torch.random.fork_rng(devices=[]):  # test configs are random but reproducible; callers' RNG untouched
         torch.manual_seed(0)

@@ -1,0 +1,136 @@
+"""Code models: log-mel in, tags and binary codes out.
+
+A code model is a registered ``hash`` model (see ``musichash models``): the
+backbone it names runs once over the whole track (``iter_windows``), every
+3 s window becomes a segment code, and the track code is the sign of the
+windows' mean embedding. Today's models are the interim ones (a fitted
+linear binarizer of the VGG's pool5 map); CRNNH plugs in here by name,
+behind the same ``CodeModel.encode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+
+from musichash.audio import HOP, SAMPLE_RATE
+from musichash.indexer.binarize import Binarizer, BinarizerError
+from musichash.models import DEFAULT_CODE_MODEL, ModelError, build_backbone, get_spec, tag_names
+from musichash.models.registry import WEIGHTS_PACKAGE, resolve_device
+
+#: frames between library segments: 1.28 s, a multiple of the VGG's 16-frame stride
+LIBRARY_HOP = 80
+#: frames between query windows: 0.256 s, so some query window lies within
+#: 0.128 s of every library segment start
+QUERY_HOP = 16
+#: seconds per mel frame
+FRAME_S = HOP / SAMPLE_RATE
+#: seconds covered by one window (187 frames)
+WINDOW_S = 3.0
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Tags and codes of one piece of audio.
+
+    tags: float32 [n_tags]       mean tag probabilities over the windows
+    track_code: uint8 [bits/8]   sign of the mean embedding
+    codes: uint8 [n, bits/8]     one code per window
+    times: float32 [n]           window starts, seconds
+    """
+
+    tags: np.ndarray
+    track_code: np.ndarray
+    codes: np.ndarray
+    times: np.ndarray
+    duration_s: float
+
+
+class CodeModel:
+    """A registered ``hash`` model, loaded once and used for many tracks and queries."""
+
+    def __init__(self, name: str = DEFAULT_CODE_MODEL, device: str | None = None):
+        spec = get_spec(name)
+        if spec.kind != "hash":
+            raise ModelError(
+                f"{name} is a {spec.kind} model, not a code model; pick a model of kind 'hash' "
+                f"from `musichash models` (default {DEFAULT_CODE_MODEL})"
+            )
+        self.spec = spec
+        self.name = name
+        self.bits = int(spec.bits)
+        self.device = resolve_device(device)
+        self.backbone = build_backbone(spec.backbone, self.device)
+        self.vocabulary = tag_names(get_spec(spec.backbone).vocabulary)
+        self.binarizer = _load_binarizer(spec, self.backbone)
+
+    @torch.inference_mode()
+    def encode(self, mel: torch.Tensor | np.ndarray | Iterable[torch.Tensor], hop: int = LIBRARY_HOP) -> Encoded:
+        """mel: float [T, 96] (or consecutive chunks of it) -> tags and codes of windows every ``hop`` frames."""
+        if isinstance(mel, np.ndarray):
+            mel = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
+        n_frames = 0
+
+        def counted(chunks):
+            nonlocal n_frames
+            for c in [chunks] if isinstance(chunks, torch.Tensor) else chunks:
+                c = torch.as_tensor(c).to(self.device)
+                n_frames += c.shape[0]
+                yield c
+
+        starts, probs, feats = [], [], []
+        for wb in self.backbone.iter_windows(counted(mel), hop, features=True):
+            starts.append(wb.starts.numpy())
+            probs.append(torch.sigmoid(wb.logits).double().sum(0).cpu().numpy())
+            feats.append(wb.features[self.spec.feature].flatten(1).float().cpu().numpy())
+        x = np.concatenate(feats)
+        # T = 1 + n_samples // HOP frames for a centred STFT
+        duration = max(n_frames - 1, 0) * FRAME_S
+        return Encoded(
+            tags=(np.sum(probs, axis=0) / len(x)).astype(np.float32),
+            track_code=self.binarizer.encode(x.mean(axis=0))[0],
+            codes=self.binarizer.encode(x),
+            times=(np.concatenate(starts) * FRAME_S).astype(np.float32),
+            duration_s=float(duration),
+        )
+
+
+def _load_binarizer(spec, backbone) -> Binarizer:
+    if spec.arch != "binarizer":
+        raise ModelError(f"code model {spec.name}: unknown architecture {spec.arch!r}")
+    if spec.weights is None:
+        return _random_projection(spec, backbone)
+    path = resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{spec.weights}")
+    if not path.is_file():
+        raise ModelError(f"weights for {spec.name} are missing ({spec.weights}); reinstall musichash")
+    try:
+        with resources.as_file(path) as p:
+            b = Binarizer.load(p)
+    except BinarizerError as e:
+        raise ModelError(f"{spec.name}: {e}") from e
+    if b.bits != spec.bits:
+        raise ModelError(f"{spec.weights} holds a {b.bits}-bit binarizer, {spec.name} needs {spec.bits}")
+    return b
+
+
+def _random_projection(spec, backbone) -> Binarizer:
+    """Seeded Gaussian projection (test configs), centred and scaled on seeded noise windows."""
+    dev = next(backbone.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(16, 187, 96, generator=g).to(dev)
+    with torch.inference_mode():
+        x = backbone(noise).features[spec.feature].flatten(1).double().cpu().numpy()
+    rng = np.random.default_rng(0)
+    return Binarizer(
+        kind="lsh",
+        bits=int(spec.bits),
+        mean=x.mean(axis=0).astype(np.float32),
+        scale=np.maximum(x.std(axis=0), 1e-6).astype(np.float32),
+        components=rng.standard_normal((x.shape[1], int(spec.bits))).astype(np.float32),
+        rotation=np.eye(int(spec.bits), dtype=np.float32),
+        feature=spec.feature,
+    )

@@ -1,0 +1,271 @@
+"""Indexing: scan folders, decide what needs work, decode in worker processes, encode, store.
+
+Decisions per file (cheapest first):
+
+- same path, size and mtime as an 'ok' or 'error' row: unchanged, skipped;
+- else its bytes are hashed (sha256): same bytes as the row at its path
+  (a touch) or as an 'ok' track whose file is gone (a move or rename): the
+  row is pointed at the file, codes kept; same bytes as an 'ok' track whose
+  file is still there: an exact copy, noted, and its codes are copied;
+- else decoded (worker processes: decode, resample, log-mel) and encoded
+  (main process: the model, batched over each track's windows).
+
+Every track is committed on its own (``LibraryStore.put_track`` is crash
+safe), so an interrupted run keeps what it finished and the next run
+completes the rest. Bad files are recorded with their reason and the run goes
+on.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from musichash.audio import AudioError, audio_info, iter_audio_blocks, iter_mel_blocks
+from musichash.indexer.encoder import LIBRARY_HOP, CodeModel
+from musichash.indexer.store import LibraryStore, Track, TrackRecord
+
+#: file name endings scanned in folders (files named explicitly are always tried)
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .flac .ogg .oga .opus .mp3 .m4a .aac .mp4 .wma .aif .aiff .aifc .au .caf .w64 .wv .ape .mka .webm".split()
+)
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What one ``index`` run did. ``audio_s``: seconds of audio decoded and encoded."""
+
+    added: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    unchanged: int = 0
+    moved: tuple[tuple[str, str], ...] = ()  # (old path, new path)
+    copies: tuple[tuple[str, str], ...] = ()  # (path, path of the identical file already indexed)
+    failed: tuple[FailedFile, ...] = ()
+    pruned: tuple[str, ...] = ()
+    audio_s: float = 0.0
+    seconds: float = 0.0
+
+
+class Progress:
+    """Hooks for a progress display; the default does nothing."""
+
+    def start(self, n_files: int, total_s: float) -> None:
+        """``n_files`` files, ``total_s`` seconds of audio (from the headers) are about to be encoded."""
+
+    def advance(self, path: str, seconds: float) -> None:
+        """One file is done (or failed); ``seconds`` of its audio counted."""
+
+
+@dataclass
+class _Plan:
+    compute: list[tuple[Path, str, os.stat_result, float]] = field(default_factory=list)  # path, hash, stat, header s
+    unchanged: int = 0
+    moved: list[tuple[str, str]] = field(default_factory=list)
+    copies: list[tuple[str, str]] = field(default_factory=list)
+    copy_later: list[tuple[Path, str, os.stat_result, Path]] = field(default_factory=list)  # of a file computed now
+    failed: list[FailedFile] = field(default_factory=list)
+
+
+def scan(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[FailedFile]]:
+    """Audio files under ``paths`` (recursive, sorted, hidden entries skipped), and paths that do not exist."""
+    files: dict[Path, None] = {}
+    missing = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for root, dirs, names in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for n in sorted(names):
+                    if not n.startswith(".") and Path(n).suffix.lower() in AUDIO_EXTENSIONS:
+                        files[Path(root, n).absolute()] = None
+        elif p.exists():
+            files[p.absolute()] = None
+        else:
+            missing.append(FailedFile(str(p), "no such file or folder; check the path"))
+    return list(files), missing
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def index_paths(
+    store: LibraryStore,
+    model: CodeModel,
+    paths: Sequence[str | os.PathLike],
+    *,
+    prune: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IndexReport:
+    """Add or update the audio files under ``paths``; see the module docstring."""
+    t0 = time.perf_counter()
+    progress = progress or Progress()
+    files, failed = scan(paths)
+    plan = _plan(store, files)
+    plan.failed[:0] = failed
+    progress.start(len(plan.compute), sum(c[3] for c in plan.compute))
+    added, updated, audio_s = [], [], 0.0
+    for (path, digest, st, header_s), result in zip(plan.compute, _decoded(plan.compute, workers)):
+        existed = store.find_by_path(str(path)) is not None
+        if isinstance(result, str):
+            store.put_error(str(path), digest, st.st_size, st.st_mtime, result)
+            plan.failed.append(FailedFile(str(path), result))
+            progress.advance(str(path), header_s)
+            continue
+        mel, fmt = result
+        enc = model.encode(mel, LIBRARY_HOP)
+        record = TrackRecord(
+            str(path), digest, st.st_size, st.st_mtime, enc.duration_s, fmt, tuple(float(p) for p in enc.tags)
+        )
+        store.put_track(record, enc.track_code, enc.codes, enc.times)
+        (updated if existed else added).append(str(path))
+        audio_s += enc.duration_s
+        progress.advance(str(path), header_s)
+    for path, digest, st, original in plan.copy_later:
+        source = store.find_by_path(str(original))
+        if source is not None and source.status == "ok":
+            _copy_track(store, source, path, digest, st)
+            plan.copies.append((str(path), str(original)))
+        else:  # the original failed: so does its copy, for the same reason
+            reason = source.error if source is not None and source.error else "could not be indexed"
+            store.put_error(str(path), digest, st.st_size, st.st_mtime, reason)
+            plan.failed.append(FailedFile(str(path), reason))
+    pruned = _prune(store) if prune else []
+    return IndexReport(
+        added=tuple(added),
+        updated=tuple(updated),
+        unchanged=plan.unchanged,
+        moved=tuple(plan.moved),
+        copies=tuple(plan.copies),
+        failed=tuple(plan.failed),
+        pruned=tuple(pruned),
+        audio_s=audio_s,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
+    plan = _Plan()
+    planned: dict[str, Path] = {}  # hash -> first file with these bytes in this run
+    scanned = {str(f) for f in files}
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError as e:
+            plan.failed.append(FailedFile(str(path), f"cannot read it ({e.strerror}); check its permissions"))
+            continue
+        row = store.find_by_path(str(path))
+        if row is not None and row.status != "pending" and (row.size, row.mtime) == (st.st_size, st.st_mtime):
+            if row.status == "error":  # still the same bad file: list it again, don't retry
+                plan.failed.append(FailedFile(str(path), row.error or "could not be indexed"))
+            else:
+                plan.unchanged += 1
+            continue
+        try:
+            digest = file_hash(path)
+        except OSError as e:
+            plan.failed.append(FailedFile(str(path), f"cannot read it ({e.strerror}); check its permissions"))
+            continue
+        if row is not None and row.status == "ok" and row.content_hash == digest:
+            store.update_file(row.id, str(path), st.st_size, st.st_mtime)  # touched, same bytes
+            plan.unchanged += 1
+            continue
+        same = [t for t in store.find_by_hash(digest) if t.status == "ok" and t.path != str(path)]
+        gone = [t for t in same if t.path not in scanned and not os.path.exists(t.path)]
+        if gone and row is None:
+            store.update_file(gone[0].id, str(path), st.st_size, st.st_mtime)
+            plan.moved.append((gone[0].path, str(path)))
+            continue
+        if same:
+            _copy_track(store, same[0], path, digest, st)
+            plan.copies.append((str(path), same[0].path))
+            continue
+        if digest in planned:
+            plan.copy_later.append((path, digest, st, planned[digest]))
+            continue
+        planned[digest] = path
+        try:
+            header_s = audio_info(path).duration_s
+        except AudioError:
+            header_s = 0.0  # the worker reports the reason
+        plan.compute.append((path, digest, st, header_s))
+    return plan
+
+
+def _copy_track(store: LibraryStore, source: Track, path: Path, digest: str, st: os.stat_result) -> None:
+    codes = store.get_codes(source.id)
+    record = TrackRecord(str(path), digest, st.st_size, st.st_mtime, source.duration_s, source.format, source.tags)
+    store.put_track(record, codes.track_code, codes.segment_codes, codes.segment_times)
+
+
+def _prune(store: LibraryStore) -> list[str]:
+    gone = [t for t in store.tracks() if not os.path.exists(t.path)]
+    store.remove(t.id for t in gone)
+    return [t.path for t in gone]
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def decode_mel(path: str | os.PathLike) -> tuple[np.ndarray, str] | str:
+    """Worker job: ``(log-mel float32 [T, 96], format)``, or the reason the file cannot be used."""
+    try:
+        fmt = audio_info(path).format
+        mel = np.concatenate(list(iter_mel_blocks(iter_audio_blocks(path))))
+        return mel, fmt
+    except AudioError as e:
+        return e.reason
+    except Exception as e:  # a decoder crash must cost one file, not the run
+        return f"cannot decode it ({type(e).__name__}: {e}); convert it to flac or wav"
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the main process's model gets the cores
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _decoded(jobs: list, workers: int | None) -> Iterable[tuple[np.ndarray, str] | str]:
+    """Decode jobs in order, at most ``workers + 1`` ahead of the consumer (bounded memory)."""
+    workers = default_workers() if workers is None else workers
+    if workers <= 0 or len(jobs) <= 1:
+        for job in jobs:
+            yield decode_mel(job[0])
+        return
+    pending: collections.deque[Future] = collections.deque()
+    # spawn: the parent has torch's thread pools running, which fork does not copy safely
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as ex:
+        todo = iter(jobs)
+        try:
+            for job in todo:
+                pending.append(ex.submit(decode_mel, str(job[0])))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()

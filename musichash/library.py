@@ -1,0 +1,372 @@
+"""The Python API: a music library folder you index, query, deduplicate and mine for recommendations.
+
+    from musichash import Library
+
+    with Library.open("~/music-index", write=True) as lib:
+        report = lib.index(["~/Music"])
+    with Library.open("~/music-index") as lib:
+        for result in lib.search(["clip.mp3"]):
+            print(result.match, result.results[:1])
+
+Each method mirrors a CLI command and returns typed records
+(``musichash.search.results``, ``musichash.indexer.pipeline.IndexReport``,
+``musichash.indexer.store.LibraryStats``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musichash.audio import AudioError, iter_audio_blocks, iter_mel_blocks, log_mel
+from musichash.errors import MusichashError
+from musichash.indexer.encoder import QUERY_HOP, CodeModel, Encoded
+from musichash.indexer.pipeline import IndexReport, Progress, index_paths
+from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, Track
+from musichash.models import DEFAULT_CODE_MODEL, get_spec, tag_names
+from musichash.search import engine
+from musichash.search.cache import SearchIndex, load_or_build, read_config, write_config
+from musichash.search.faiss_index import IndexConfig
+from musichash.search.results import (
+    DuplicateGroup,
+    GroupMember,
+    SearchHit,
+    SearchResult,
+    SimilarHit,
+    SimilarResult,
+)
+from musichash.search.vote import DEFAULT_MATCH_THRESHOLD
+from musichash.tagging import TagScore
+
+#: shortest query clip, seconds (one 3 s window)
+MIN_CLIP_S = 3.0
+#: a track "has" a tag for --tag / --exclude-tag when its probability reaches this
+DEFAULT_TAG_P = 0.2
+TAGS_SHOWN = 5
+
+
+class QueryError(MusichashError):
+    """A query (clip, seed or tag) cannot be used as given."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Audio already in memory: ``wave: float32 [n]`` at 16 kHz, named for the results."""
+
+    name: str
+    wave: np.ndarray
+
+
+def default_folder() -> Path:
+    """``$MUSICHASH_LIBRARY``, else ``$XDG_DATA_HOME/musichash`` (``~/.local/share/musichash``)."""
+    env = os.environ.get("MUSICHASH_LIBRARY")
+    if env:
+        return Path(env).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "musichash"
+
+
+class Library:
+    """A library folder (see DESIGN.md). Open it with :meth:`open`, preferably as a context manager."""
+
+    def __init__(self, store: LibraryStore, device: str = "auto"):
+        self.store = store
+        self.device = device
+        self._model: CodeModel | None = None
+        self._index: SearchIndex | None = None
+
+    @classmethod
+    def open(
+        cls,
+        folder: str | os.PathLike | None = None,
+        *,
+        db_url: str | None = None,
+        write: bool = False,
+        code_model: str | None = None,
+        device: str = "auto",
+    ) -> Library:
+        """Open (``write=True``: create if needed, and lock) the library in ``folder``.
+
+        ``code_model`` picks the model of a new library (default
+        ``interim_vgg_itq64``); for an existing one it must match.
+        """
+        folder = Path(folder).expanduser() if folder is not None else default_folder()
+        bits = None
+        if code_model is not None:
+            spec = get_spec(code_model)
+            if spec.kind != "hash":
+                raise LibraryError(f"{code_model} is a {spec.kind} model; a library needs a code model (kind 'hash')")
+            bits = spec.bits
+        elif write and not (folder / "library.db").exists() and db_url is None:
+            code_model, bits = DEFAULT_CODE_MODEL, get_spec(DEFAULT_CODE_MODEL).bits
+        try:
+            store = LibraryStore.open(folder, db_url, write=write, code_model=code_model, bits=bits)
+        except ValueError:  # an empty external database and no model named
+            code_model, bits = DEFAULT_CODE_MODEL, get_spec(DEFAULT_CODE_MODEL).bits
+            store = LibraryStore.open(folder, db_url, write=write, code_model=code_model, bits=bits)
+        return cls(store, device)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def folder(self) -> Path:
+        return self.store.folder
+
+    @property
+    def code_model(self) -> str:
+        return self.store.code_model
+
+    @property
+    def model(self) -> CodeModel:
+        if self._model is None:
+            self._model = CodeModel(self.code_model, self.device)
+        return self._model
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        spec = get_spec(self.code_model)
+        return tag_names(get_spec(spec.backbone).vocabulary)
+
+    def search_index(self, *, force: bool = False) -> SearchIndex:
+        """The FAISS index of the library's codes, loaded from ``index/`` or rebuilt if stale."""
+        if force or self._index is None or self._index.stamp != self.store.stamp():
+            self._index = load_or_build(self.store, _faiss_device(self.device), force=force)
+        return self._index
+
+    # ------------------------------------------------------------------ writes
+
+    def index(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        prune: bool = False,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> IndexReport:
+        """Add or update the audio under ``paths`` (see ``musichash.indexer.pipeline``)."""
+        return index_paths(self.store, self.model, paths, prune=prune, workers=workers, progress=progress)
+
+    def remove(self, paths: Iterable[str | os.PathLike]) -> list[str]:
+        """Drop tracks by file path, or every track under a folder; returns the paths removed."""
+        tracks = self.store.tracks()
+        gone: dict[int, str] = {}
+        for p in paths:
+            target = str(Path(p).absolute())
+            hit = [t for t in tracks if t.path == target or t.path.startswith(target.rstrip(os.sep) + os.sep)]
+            if not hit:
+                raise QueryError(f"{p}: no track of the library is at or under this path; see `musichash stats`")
+            gone.update((t.id, t.path) for t in hit)
+        self.store.remove(gone)
+        return sorted(gone.values())
+
+    def reindex(self, index_type: str | None = None, **params) -> SearchIndex:
+        """Rebuild the FAISS files from codes.h5, optionally with another index type or parameters."""
+        if index_type is not None or params:
+            old = read_config(self.folder, self.store.bits)
+            config = IndexConfig(**{**_config_dict(old), **({"kind": index_type} if index_type else {}), **params})
+            write_config(self.folder, config)
+        return self.search_index(force=True)
+
+    # ------------------------------------------------------------------- reads
+
+    def stats(self) -> LibraryStats:
+        return self.store.stats()
+
+    def encode(self, clip: str | os.PathLike | Clip, hop: int = QUERY_HOP) -> Encoded:
+        """Codes of a file or an in-memory clip, windows every ``hop`` frames."""
+        if isinstance(clip, Clip):
+            mel = log_mel(clip.wave)
+            return self.model.encode(mel, hop)
+        chunks = (torch.from_numpy(c) for c in iter_mel_blocks(iter_audio_blocks(clip)))
+        return self.model.encode(chunks, hop)
+
+    def search(
+        self,
+        clips: Iterable[str | os.PathLike | Clip],
+        *,
+        top_k: int = 10,
+        threshold: float | None = None,
+    ) -> Iterator[SearchResult]:
+        """One result per clip, in order; a clip that cannot be used gets ``error`` set."""
+        threshold = self.match_threshold if threshold is None else threshold
+        index = self.search_index()
+        for clip in clips:
+            name = clip.name if isinstance(clip, Clip) else str(clip)
+            try:
+                enc = self.encode(clip)
+            except AudioError as e:
+                yield SearchResult(name, False, (), 0.0, error=e.reason)
+                continue
+            if enc.duration_s < MIN_CLIP_S - 0.05:
+                yield SearchResult(
+                    name, False, (), enc.duration_s,
+                    error=f"clip is {enc.duration_s:.1f} s long; queries need at least {MIN_CLIP_S:g} s",
+                )
+                continue
+            votes, match = engine.query_codes(index, enc.codes, enc.times, self.store.bits, top_k=top_k, threshold=threshold)
+            hits = []
+            for v in votes:
+                t = self.store.get(v.track_id)
+                if t is None:  # removed since the index was built
+                    continue
+                hits.append(SearchHit(v.track_id, t.path, v.score, v.hamming, v.offset_s, v.rate, v.votes, self._top_tags(t)))
+            yield SearchResult(name, match, tuple(hits), enc.duration_s)
+
+    @property
+    def match_threshold(self) -> float:
+        return float(get_spec(self.code_model).config.get("match_threshold", DEFAULT_MATCH_THRESHOLD))
+
+    @property
+    def dedup_threshold(self) -> float:
+        return float(get_spec(self.code_model).config.get("dedup_threshold", engine.DEFAULT_DEDUP_THRESHOLD))
+
+    def dedup(self, threshold: float | None = None) -> list[DuplicateGroup]:
+        """Groups of tracks that are the same recording, largest first."""
+        threshold = self.dedup_threshold if threshold is None else threshold
+        index = self.search_index()
+        tracks = {t.id: t for t in self.store.tracks("ok")}
+        pairs = []
+        for tid, t in tracks.items():
+            codes = self.store.get_codes(tid)
+            pairs += engine.duplicates_of(
+                index, codes.segment_codes, codes.segment_times, self.store.bits,
+                self_id=tid, duration_s=t.duration_s, threshold=threshold,
+            )
+        # Same bytes: the same recording whatever the codes say.
+        by_hash: dict[str, list[int]] = {}
+        for t in tracks.values():
+            by_hash.setdefault(t.content_hash, []).append(t.id)
+        for ids in by_hash.values():
+            for other in ids[1:]:
+                full = (0.0, float(tracks[ids[0]].duration_s or 0.0))
+                pairs.append(engine.DuplicatePair(ids[0], other, 1.0, full, full))
+        groups = []
+        for ids, score, spans in engine.group_pairs(p for p in pairs if p.b in tracks and p.a in tracks):
+            members = tuple(GroupMember(i, tracks[i].path, spans[i]) for i in ids)
+            groups.append(DuplicateGroup(members, score))
+        return groups
+
+    def similar(
+        self,
+        seed: str | os.PathLike | int,
+        *,
+        top_k: int = 10,
+        tags: Sequence[str] = (),
+        exclude_tags: Sequence[str] = (),
+        min_p: float = DEFAULT_TAG_P,
+    ) -> SimilarResult:
+        """Tracks that sound like ``seed`` (a library track's path or id, or any audio file), minus its duplicates."""
+        return self.recommend([seed], top_k=top_k, tags=tags, exclude_tags=exclude_tags, min_p=min_p)
+
+    def recommend(
+        self,
+        seeds: Sequence[str | os.PathLike | int],
+        *,
+        top_k: int = 10,
+        tags: Sequence[str] = (),
+        exclude_tags: Sequence[str] = (),
+        min_p: float = DEFAULT_TAG_P,
+    ) -> SimilarResult:
+        """Tracks near all the seeds at once (mean similarity), minus the seeds and their duplicates."""
+        if not seeds:
+            raise QueryError("no seeds given; name at least one track or audio file")
+        index = self.search_index()
+        keep = self._tag_filter(tags, exclude_tags, min_p)
+        seed_codes, exclude, excluded_paths = [], set(), []
+        for seed in seeds:
+            code, seg_codes, seg_times, tid, dur = self._seed(seed, index)
+            seed_codes.append(code)
+            if tid is not None:
+                exclude.add(tid)
+            for p in engine.duplicates_of(
+                index, seg_codes, seg_times, self.store.bits, self_id=tid, duration_s=dur, threshold=self.dedup_threshold
+            ):
+                if p.b not in exclude:
+                    exclude.add(p.b)
+                    t = self.store.get(p.b)
+                    excluded_paths.append(t.path if t else str(p.b))
+        found = engine.similar_tracks(index, np.stack(seed_codes), self.store.bits, top_k=top_k, exclude=exclude, keep=keep)
+        hits = []
+        for tid, score, d in found:
+            t = self.store.get(tid)
+            if t is not None:
+                hits.append(SimilarHit(tid, t.path, score, d, self._top_tags(t)))
+        name = ", ".join(str(s) for s in seeds)
+        return SimilarResult(name, tuple(hits), tuple(excluded_paths))
+
+    def recommend_all(self, *, top_k: int = 10, **filters) -> Iterator[SimilarResult]:
+        """``similar`` for every track of the library, in track id order."""
+        for t in self.store.tracks("ok"):
+            yield self.similar(t.path, top_k=top_k, **filters)
+
+    # --------------------------------------------------------------- internals
+
+    def _top_tags(self, t: Track) -> tuple[TagScore, ...]:
+        if t.tags is None:
+            return ()
+        p = np.asarray(t.tags)
+        order = np.argsort(-p, kind="stable")[:TAGS_SHOWN]
+        return tuple(TagScore(self.vocabulary[i], float(p[i])) for i in order)
+
+    def _tag_filter(self, tags: Sequence[str], exclude_tags: Sequence[str], min_p: float):
+        vocab = {name: i for i, name in enumerate(self.vocabulary)}
+        for tag in (*tags, *exclude_tags):
+            if tag not in vocab:
+                raise QueryError(f"unknown tag {tag!r}; the tags are: {', '.join(self.vocabulary)}")
+        need = [vocab[t] for t in tags]
+        avoid = [vocab[t] for t in exclude_tags]
+        if not need and not avoid:
+            return lambda _tid: True
+
+        def keep(tid: int) -> bool:
+            t = self.store.get(tid)
+            if t is None or t.tags is None:
+                return False
+            p = t.tags
+            return all(p[i] >= min_p for i in need) and not any(p[i] >= min_p for i in avoid)
+
+        return keep
+
+    def _seed(self, seed, index: SearchIndex):
+        """(track code, segment codes, segment times, track id or None, duration) of a seed."""
+        track = None
+        if isinstance(seed, int) or (isinstance(seed, str) and seed.isdigit() and not Path(seed).exists()):
+            track = self.store.get(int(seed))
+            if track is None:
+                raise QueryError(f"no track with id {seed} in {self.folder}")
+        else:
+            track = self.store.find_by_path(str(Path(seed).absolute()))
+        if track is not None and track.status == "ok":
+            code = index.track_code(track.id)
+            if code is not None:
+                c = self.store.get_codes(track.id)
+                return code, c.segment_codes, c.segment_times, track.id, track.duration_s
+        try:
+            from musichash.indexer.encoder import LIBRARY_HOP
+
+            enc = self.encode(seed, hop=LIBRARY_HOP)
+        except AudioError as e:
+            raise QueryError(f"{seed}: {e.reason}") from None
+        return enc.track_code, enc.codes, enc.times, None, enc.duration_s
+
+
+def _faiss_device(device: str) -> str:
+    return "cpu" if device == "cpu" else ("cuda" if str(device).startswith("cuda") else "auto")
+
+
+def _config_dict(c: IndexConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(c)

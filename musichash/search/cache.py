@@ -1,0 +1,141 @@
+"""The FAISS files under ``index/``: a cache derived from codes.h5, rebuilt when stale.
+
+``index/`` holds ``segments.faiss`` (segment codes, ids = row of the segment
+table), ``segments.npz`` (each row's track id and start time, and the stamp
+they were built from), ``tracks.faiss`` (track codes, ids = track ids) and
+``config.json`` (the index kind and its parameters, set by ``reindex``). The
+store's ``stamp()`` changes whenever its valid codes do; a cache built from
+another stamp is rebuilt on the next search. A reader that cannot write the
+folder builds the index in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from musichash.indexer.store import LibraryStore
+from musichash.search.faiss_index import BinaryIndex, IndexConfig, SearchError
+
+INDEX_DIR = "index"
+_SEGMENTS, _TABLE, _TRACKS, _CONFIG = "segments.faiss", "segments.npz", "tracks.faiss", "config.json"
+
+
+@dataclass
+class SearchIndex:
+    """Everything a query needs, for one stamp of the library.
+
+    seg_track: int64 [N], seg_time: float32 [N] -- row i of the segment index.
+    """
+
+    segments: BinaryIndex
+    seg_track: np.ndarray
+    seg_time: np.ndarray
+    tracks: BinaryIndex
+    stamp: str
+    rebuilt: bool = False
+    #: track codes in track id order (for scoring candidates exactly)
+    track_ids: np.ndarray = dataclasses.field(init=False, repr=False)
+    track_xb: np.ndarray = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        xb, ids = self.tracks._codes_and_ids()
+        order = np.argsort(ids, kind="stable")
+        self.track_ids, self.track_xb = ids[order], xb[order]
+
+    def track_code(self, track_id: int) -> np.ndarray | None:
+        """``uint8 [bits/8]`` code of a track, None if it is not indexed."""
+        i = int(np.searchsorted(self.track_ids, track_id))
+        if i < len(self.track_ids) and self.track_ids[i] == track_id:
+            return self.track_xb[i]
+        return None
+
+    def track_rows(self, track_id: int) -> slice:
+        """Rows of one track in the segment table (sorted by track id)."""
+        lo, hi = np.searchsorted(self.seg_track, [track_id, track_id + 1])
+        return slice(int(lo), int(hi))
+
+
+def read_config(folder: Path, bits: int) -> IndexConfig:
+    path = folder / INDEX_DIR / _CONFIG
+    if not path.is_file():
+        return IndexConfig("flat", bits=bits)
+    try:
+        raw = json.loads(path.read_text())
+        return IndexConfig(**{**raw, "bits": bits})
+    except (ValueError, TypeError) as e:
+        raise SearchError(f"{path}: unreadable index settings ({e}); fix it with `musichash reindex --index-type flat`") from None
+
+
+def write_config(folder: Path, config: IndexConfig) -> None:
+    raw = {k: v for k, v in dataclasses.asdict(config).items() if k != "bits"}
+    _atomic_write(folder / INDEX_DIR / _CONFIG, json.dumps(raw, indent=1).encode())
+
+
+def load_or_build(store: LibraryStore, device: str = "auto", *, force: bool = False) -> SearchIndex:
+    """The library's search index: from ``index/`` when it matches the store, else rebuilt (and saved if possible)."""
+    folder = Path(store.folder)
+    stamp = store.stamp()
+    config = read_config(folder, store.bits)
+    if not force:
+        cached = _load(folder / INDEX_DIR, stamp, config, device)
+        if cached is not None:
+            return cached
+    table = store.iter_segment_codes()
+    seg_config = config if len(table.codes) >= _min_codes(config) else IndexConfig("flat", bits=store.bits)
+    segments = BinaryIndex.build(table.codes, np.arange(len(table.codes), dtype=np.int64), seg_config, device)
+    ids, codes = store.track_codes()
+    tracks = BinaryIndex.build(codes, ids, IndexConfig("flat", bits=store.bits), device)
+    index = SearchIndex(segments, table.track_ids, table.times, tracks, stamp, rebuilt=True)
+    if os.access(folder, os.W_OK):
+        _save(folder / INDEX_DIR, index)
+    return index
+
+
+def _min_codes(config: IndexConfig) -> int:
+    # IVF needs codes to train on; below this an exact flat scan is faster anyway.
+    return 10_000 if config.kind == "ivf" else 0
+
+
+def _load(d: Path, stamp: str, config: IndexConfig, device: str) -> SearchIndex | None:
+    try:
+        with np.load(d / _TABLE) as z:
+            if str(z["stamp"]) != stamp:
+                return None
+            seg_track, seg_time = z["track_ids"], z["times"]
+        segments = BinaryIndex.load(d / _SEGMENTS, device)
+        tracks = BinaryIndex.load(d / _TRACKS, device)
+    except (OSError, KeyError, ValueError, SearchError):
+        return None  # missing, half-written by a concurrent builder, or stale: rebuild
+    if segments.ntotal != len(seg_track) or segments.bits != config.bits:
+        return None
+    if segments.kind != config.kind and len(seg_track) >= _min_codes(config):
+        return None
+    return SearchIndex(segments, seg_track, seg_time, tracks, stamp)
+
+
+def _save(d: Path, index: SearchIndex) -> None:
+    d.mkdir(exist_ok=True)
+    index.segments.save(d / _SEGMENTS)
+    index.tracks.save(d / _TRACKS)
+    tmp = d / f".{_TABLE}.{os.getpid()}.tmp.npz"
+    try:
+        np.savez(tmp, track_ids=index.seg_track, times=index.seg_time, stamp=np.array(index.stamp))
+        os.replace(tmp, d / _TABLE)  # last: the stamp vouches for the files before it
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,157 @@
+"""Query by example, deduplication and similar-track candidates over a ``SearchIndex``.
+
+Plain numpy and FAISS: clips arrive already encoded (``indexer.encoder``),
+tracks are known by id, and the caller (``musichash.library``) attaches
+paths and tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from musichash.bits import hamming
+from musichash.search.cache import SearchIndex
+from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, SegmentHits, TrackVote, match_decision, vote
+
+#: library segments fetched per query window
+DEFAULT_K = 10
+#: per window in dedup: the track's own neighbouring segments take some of the slots
+DEDUP_K = 20
+#: a pair of tracks is one recording when this fraction of one track's
+#: windows line up with the other at one offset (and rate)
+DEFAULT_DEDUP_THRESHOLD = 0.5
+#: dedup tolerates small speed changes only (a 5 % faster file is a different edit)
+DEDUP_MAX_RATE_CHANGE = 0.03
+WINDOW_S = 3.0
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    """Tracks a and b hold the same recording; spans are the aligned parts, seconds."""
+
+    a: int
+    b: int
+    score: float
+    span_a: tuple[float, float]
+    span_b: tuple[float, float]
+
+
+def query_codes(
+    index: SearchIndex,
+    codes: np.ndarray,
+    times: np.ndarray,
+    bits: int,
+    *,
+    top_k: int = 10,
+    k: int = DEFAULT_K,
+    threshold: float = DEFAULT_MATCH_THRESHOLD,
+) -> tuple[list[TrackVote], bool]:
+    """Rank tracks for one clip. codes: uint8 [nq, bits/8], times: float [nq] -> (votes, match)."""
+    D, I = index.segments.search(codes, k)
+    hits = SegmentHits.from_knn(times, D, I, index.seg_track, index.seg_time, bits)
+    votes = vote(hits, max_tracks=top_k)
+    return votes, match_decision(votes, threshold)
+
+
+def duplicates_of(
+    index: SearchIndex,
+    segment_codes: np.ndarray,
+    segment_times: np.ndarray,
+    bits: int,
+    *,
+    self_id: int | None = None,
+    duration_s: float | None = None,
+    threshold: float = DEFAULT_DEDUP_THRESHOLD,
+) -> list[DuplicatePair]:
+    """Tracks holding the same recording as these segments (one track's, or a file's)."""
+    if len(segment_codes) == 0:
+        return []
+    D, I = index.segments.search(segment_codes, DEDUP_K)
+    hits = SegmentHits.from_knn(segment_times, D, I, index.seg_track, index.seg_time, bits)
+    if self_id is not None:
+        keep = hits.track_id != self_id
+        hits = SegmentHits(
+            hits.q_index[keep], hits.q_time[keep], hits.track_id[keep], hits.t_time[keep],
+            hits.hamming[keep], bits, hits.n_query_windows,
+        )
+    end_a = duration_s if duration_s is not None else float(segment_times[-1]) + WINDOW_S
+    out = []
+    for v in vote(hits, max_tracks=5, max_rate_change=DEDUP_MAX_RATE_CHANGE):
+        if v.score < threshold:
+            break
+        lo_a = max(0.0, (v.span[0] - v.offset_s) / v.rate)
+        hi_a = min(end_a, (v.span[1] - v.offset_s) / v.rate + WINDOW_S)
+        out.append(
+            DuplicatePair(self_id if self_id is not None else -1, v.track_id, v.score, (lo_a, hi_a), (v.span[0], v.span[1] + WINDOW_S))
+        )
+    return out
+
+
+def group_pairs(pairs: Iterable[DuplicatePair]) -> list[tuple[list[int], float, dict[int, tuple[float, float]]]]:
+    """Connected groups of tracks: (sorted ids, weakest joining score, span per id), largest first."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    best: dict[frozenset, DuplicatePair] = {}
+    for p in pairs:
+        key = frozenset((p.a, p.b))
+        if key not in best or p.score > best[key].score:
+            best[key] = p
+    spans: dict[int, tuple[float, float]] = {}
+    for p in best.values():
+        parent[find(p.a)] = find(p.b)
+        for t, s in ((p.a, p.span_a), (p.b, p.span_b)):
+            old = spans.get(t)
+            spans[t] = s if old is None else (min(old[0], s[0]), max(old[1], s[1]))
+    members: dict[int, list[int]] = {}
+    for t in parent:
+        members.setdefault(find(t), []).append(t)
+    groups = []
+    for ids in members.values():
+        ids = sorted(ids)
+        weakest = min(p.score for p in best.values() if find(p.a) == find(ids[0]))
+        groups.append((ids, weakest, {t: spans[t] for t in ids}))
+    groups.sort(key=lambda g: (-len(g[0]), g[0][0]))
+    return groups
+
+
+def similar_tracks(
+    index: SearchIndex,
+    seed_codes: np.ndarray,
+    bits: int,
+    *,
+    top_k: int,
+    exclude: set[int],
+    keep: Callable[[int], bool] = lambda _tid: True,
+) -> list[tuple[int, float, int]]:
+    """Tracks nearest to the seeds' track codes: (track id, score, mean Hamming), best first.
+
+    seed_codes: uint8 [n_seeds, bits/8]. A candidate's score is its mean
+    similarity ``1 - hamming / bits`` to the seeds; candidates come from each
+    seed's nearest neighbours, widened until ``top_k`` pass ``exclude`` and ``keep``.
+    """
+    n = index.tracks.ntotal
+    k = min(n, max(4 * top_k, 32) + len(exclude))
+    while True:
+        _, I = index.tracks.search(seed_codes, max(k, 1))
+        cand = np.unique(I[I >= 0])
+        cand = np.array([c for c in cand if int(c) not in exclude and keep(int(c))], dtype=np.int64)
+        if len(cand) >= top_k or k >= n:
+            break
+        k = min(n, 4 * k)
+    if len(cand) == 0:
+        return []
+    xb = index.track_xb[np.searchsorted(index.track_ids, cand)]
+    d = np.stack([hamming(seed[None, :], xb) for seed in seed_codes]).astype(np.float64)  # [n_seeds, n_cand]
+    mean_d = d.mean(axis=0)
+    order = np.lexsort((cand, mean_d))[:top_k]
+    return [(int(cand[i]), float(1.0 - mean_d[i] / bits), int(round(mean_d[i]))) for i in order]
