@@ -1,9 +1,16 @@
 import pytest
 import torch
+from pg_fixture import pg_server, pg_url  # noqa: F401 (fixtures)
 
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "postgres: runs against a throwaway PostgreSQL server (skipped without one)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,13 +1,18 @@
-"""The library store: SQL metadata and HDF5 codes kept consistent across crashes."""
+"""The library store: SQL metadata and HDF5 codes kept consistent across crashes.
+
+Tests that take ``lib`` run twice: metadata in SQLite (library.db) and in PostgreSQL.
+"""
 
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from musichash.indexer.store import (
     CODES_FILE,
@@ -52,27 +57,48 @@ def rng():
     return np.random.default_rng(1338)
 
 
-@pytest.fixture
-def lib(tmp_path):
-    return tmp_path / "lib"
+@dataclass(frozen=True)
+class Lib:
+    """A library folder and where its metadata goes (``url`` None: library.db in the folder)."""
+
+    folder: Path
+    url: str | None
+
+    @property
+    def codes(self) -> Path:
+        return self.folder / CODES_FILE
+
+    @property
+    def sql_url(self) -> str:
+        return self.url or f"sqlite:///{self.folder / DB_FILE}"
+
+    def open(self, **kw) -> LibraryStore:
+        return LibraryStore.open(self.folder, self.url, **kw)
+
+    def writer(self, **kw) -> LibraryStore:
+        return self.open(write=True, code_model=MODEL, bits=BITS, **kw)
 
 
-def writer(lib, **kw):
-    return LibraryStore.open(lib, write=True, code_model=MODEL, bits=BITS, **kw)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def lib(request, tmp_path):
+    """A library not yet created, its metadata in SQLite or in an empty PostgreSQL database."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return Lib(tmp_path / "lib", url)
 
 
 def fill(lib, rng, n=3):
     """A library with ``n`` tracks; returns their ids, records and codes."""
     items = [make_track(rng, i) for i in range(n)]
-    with writer(lib) as store:
+    with lib.writer() as store:
         ids = [store.put_track(rec, *codes).id for rec, codes in items]
     return ids, items
 
 
 def test_round_trip(lib, rng):
     ids, items = fill(lib, rng)
-    assert {p.name for p in lib.iterdir()} >= {DB_FILE, CODES_FILE, LOCK_FILE}
-    with LibraryStore.open(lib) as store:
+    assert {p.name for p in lib.folder.iterdir()} >= {CODES_FILE, LOCK_FILE}
+    assert (lib.folder / DB_FILE).exists() == (lib.url is None)  # only metadata goes to SQL
+    with lib.open() as store:
         assert not store.writable
         assert (store.code_model, store.bits) == (MODEL, BITS)
         tracks = store.tracks()
@@ -106,7 +132,7 @@ def test_round_trip(lib, rng):
 
 def test_h5_layout(lib, rng):
     ids, items = fill(lib, rng, n=1)
-    with h5py.File(lib / CODES_FILE, "r") as h5:
+    with h5py.File(lib.codes, "r") as h5:
         assert h5.attrs["code_model"] == MODEL and h5.attrs["bits"] == BITS
         g = h5[f"tracks/{ids[0]}"]
         n = len(items[0][1][1])
@@ -118,7 +144,7 @@ def test_h5_layout(lib, rng):
 def test_put_track_replaces_same_path(lib, rng):
     rec, codes = make_track(rng, 0, n_segments=4)
     rec2, codes2 = make_track(rng, 0, n_segments=2)
-    with writer(lib) as store:
+    with lib.writer() as store:
         first = store.put_track(rec, *codes)
         second = store.put_track(rec2, *codes2)
         assert second.id == first.id and second.added == first.added
@@ -128,7 +154,7 @@ def test_put_track_replaces_same_path(lib, rng):
 
 def test_track_without_segments(lib, rng):
     rec, codes = make_track(rng, 0, n_segments=0, duration_s=0.5)
-    with writer(lib) as store:
+    with lib.writer() as store:
         t = store.put_track(rec, *codes)
         assert t.n_segments == 0 and store.get_codes(t.id).segment_codes.shape == (0, NB)
         table = store.iter_segment_codes()
@@ -139,7 +165,7 @@ def test_track_without_segments(lib, rng):
 
 def test_put_track_checks_shapes(lib, rng):
     rec, (tc, sc, st) = make_track(rng, 0)
-    with writer(lib) as store:
+    with lib.writer() as store:
         with pytest.raises(ValueError, match="track_code"):
             store.put_track(rec, tc[:-1], sc, st)
         with pytest.raises(ValueError, match="segment_codes"):
@@ -151,12 +177,11 @@ def test_put_track_checks_shapes(lib, rng):
 
 def test_find_by_hash_and_path(lib, rng):
     ids, items = fill(lib, rng)
-    copy, codes = make_track(rng, 0)
-    with writer(lib) as store:
-        dup = store.put_track(
-            TrackRecord("/music/copy.mp3", items[0][0].content_hash, 1, 2.0, 3.0), *codes
-        )
-    with LibraryStore.open(lib) as store:
+    _, codes = make_track(rng, 0)
+    with lib.writer() as store:
+        copy = TrackRecord("/music/Björk – Jóga (copy).mp3", items[0][0].content_hash, 1, 2.0, 3.0)
+        dup = store.put_track(copy, *codes)
+    with lib.open() as store:
         assert [t.id for t in store.find_by_hash(items[0][0].content_hash)] == [ids[0], dup.id]
         assert [t.id for t in store.find_by_hash(items[1][0].content_hash)] == [ids[1]]
         assert store.find_by_hash("0" * 63 + "f") == []
@@ -166,12 +191,12 @@ def test_find_by_hash_and_path(lib, rng):
 
 def test_put_error(lib, rng):
     ids, items = fill(lib, rng, n=2)
-    with writer(lib) as store:
+    with lib.writer() as store:
         bad = store.put_error("/music/bad.mp3", "ab" * 32, 10, 1.0, "cannot decode")
         # a file that was fine and now fails loses its codes
         failed = store.put_error(items[0][0].path, "cd" * 32, 11, 2.0, "truncated")
         assert failed.id == ids[0]
-    with LibraryStore.open(lib) as store:
+    with lib.open() as store:
         errors = store.tracks("error")
         assert [(t.path, t.error) for t in errors] == [
             (items[0][0].path, "truncated"),
@@ -188,31 +213,31 @@ def test_put_error(lib, rng):
 
 def test_remove_deletes_both_sides(lib, rng):
     ids, _ = fill(lib, rng)
-    with writer(lib) as store:
+    with lib.writer() as store:
         assert store.remove([ids[0], 999]) == 1
         # more ids than one IN (...) takes
         assert store.remove(list(range(1000, 2200)) + [ids[2]]) == 1
         assert store.remove([]) == 0
-    with LibraryStore.open(lib) as store:
+    with lib.open() as store:
         assert [t.id for t in store.tracks()] == [ids[1]]
-    with h5py.File(lib / CODES_FILE, "r") as h5:
+    with h5py.File(lib.codes, "r") as h5:
         assert list(h5["tracks"]) == [str(ids[1])]
 
 
 def test_readers_cannot_write(lib, rng):
     fill(lib, rng, n=1)
     rec, codes = make_track(rng, 5)
-    with LibraryStore.open(lib) as store:
+    with lib.open() as store:
         with pytest.raises(LibraryError, match="read-only"):
             store.put_track(rec, *codes)
 
 
-def test_missing_library(tmp_path):
+def test_missing_library(lib):
     with pytest.raises(LibraryError, match="no musichash library"):
-        LibraryStore.open(tmp_path / "nothing")
-    assert not (tmp_path / "nothing").exists()
+        lib.open()
+    assert not lib.folder.exists()
     with pytest.raises(ValueError, match="code_model and bits"):
-        LibraryStore.open(tmp_path / "new", write=True)
+        lib.open(write=True)
 
 
 def test_db_url(tmp_path, rng):
@@ -227,13 +252,34 @@ def test_db_url(tmp_path, rng):
         LibraryStore.open(tmp_path / "lib", f"sqlite:///{tmp_path / 'empty.db'}")
 
 
+@pytest.mark.postgres
+def test_db_url_password_not_shown(tmp_path, pg_url):
+    url = make_url(pg_url).set(password="hunter2").render_as_string(hide_password=False)
+    with pytest.raises(LibraryError, match="no musichash library") as e:
+        LibraryStore.open(tmp_path / "lib", url)
+    assert "hunter2" not in str(e.value) and "***" in str(e.value)
+
+
+def test_db_url_errors_name_the_fix(tmp_path, monkeypatch):
+    with pytest.raises(LibraryError, match=r"no driver.*pip install 'musichash\[postgres\]'"):
+        LibraryStore.open(tmp_path / "lib", "nosuchdb://me:hunter2@host/db")
+    pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'psycopg[binary]')")
+    down = f"postgresql+psycopg://me:hunter2@/db?host={tmp_path / 'no-server'}"
+    with pytest.raises(LibraryError, match="cannot connect.*server is running") as e:
+        LibraryStore.open(tmp_path / "lib", down)
+    assert "hunter2" not in str(e.value)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(LibraryError, match=r"no driver.*psycopg.*\[postgres\]"):
+        LibraryStore.open(tmp_path / "lib", down, write=True, code_model=MODEL, bits=BITS)
+
+
 def test_second_writer_refused(lib, rng):
-    with writer(lib):
+    with lib.writer():
         # flock locks belong to an open file description, so this conflicts in-process too
         with pytest.raises(LibraryLockedError, match=r"PID \d+.*wait") as e:
-            writer(lib)
-        assert str(lib / LOCK_FILE) in str(e.value)
-    with writer(lib):  # released on close
+            lib.writer()
+        assert str(lib.folder / LOCK_FILE) in str(e.value)
+    with lib.writer():  # released on close
         pass
 
 
@@ -242,7 +288,7 @@ def test_second_writer_refused_across_processes(lib, rng):
     holder = textwrap.dedent(f"""
         import sys
         from musichash.indexer.store import LibraryStore
-        store = LibraryStore.open({str(lib)!r}, write=True)
+        store = LibraryStore.open({str(lib.folder)!r}, {lib.url!r}, write=True)
         print("locked", flush=True)
         sys.stdin.read()
         store.close()
@@ -253,9 +299,9 @@ def test_second_writer_refused_across_processes(lib, rng):
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(LibraryLockedError, match=f"PID {proc.pid}"):
-            writer(lib)
+            lib.writer()
         # readers take no lock
-        with LibraryStore.open(lib) as store:
+        with lib.open() as store:
             assert len(store.tracks("ok")) == 1
             assert len(store.iter_segment_codes().codes) > 0
     finally:
@@ -265,8 +311,8 @@ def test_second_writer_refused_across_processes(lib, rng):
 
 def test_readers_open_while_writer_writes(lib, rng):
     ids, items = fill(lib, rng, n=1)
-    with writer(lib) as w:
-        with LibraryStore.open(lib) as r:
+    with lib.writer() as w:
+        with lib.open() as r:
             assert [t.id for t in r.tracks()] == ids
             rec, codes = make_track(rng, 7)
             new = w.put_track(rec, *codes)
@@ -278,13 +324,13 @@ def test_readers_open_while_writer_writes(lib, rng):
 def test_model_mismatch(lib, rng):
     fill(lib, rng, n=1)
     with pytest.raises(ModelMismatchError, match=f"{MODEL} \\(64 bits\\).*other_model.*reindex"):
-        LibraryStore.open(lib, write=True, code_model="other_model", bits=BITS)
+        lib.open(write=True, code_model="other_model", bits=BITS)
     with pytest.raises(ModelMismatchError, match="128 bits"):
-        LibraryStore.open(lib, write=True, code_model=MODEL, bits=128)
+        lib.open(write=True, code_model=MODEL, bits=128)
     with pytest.raises(ModelMismatchError):
-        LibraryStore.open(lib, code_model="other_model")
+        lib.open(code_model="other_model")
     # the failed opens released the lock
-    with LibraryStore.open(lib, write=True) as store:
+    with lib.open(write=True) as store:
         assert (store.code_model, store.bits) == (MODEL, BITS)
 
 
@@ -294,45 +340,45 @@ def test_model_mismatch(lib, rng):
 )
 def test_schema_version_mismatch(lib, rng, version, fix):
     fill(lib, rng, n=1)
-    engine = create_engine(f"sqlite:///{lib / DB_FILE}")
+    engine = create_engine(lib.sql_url)
     with engine.begin() as conn:
         conn.execute(
             text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": str(version)}
         )
     engine.dispose()
     with pytest.raises(SchemaVersionError, match=fix):
-        LibraryStore.open(lib)
+        lib.open()
     with pytest.raises(SchemaVersionError, match=fix):
-        writer(lib)
+        lib.writer()
     with pytest.raises(SchemaVersionError):  # lock was released by the failed open
-        writer(lib)
+        lib.writer()
 
 
 def test_repair_removes_orphan_group(lib, rng):
     ids, _ = fill(lib, rng, n=2)
-    with h5py.File(lib / CODES_FILE, "a") as h5:
+    with h5py.File(lib.codes, "a") as h5:
         h5.copy(h5[f"tracks/{ids[0]}"], "tracks/77")
-    with writer(lib) as store:
+    with lib.writer() as store:
         assert store.repair_report.orphans_removed == (77,)
         assert store.repair_report.marked_pending == ()
         assert [t.status for t in store.tracks()] == ["ok", "ok"]
         assert store.repair().changed is False
-    with h5py.File(lib / CODES_FILE, "r") as h5:
+    with h5py.File(lib.codes, "r") as h5:
         assert sorted(h5["tracks"]) == sorted(str(i) for i in ids)
 
 
 def test_missing_codes_become_pending(lib, rng):
     ids, _ = fill(lib, rng, n=3)
-    with h5py.File(lib / CODES_FILE, "a") as h5:
+    with h5py.File(lib.codes, "a") as h5:
         del h5[f"tracks/{ids[1]}"]
         del h5[f"tracks/{ids[2]}/segment_times"]  # malformed counts as missing
-    with writer(lib) as store:
+    with lib.writer() as store:
         assert store.repair_report.marked_pending == (ids[1], ids[2])
         assert store.repair_report.orphans_removed == ()
         assert [t.id for t in store.tracks("pending")] == [ids[1], ids[2]]
         assert [t.id for t in store.tracks("ok")] == [ids[0]]
         assert set(store.iter_segment_codes().track_ids) == {ids[0]}
-    with h5py.File(lib / CODES_FILE, "r") as h5:
+    with h5py.File(lib.codes, "r") as h5:
         assert list(h5["tracks"]) == [str(ids[0])]
 
 
@@ -343,21 +389,21 @@ def test_crash_between_codes_and_commit(lib, rng, monkeypatch):
     def crash(self, track_id, n_segments):
         raise KeyboardInterrupt("killed after the HDF5 flush")
 
-    store = writer(lib)
+    store = lib.writer()
     monkeypatch.setattr(LibraryStore, "_mark_ok", crash)
     with pytest.raises(KeyboardInterrupt):
         store.put_track(rec, *codes)
     monkeypatch.undo()
     store.close()
-    with LibraryStore.open(lib) as r:  # readers see only the committed track
+    with lib.open() as r:  # readers see only the committed track
         assert [t.id for t in r.tracks("ok")] == ids
         assert set(r.iter_segment_codes().track_ids) == set(ids)
-    with writer(lib) as store:
+    with lib.writer() as store:
         new_id = store.find_by_path(rec.path).id
         assert store.repair_report.orphans_removed == (new_id,)
         assert store.find_by_path(rec.path).status == "pending"
         assert store.put_track(rec, *codes).status == "ok"  # the next index completes it
-    with LibraryStore.open(lib) as r:
+    with lib.open() as r:
         assert len(r.tracks("ok")) == 2
 
 
@@ -369,13 +415,13 @@ def test_killed_process_leaves_usable_library(lib, rng):
         import numpy as np
         from musichash.indexer.store import LibraryStore, TrackRecord
         LibraryStore._mark_ok = lambda *a: os._exit(3)
-        store = LibraryStore.open({str(lib)!r}, write=True)
+        store = LibraryStore.open({str(lib.folder)!r}, {lib.url!r}, write=True)
         store.put_track(TrackRecord(*{tuple(rec.__dict__.values())!r}),
                         np.array({tc.tolist()}, np.uint8), np.array({sc.tolist()}, np.uint8),
                         np.array({st.tolist()}, np.float32))
     """)
     assert subprocess.run([sys.executable, "-c", script]).returncode == 3
-    with writer(lib) as store:  # the lock died with the process
+    with lib.writer() as store:  # the lock died with the process
         assert store.repair_report.codes_set_aside is None
         assert store.repair_report.orphans_removed == (ids[0],)
         # the old metadata is not passed off as matching the new codes
@@ -384,17 +430,17 @@ def test_killed_process_leaves_usable_library(lib, rng):
 
 def test_corrupt_codes_set_aside(lib, rng):
     ids, _ = fill(lib, rng, n=2)
-    data = (lib / CODES_FILE).read_bytes()
-    (lib / CODES_FILE).write_bytes(b"\0" * 64 + data[64 : len(data) // 2])
+    data = lib.codes.read_bytes()
+    lib.codes.write_bytes(b"\0" * 64 + data[64 : len(data) // 2])
     with pytest.raises(LibraryError, match="musichash index"):
-        LibraryStore.open(lib)
-    with writer(lib) as store:
+        lib.open()
+    with lib.writer() as store:
         aside = store.repair_report.codes_set_aside
         assert aside is not None and aside.name.startswith(f"{CODES_FILE}.corrupt-")
         assert aside.exists()
         assert store.repair_report.marked_pending == tuple(ids)
         assert [t.status for t in store.tracks()] == ["pending", "pending"]
-    with LibraryStore.open(lib) as store:
+    with lib.open() as store:
         assert len(store.iter_segment_codes().codes) == 0
 
 
@@ -403,7 +449,7 @@ def test_stats(lib, rng):
         make_track(rng, 0, n_segments=10, duration_s=900.0),
         make_track(rng, 1, n_segments=30, duration_s=2700.0),
     ]
-    with writer(lib) as store:
+    with lib.writer() as store:
         for rec, codes in items:
             store.put_track(rec, *codes)
         store.put_error("/music/bad.mp3", "ab" * 32, 10, 1.0, "cannot decode")
@@ -416,7 +462,7 @@ def test_stats(lib, rng):
 
 
 def test_stats_empty(lib):
-    with writer(lib) as store:
+    with lib.writer() as store:
         s = store.stats()
     assert (s.n_tracks, s.n_segments, s.hours, s.code_bytes, s.code_bytes_per_hour) == (
         0,

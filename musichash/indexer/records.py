@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 from sqlalchemy import BigInteger, CheckConstraint, Float, Integer, LargeBinary, String, Text, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from musichash.errors import MusichashError
@@ -165,7 +166,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _engine(url: str, write: bool) -> Engine:
-    engine = create_engine(url)
+    try:
+        engine = create_engine(url)
+    except (ImportError, NoSuchModuleError) as e:
+        raise LibraryError(
+            f"{make_url(url).render_as_string(hide_password=True)}: no driver for this database "
+            f"({e}); for PostgreSQL use a postgresql+psycopg:// URL and "
+            f"pip install 'musichash[postgres]'"
+        ) from None
     # Only the writer switches the journal mode, so that readers work on read-only media.
     if write and engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

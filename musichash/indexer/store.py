@@ -54,6 +54,7 @@ import h5py
 import numpy as np
 from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from musichash.indexer.codes_file import (
@@ -163,8 +164,9 @@ class LibraryStore:
             meta = _read_meta(engine)
             if meta is None:
                 if not write:
+                    where = engine.url.render_as_string(hide_password=True) if db_url else db_path
                     raise LibraryError(
-                        f"{db_url or db_path}: no musichash library in this database; create one "
+                        f"{where}: no musichash library in this database; create one "
                         f"with `musichash index --library {folder} PATH...`"
                     )
                 if code_model is None or bits is None:
@@ -509,8 +511,15 @@ def _release_lock(fd: int) -> None:
 
 
 def _read_meta(engine: Engine) -> dict[str, str] | None:
-    if not inspect(engine).has_table(_Meta.__tablename__):
-        return None
+    try:
+        if not inspect(engine).has_table(_Meta.__tablename__):
+            return None
+    except OperationalError as e:  # server down, wrong credentials, unreadable file
+        raise LibraryError(
+            f"{engine.url.render_as_string(hide_password=True)}: cannot connect to the database "
+            f"({' '.join(str(e.orig or e).split())}); check the URL and that the database server "
+            f"is running"
+        ) from None
     with Session(engine) as s:
         meta = {m.key: m.value for m in s.scalars(select(_Meta))}
     return meta or None
