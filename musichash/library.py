@@ -290,6 +290,11 @@ class Library:
             seed_codes.append(code)
             if tid is not None:
                 exclude.add(tid)
+                digest = self.store.get(tid).content_hash
+                for t in self.store.find_by_hash(digest):
+                    if t.id not in exclude and t.status == "ok":
+                        exclude.add(t.id)
+                        excluded_paths.append(t.path)
             for p in engine.duplicates_of(
                 index, seg_codes, seg_times, self.store.bits, self_id=tid, duration_s=dur, threshold=self.dedup_threshold
             ):

@@ -97,6 +97,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "unittest_hash", "hash", "binarizer", "MTT", "tiny random codes for tests (unittest_vgg + 16-bit LSH)",
             bits=16, backbone="unittest_vgg", feature="pool5", test_only=True,
+            # random codes cannot tell recordings apart: only byte-identical files are duplicates
+            config={"dedup_threshold": 1.01},
         ),
     ]
 }

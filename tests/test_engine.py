@@ -1,0 +1,220 @@
+"""The engine through its Python API, with the tiny random code model (mechanics, not accuracy)."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from synth import SR, make_song, write_song
+
+from musichash.indexer.encoder import FRAME_S, LIBRARY_HOP
+from musichash.indexer.store import ModelMismatchError
+from musichash.library import Clip, Library, QueryError
+from musichash.search.cache import INDEX_DIR
+
+MODEL = "unittest_hash"
+
+
+@pytest.fixture
+def music(tmp_path):
+    d = tmp_path / "music"
+    (d / "sub").mkdir(parents=True)
+    for i in range(3):
+        write_song(d / f"song{i}.wav", seed=i, seconds=12)
+    write_song(d / "sub" / "song3.flac", seed=3, seconds=12)
+    (d / "notes.txt").write_text("not audio, and not scanned")
+    return d
+
+
+@pytest.fixture
+def lib_dir(tmp_path):
+    return tmp_path / "lib"
+
+
+def index(lib_dir, *paths, **kw):
+    with Library.open(lib_dir, write=True, code_model=MODEL) as lib:
+        return lib.index(list(paths), workers=0, **kw)
+
+
+def test_index_records_tracks_tags_and_segments(music, lib_dir):
+    report = index(lib_dir, music)
+    assert len(report.added) == 4 and not report.failed
+    assert report.audio_s == pytest.approx(48, abs=0.1)
+    with Library.open(lib_dir) as lib:
+        tracks = lib.store.tracks("ok")
+        assert sorted(os.path.basename(t.path) for t in tracks) == ["song0.wav", "song1.wav", "song2.wav", "song3.flac"]
+        t = tracks[0]
+        assert t.duration_s == pytest.approx(12, abs=0.02)
+        assert t.format in ("wav", "flac") and len(t.tags) == 50
+        codes = lib.store.get_codes(t.id)
+        # segments every 1.28 s (at most 1.5 s), 2 bytes each for 16 bits
+        assert np.allclose(np.diff(codes.segment_times), LIBRARY_HOP * FRAME_S)
+        assert codes.segment_codes.shape == (t.n_segments, 2)
+        assert lib.stats().n_tracks == 4
+
+
+def test_incremental_runs(music, lib_dir):
+    index(lib_dir, music)
+    again = index(lib_dir, music)
+    assert again.unchanged == 4 and not again.added and not again.updated and again.audio_s == 0
+
+    write_song(music / "song1.wav", seed=11, seconds=12)  # new content, same path
+    shutil.move(music / "song2.wav", music / "sub" / "renamed.wav")
+    shutil.copy(music / "song0.wav", music / "copy_of_0.wav")
+    (music / "broken.mp3").write_bytes(b"\xff\xfb" + bytes(200))
+    report = index(lib_dir, music)
+    assert [os.path.basename(p) for p in report.updated] == ["song1.wav"]
+    assert [(os.path.basename(a), os.path.basename(b)) for a, b in report.moved] == [("song2.wav", "renamed.wav")]
+    assert [(os.path.basename(a), os.path.basename(b)) for a, b in report.copies] == [("copy_of_0.wav", "song0.wav")]
+    assert [os.path.basename(f.path) for f in report.failed] == ["broken.mp3"]
+    assert report.unchanged == 2  # song0, song3
+    with Library.open(lib_dir) as lib:
+        by_name = {os.path.basename(t.path): t for t in lib.store.tracks()}
+        assert by_name["broken.mp3"].status == "error"
+        copy, orig = by_name["copy_of_0.wav"], by_name["song0.wav"]
+        assert np.array_equal(lib.store.get_codes(copy.id).segment_codes, lib.store.get_codes(orig.id).segment_codes)
+
+    # an unchanged bad file is listed again, not retried; --prune drops vanished files
+    os.remove(music / "song3.flac" if (music / "song3.flac").exists() else music / "sub" / "song3.flac")
+    report = index(lib_dir, music, prune=True)
+    assert [os.path.basename(f.path) for f in report.failed] == ["broken.mp3"]
+    assert [os.path.basename(p) for p in report.pruned] == ["song3.flac"]
+
+
+def test_bad_and_missing_paths_do_not_abort(music, lib_dir, tmp_path):
+    (music / "empty.wav").write_bytes(b"")
+    report = index(lib_dir, music, tmp_path / "nope")
+    reasons = {os.path.basename(f.path): f.reason for f in report.failed}
+    assert set(reasons) == {"empty.wav", "nope"}
+    assert "no such file" in reasons["nope"]
+    assert len(report.added) == 4
+
+
+def test_workers_give_the_same_codes(music, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    index(a, music)
+    with Library.open(b, write=True, code_model=MODEL) as lib:
+        lib.index([music], workers=1)
+    with Library.open(a) as la, Library.open(b) as lb:
+        ca = {t.path: la.store.get_codes(t.id) for t in la.store.tracks()}
+        cb = {t.path: lb.store.get_codes(t.id) for t in lb.store.tracks()}
+        assert ca.keys() == cb.keys()
+        for p in ca:
+            assert np.array_equal(ca[p].segment_codes, cb[p].segment_codes)
+            assert np.array_equal(ca[p].track_code, cb[p].track_code)
+
+
+def test_search_finds_a_track_by_its_own_audio(music, lib_dir):
+    index(lib_dir, music)
+    with Library.open(lib_dir) as lib:
+        [r] = lib.search([music / "song1.wav"], top_k=3)
+        assert r.error is None and r.match
+        top = r.results[0]
+        assert os.path.basename(top.path) == "song1.wav"
+        assert top.hamming == 0 and abs(top.offset_s) < 0.2
+        assert len(top.tags) == 5 and all(0 <= t.p <= 1 for t in top.tags)
+
+
+def test_search_reports_unusable_clips(music, lib_dir, tmp_path):
+    index(lib_dir, music)
+    short = make_song(1, seconds=2.0)
+    with Library.open(lib_dir) as lib:
+        res = list(lib.search([Clip("short", short), tmp_path / "missing.wav"]))
+    assert res[0].error == "clip is 2.0 s long; queries need at least 3 s"
+    assert not res[0].match and res[0].results == ()
+    assert "not found" in res[1].error or "no such" in res[1].error
+
+
+def test_index_cache_is_rebuilt_when_stale(music, lib_dir):
+    index(lib_dir, music / "song0.wav")
+    with Library.open(lib_dir) as lib:
+        first = lib.search_index()
+        assert first.rebuilt and (lib_dir / INDEX_DIR / "segments.faiss").is_file()
+    with Library.open(lib_dir) as lib:
+        assert not lib.search_index().rebuilt  # loaded from index/
+    index(lib_dir, music)
+    with Library.open(lib_dir) as lib:
+        again = lib.search_index()
+        assert again.rebuilt and again.tracks.ntotal == 4
+        assert again.segments.ntotal == sum(t.n_segments for t in lib.store.tracks("ok"))
+
+
+def test_reindex_switches_index_type(music, lib_dir):
+    index(lib_dir, music)
+    with Library.open(lib_dir, write=True) as lib:
+        idx = lib.reindex("hnsw")
+        assert idx.segments.kind == "hnsw"
+    with Library.open(lib_dir) as lib:
+        assert lib.search_index().segments.kind == "hnsw"
+        [r] = lib.search([music / "song2.wav"])
+        assert os.path.basename(r.results[0].path) == "song2.wav"
+
+
+def test_library_refuses_another_code_model(music, lib_dir):
+    index(lib_dir, music / "song0.wav")
+    with pytest.raises(ModelMismatchError, match="unittest_hash"):
+        Library.open(lib_dir, write=True, code_model="interim_vgg_itq64")
+
+
+def test_remove_by_file_and_folder(music, lib_dir):
+    index(lib_dir, music)
+    with Library.open(lib_dir, write=True) as lib:
+        assert [os.path.basename(p) for p in lib.remove([music / "sub"])] == ["song3.flac"]
+        assert [os.path.basename(p) for p in lib.remove([music / "song0.wav"])] == ["song0.wav"]
+        with pytest.raises(QueryError, match="no track of the library"):
+            lib.remove([music / "song0.wav"])
+        assert lib.stats().n_tracks == 2
+
+
+def test_dedup_groups_exact_copies(music, lib_dir):
+    shutil.copy(music / "song0.wav", music / "dup.wav")
+    index(lib_dir, music)
+    with Library.open(lib_dir) as lib:
+        groups = lib.dedup(threshold=1.01)  # only the byte-identical pair can pass
+    assert len(groups) == 1
+    assert sorted(os.path.basename(m.path) for m in groups[0].tracks) == ["dup.wav", "song0.wav"]
+    assert all(m.span_s == (0.0, pytest.approx(12, abs=0.02)) for m in groups[0].tracks)
+
+
+def test_similar_leaves_out_seed_and_its_copies(music, lib_dir):
+    shutil.copy(music / "song0.wav", music / "dup.wav")
+    index(lib_dir, music)
+    with Library.open(lib_dir) as lib:
+        r = lib.similar(str(music / "song0.wav"), top_k=10)
+        names = [os.path.basename(h.path) for h in r.results]
+        assert "song0.wav" not in names and "dup.wav" not in names
+        assert sorted(names) == ["song1.wav", "song2.wav", "song3.flac"]
+        assert [h.score for h in r.results] == sorted((h.score for h in r.results), reverse=True)
+        assert [os.path.basename(p) for p in r.excluded] == ["dup.wav"]
+        # a file outside the library works as a seed too
+        outside = music.parent / "outside.wav"
+        sf.write(outside, make_song(7, 8), SR)
+        assert len(lib.similar(str(outside), top_k=2).results) == 2
+
+
+def test_tag_filters(music, lib_dir):
+    index(lib_dir, music)
+    with Library.open(lib_dir) as lib:
+        seed = str(music / "song0.wav")
+        tags = {t.id: t.tags for t in lib.store.tracks()}
+        rock = lib.vocabulary.index("rock")
+        for min_p in (0.0, 1.01):
+            kept = lib.similar(seed, tags=["rock"], min_p=min_p).results
+            assert all(tags[h.track_id][rock] >= min_p for h in kept)
+            assert len(kept) == (3 if min_p == 0 else 0)
+        assert lib.similar(seed, exclude_tags=["rock"], min_p=0.0).results == ()
+        with pytest.raises(QueryError, match="unknown tag 'polka'"):
+            lib.similar(seed, tags=["polka"])
+
+
+def test_recommend_from_several_seeds(music, lib_dir):
+    index(lib_dir, music)
+    with Library.open(lib_dir) as lib:
+        seeds = [str(music / "song0.wav"), str(music / "song1.wav")]
+        r = lib.recommend(seeds, top_k=5)
+        assert sorted(os.path.basename(h.path) for h in r.results) == ["song2.wav", "song3.flac"]
+        rows = list(lib.recommend_all(top_k=2))
+        assert len(rows) == 4 and all(len(x.results) == 2 for x in rows)
+        with pytest.raises(QueryError, match="no track with id 99"):
+            lib.recommend([99])
