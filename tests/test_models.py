@@ -135,3 +135,24 @@ def test_vgg_exposes_the_five_pooled_maps():
     shapes = {k: tuple(v.shape[2:]) for k, v in out.features.items()}
     assert shapes == {"pool1": (92, 48), "pool2": (46, 24), "pool3": (23, 12), "pool4": (11, 6), "pool5": (2, 1)}
     assert out.logits.shape == (2, 50)
+
+
+def test_vgg_block_order_is_exact():
+    """pool-then-ReLU/BN (and pool1's strided conv) equal the original conv-ReLU-BN-pool bit for bit."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_backbone("unittest_vgg")
+    with torch.no_grad():
+        for bn in model.bns:  # both signs of BN scale, as the real weights have
+            bn.weight.copy_(torch.randn_like(bn.weight))
+            bn.running_mean.copy_(torch.randn_like(bn.running_mean))
+            bn.running_var.uniform_(0.5, 2.0)
+    h = torch.randn(2, model.n_filters, 40, 24)
+    h0 = torch.randn(2, 1, 80, 96)
+    with torch.inference_mode():
+        for i in range(5):
+            x = h0 if i == 0 else h
+            kernel, stride = model.POOLS[i]
+            plain = F.max_pool2d(model.bns[i](F.relu(model.convs[i](x))), kernel, stride)
+            assert torch.equal(model._block(i, x), plain), i

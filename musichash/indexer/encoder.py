@@ -83,7 +83,7 @@ class CodeModel:
                 yield c
 
         starts, probs, feats = [], [], []
-        for wb in self.backbone.iter_windows(counted(mel), hop, features=True):
+        for wb in self.backbone.iter_windows(counted(mel), hop, features=(self.spec.feature,)):
             starts.append(wb.starts.numpy())
             probs.append(torch.sigmoid(wb.logits).double().sum(0).cpu().numpy())
             feats.append(wb.features[self.spec.feature].flatten(1).float().cpu().numpy())

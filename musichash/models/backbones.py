@@ -99,8 +99,12 @@ class _Backbone(nn.Module):
         """Conv stack over ``x: float [B, T, 96]`` for any ``T``; maps keyed by name."""
         raise NotImplementedError
 
-    def head(self, maps: dict[str, torch.Tensor], starts: list[int]) -> BackboneOutput:
-        """Cut one window per start (in frames relative to the maps' origin) and classify."""
+    def head(self, maps: dict[str, torch.Tensor], starts: list[int], want: frozenset[str] | None = None) -> BackboneOutput:
+        """Cut one window per start (in frames relative to the maps' origin) and classify.
+
+        ``want``: the feature maps to return (None: all); cutting maps nobody
+        uses costs more than the convolutions that made them.
+        """
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
@@ -117,7 +121,7 @@ class _Backbone(nn.Module):
         hop: int,
         *,
         chunk_windows: int | None = None,
-        features: bool = False,
+        features: bool | Iterable[str] = False,
     ) -> Iterator[WindowBatch]:
         """Windows of one track, the conv stack run once over it in chunks.
 
@@ -128,10 +132,11 @@ class _Backbone(nn.Module):
         ``chunk_windows`` consecutive windows (default: as many as fit in
         ``CHUNK_FRAMES``, which bounds the conv maps held at once to a few
         hundred MB at most); ``features`` adds the
-        per-window maps (large: only ask when needed). Results do not depend
-        on how the input is chunked.
+        per-window maps: True for all, or the names wanted (large: only ask
+        for what is needed). Results do not depend on how the input is chunked.
         """
         window_starts(WINDOW_FRAMES, hop, self.align)  # validates hop
+        want = None if features is True else frozenset(features or ())
         if chunk_windows is None:
             chunk_windows = max(1, (CHUNK_FRAMES - WINDOW_FRAMES) // hop + 1)
         chunks = [mel] if isinstance(mel, torch.Tensor) else mel
@@ -144,7 +149,7 @@ class _Backbone(nn.Module):
                 group = [next_start + k * hop for k in range(chunk_windows)]
                 if off + buf.shape[0] < group[-1] + WINDOW_FRAMES + self.margin:
                     break
-                yield self._run(buf, off, group, features)
+                yield self._run(buf, off, group, want)
                 next_start = group[-1] + hop
                 keep = max(0, next_start - self.margin)
                 buf, off = buf[keep - off :], keep
@@ -154,15 +159,16 @@ class _Backbone(nn.Module):
             buf = repeat_pad(buf)
         rest = [s for s in window_starts(off + buf.shape[0], hop, self.align) if s >= next_start]
         for i in range(0, len(rest), chunk_windows):
-            yield self._run(buf, off, rest[i : i + chunk_windows], features)
+            yield self._run(buf, off, rest[i : i + chunk_windows], want)
 
-    def _run(self, buf: torch.Tensor, off: int, group: list[int], features: bool) -> WindowBatch:
+    def _run(self, buf: torch.Tensor, off: int, group: list[int], want: frozenset[str] | None) -> WindowBatch:
         """Run the stack over the frames around ``group`` (track frames) and classify its windows."""
         lo = max(off, group[0] - self.margin)
         hi = min(off + buf.shape[0], group[-1] + WINDOW_FRAMES + self.margin)
         maps = self.trunk(buf[lo - off : hi - off].unsqueeze(0))
-        out = self.head(maps, [s - lo for s in group])
-        return WindowBatch(torch.tensor(group), out.logits, out.features if features else {})
+        out = self.head(maps, [s - lo for s in group], want)
+        feats = out.features if want is None else {k: v for k, v in out.features.items() if k in want}
+        return WindowBatch(torch.tensor(group), out.logits, feats)
 
 
 class VGG(_Backbone):
@@ -188,8 +194,28 @@ class VGG(_Backbone):
         self.dense = nn.Linear(n_filters * 2, n_tags)
 
     def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """``maxpool(bn(relu(conv(x))))``, computed as ``bn(relu(pool(conv(x))))``.
+
+        ReLU and BN are monotone per channel, so they commute with the max over
+        a pooling window: exactly, with max-pooling where BN's scale is
+        positive and min-pooling where it is negative. Pooling first runs the
+        elementwise ops on a quarter of the values. Tested bit-exact against
+        the plain order in tests/test_models.py.
+        """
         kernel, stride = self.POOLS[i]
-        return F.max_pool2d(self.bns[i](F.relu(self.convs[i](x))), kernel, stride)
+        conv = self.convs[i]
+        if kernel[1] == 1 and stride[1] > 1:
+            # pool1 keeps every other band and looks at no neighbours across bands: only
+            # compute the conv outputs it keeps (a strided conv gives exactly those)
+            y = F.conv2d(x, conv.weight, conv.bias, stride=(1, stride[1]), padding=conv.padding)
+            stride = (stride[0], 1)
+        else:
+            y = conv(x)
+        p = F.max_pool2d(y, kernel, stride)
+        neg = self.bns[i].weight < 0
+        if bool(neg.any()):
+            p[:, neg] = -F.max_pool2d(-y[:, neg], kernel, stride)
+        return self.bns[i](F.relu_(p))
 
     def trunk(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.bn_in(x.unsqueeze(1))
@@ -199,10 +225,12 @@ class VGG(_Backbone):
             maps[f"pool{i + 1}"] = h
         return maps
 
-    def head(self, maps: dict[str, torch.Tensor], starts: list[int]) -> BackboneOutput:
+    def head(self, maps: dict[str, torch.Tensor], starts: list[int], want: frozenset[str] | None = None) -> BackboneOutput:
         cut = {}
         for i, (stride, length) in enumerate(zip(self.STRIDES, self.LENGTHS)):
             name = f"pool{i + 1}"
+            if name != "pool4" and want is not None and name not in want:
+                continue  # pool4 feeds pool5
             m = maps[name]
             # one map for a patch batch, or one track map shared by all windows
             cut[name] = torch.stack(
@@ -261,7 +289,7 @@ class Musicnn(_Backbone):
         c3 = self.mid_bn[2](F.relu(self.mid[2](c2))) + c2
         return {"front": f, "cnn1": c1, "cnn2": c2, "cnn3": c3}
 
-    def head(self, maps: dict[str, torch.Tensor], starts: list[int]) -> BackboneOutput:
+    def head(self, maps: dict[str, torch.Tensor], starts: list[int], want: frozenset[str] | None = None) -> BackboneOutput:
         mid = torch.cat([maps["front"], maps["cnn1"], maps["cnn2"], maps["cnn3"]], dim=1)
         shared = mid.shape[0] == 1 and len(starts) > 1
         win = torch.stack([mid[0 if shared else b, :, s : s + WINDOW_FRAMES] for b, s in enumerate(starts)])
