@@ -198,8 +198,12 @@ class Library:
         *,
         top_k: int = 10,
         threshold: float | None = None,
+        k: int = engine.DEFAULT_K,
     ) -> Iterator[SearchResult]:
-        """One result per clip, in order; a clip that cannot be used gets ``error`` set."""
+        """One result per clip, in order; a clip that cannot be used gets ``error`` set.
+
+        ``k``: library segments fetched per query window before the vote.
+        """
         threshold = self.match_threshold if threshold is None else threshold
         index = self.search_index()
         for clip in clips:
@@ -215,7 +219,9 @@ class Library:
                     error=f"clip is {enc.duration_s:.1f} s long; queries need at least {MIN_CLIP_S:g} s",
                 )
                 continue
-            votes, match = engine.query_codes(index, enc.codes, enc.times, self.store.bits, top_k=top_k, threshold=threshold)
+            votes, match = engine.query_codes(
+                index, enc.codes, enc.times, self.store.bits, top_k=top_k, k=k, threshold=threshold
+            )
             hits = []
             for v in votes:
                 t = self.store.get(v.track_id)
