@@ -323,7 +323,7 @@ def test_readers_open_while_writer_writes(lib, rng):
 
 def test_model_mismatch(lib, rng):
     fill(lib, rng, n=1)
-    with pytest.raises(ModelMismatchError, match=f"{MODEL} \\(64 bits\\).*other_model.*reindex"):
+    with pytest.raises(ModelMismatchError, match=f"{MODEL} \\(64 bits\\).*other_model.*another --library"):
         lib.open(write=True, code_model="other_model", bits=BITS)
     with pytest.raises(ModelMismatchError, match="128 bits"):
         lib.open(write=True, code_model=MODEL, bits=128)
@@ -336,7 +336,7 @@ def test_model_mismatch(lib, rng):
 
 @pytest.mark.parametrize(
     "version, fix",
-    [(SCHEMA_VERSION + 1, "upgrade musichash"), (SCHEMA_VERSION - 1, "musichash reindex")],
+    [(SCHEMA_VERSION + 1, "upgrade musichash"), (SCHEMA_VERSION - 1, "move the folder away and index the music again")],
 )
 def test_schema_version_mismatch(lib, rng, version, fix):
     fill(lib, rng, n=1)

@@ -546,8 +546,9 @@ def _check_meta(
     version = int(meta.get("schema_version", 0))
     if version < SCHEMA_VERSION:
         raise SchemaVersionError(
-            f"{folder}: library format v{version} is older than this musichash's v{SCHEMA_VERSION}; "
-            f"rebuild it with `musichash reindex --library {folder}`"
+            f"{folder}: library format v{version} is older than this musichash's v{SCHEMA_VERSION} "
+            f"and cannot be converted in place; move the folder away and index the music again: "
+            f"musichash index --library {folder} PATH..."
         )
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(
@@ -561,7 +562,7 @@ def _check_meta(
         wanted = f"{code_model or stored[0]} ({bits or stored[1]} bits)"
         raise ModelMismatchError(
             f"{folder}: library holds codes of model {stored[0]} ({stored[1]} bits), not {wanted}; "
-            f"reindex it with `musichash reindex --library {folder}` or use another --library"
+            f"leave out --code-model to keep using {stored[0]}, or give another --library for {code_model or stored[0]}"
         )
 
 
