@@ -58,7 +58,7 @@ def test_models_table_marks_the_default(runner):
     assert lines[0].startswith("* MTT_musicnn ")
     assert lines[7].startswith("* interim_vgg_itq64 ") and "hash" in lines[7]
     assert len(lines) == 9
-    assert len(runner.invoke(cli, ["models", "--all"]).output.splitlines()) == 12
+    assert len(runner.invoke(cli, ["models", "--all"]).output.splitlines()) == 13
 
 
 def test_tag_json_lines(runner, song):

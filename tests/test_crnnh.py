@@ -99,3 +99,26 @@ def test_tiny_config_trains_with_falling_loss():
     same = (labels[:, None] == labels[None]).float()
     agree = (codes @ codes.T) / 16
     assert (agree * same).sum() / same.sum() > (agree * (1 - same)).sum() / (1 - same).sum() + 0.3
+
+
+def test_checkpoint_round_trip(tmp_path):
+    import json
+
+    from musichash.models.crnnh import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(2)
+    model = CRNNH(bits=32, n_classes=3, grid=(4, 2), n_select=2, hidden=8).eval()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(model, path, {"registry_name": "crnnh_test", "metrics": {"map": 0.5}})
+    back = load_checkpoint(path)
+    maps = fake_maps(5)
+    with torch.no_grad():
+        assert torch.equal(model(maps).relaxed, back(maps).relaxed)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["config"]["bits"] == 32 and meta["registry_name"] == "crnnh_test" and meta["metrics"] == {"map": 0.5}
+    assert path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+    with pytest.raises(ValueError, match="not a CRNNH checkpoint"):
+        from safetensors.torch import save_file
+
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+        load_checkpoint(tmp_path / "other.safetensors")

@@ -218,3 +218,18 @@ def test_recommend_from_several_seeds(music, lib_dir):
         assert len(rows) == 4 and all(len(x.results) == 2 for x in rows)
         with pytest.raises(QueryError, match="no track with id 99"):
             lib.recommend([99])
+
+
+def test_crnnh_plugs_in_by_model_name(music, tmp_path):
+    """The same engine runs on CRNNH codes: only the registered code model's name changes."""
+    with Library.open(tmp_path / "crnnh", write=True, code_model="unittest_crnnh") as lib:
+        report = lib.index([music], workers=0)
+        assert len(report.added) == 4
+        assert lib.stats().bits == 32
+        track = lib.store.find_by_path(str(music / "song2.wav"))
+        stored = lib.store.get_codes(track.id)
+        assert stored.segment_codes.shape == (track.n_segments, 4)
+        again = lib.encode(music / "song2.wav", hop=LIBRARY_HOP)
+        assert np.array_equal(again.codes, stored.segment_codes) and np.array_equal(again.track_code, stored.track_code)
+        [r] = lib.search([music / "song2.wav"])
+        assert r.error is None and len(r.results) >= 1

@@ -66,7 +66,7 @@ class CodeModel:
         self.device = resolve_device(device)
         self.backbone = build_backbone(spec.backbone, self.device)
         self.vocabulary = tag_names(get_spec(spec.backbone).vocabulary)
-        self.binarizer = _load_binarizer(spec, self.backbone)
+        self.head = _load_head(spec, self.backbone, self.device, len(self.vocabulary))
 
     @torch.inference_mode()
     def encode(self, mel: torch.Tensor | np.ndarray | Iterable[torch.Tensor], hop: int = LIBRARY_HOP) -> Encoded:
@@ -83,25 +83,64 @@ class CodeModel:
                 yield c
 
         starts, probs, feats = [], [], []
-        for wb in self.backbone.iter_windows(counted(mel), hop, features=(self.spec.feature,)):
+        for wb in self.backbone.iter_windows(counted(mel), hop, features=self.head.features):
             starts.append(wb.starts.numpy())
             probs.append(torch.sigmoid(wb.logits).double().sum(0).cpu().numpy())
-            feats.append(wb.features[self.spec.feature].flatten(1).float().cpu().numpy())
-        x = np.concatenate(feats)
+            feats.append(self.head(wb.features))
+        x = np.concatenate(feats)  # float [n, bits], before the sign
         # T = 1 + n_samples // HOP frames for a centred STFT
         duration = max(n_frames - 1, 0) * FRAME_S
         return Encoded(
             tags=(np.sum(probs, axis=0) / len(x)).astype(np.float32),
-            track_code=self.binarizer.encode(x.mean(axis=0))[0],
-            codes=self.binarizer.encode(x),
+            # the sign of the mean embedding (for a linear binariser, the code of the mean feature)
+            track_code=np.packbits(x.mean(axis=0) > 0),
+            codes=np.packbits(x > 0, axis=1),
             times=(np.concatenate(starts) * FRAME_S).astype(np.float32),
             duration_s=float(duration),
         )
 
 
+class _BinarizerHead:
+    """Interim codes: a fitted linear map of one backbone feature."""
+
+    def __init__(self, binarizer: Binarizer, feature: str):
+        self.binarizer, self.features = binarizer, (feature,)
+
+    def __call__(self, feats: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.binarizer.project(feats[self.features[0]].flatten(1).float().cpu().numpy())
+
+
+class _CRNNHHead:
+    """CRNNH: the pyramid of the backbone's pooled maps through the LSTM hash head."""
+
+    def __init__(self, model):
+        self.model, self.features = model, tuple(model.layers)
+
+    def __call__(self, feats: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.model(feats).relaxed.float().cpu().numpy()
+
+
+def _load_head(spec, backbone, device, n_tags: int):
+    if spec.arch == "binarizer":
+        return _BinarizerHead(_load_binarizer(spec, backbone), spec.feature)
+    if spec.arch == "crnnh":
+        from musichash.models.crnnh import CRNNH, load_checkpoint
+
+        if spec.weights is None:  # test config: seeded random head
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = CRNNH(spec.bits, n_tags, **spec.config.get("crnnh", {}))
+        else:
+            path = resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{spec.weights}")
+            if not path.is_file():
+                raise ModelError(f"weights for {spec.name} are missing ({spec.weights}); reinstall musichash")
+            with resources.as_file(path) as p:
+                model = load_checkpoint(p)
+        return _CRNNHHead(model.eval().to(device))
+    raise ModelError(f"code model {spec.name}: unknown architecture {spec.arch!r}")
+
+
 def _load_binarizer(spec, backbone) -> Binarizer:
-    if spec.arch != "binarizer":
-        raise ModelError(f"code model {spec.name}: unknown architecture {spec.arch!r}")
     if spec.weights is None:
         return _random_projection(spec, backbone)
     path = resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{spec.weights}")

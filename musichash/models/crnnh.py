@@ -170,3 +170,45 @@ class CRNNHLoss:
         p = pairwise_loss(out.relaxed, view.relaxed) if view is not None else h.new_zeros(())
         total = cls + self.lambda_q * q + self.lambda_b * b + self.lambda_p * p
         return LossParts(total, cls, q, b, p)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(model: CRNNH, path, meta: Mapping | None = None) -> None:
+    """Weights to ``path`` (.safetensors, config in its metadata) and ``meta`` (+ config) beside it as .json.
+
+    Never a pickle: the class comes from the registry, the numbers from safetensors.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config = model.config()
+    info = {"format": "musichash.crnnh", "version": 1, "config": config, **dict(meta or {})}
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"format": "musichash.crnnh", "config": json.dumps(config)})
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+
+
+def load_checkpoint(path) -> CRNNH:
+    """A CRNNH from a .safetensors written by :func:`save_checkpoint` (config from its metadata)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "musichash.crnnh":
+        raise ValueError(f"{path}: not a CRNNH checkpoint (no musichash.crnnh metadata)")
+    cfg = json.loads(meta["config"])
+    model = CRNNH(cfg["bits"], cfg["n_classes"], grid=tuple(cfg["grid"]), n_select=cfg["n_select"],
+                  hidden=cfg["hidden"], layers=tuple(cfg["layers"]))
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model.eval()

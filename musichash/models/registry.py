@@ -95,6 +95,11 @@ REGISTRY: dict[str, ModelSpec] = {
             config={"n_filt_frontend": 0.1, "n_filt_midend": 4, "n_units": 8}, test_only=True,
         ),
         ModelSpec(
+            "unittest_crnnh", "hash", "crnnh", "MTT", "tiny random CRNNH for tests (unittest_vgg maps, 32 bits)",
+            bits=32, backbone="unittest_vgg", test_only=True,
+            config={"dedup_threshold": 1.01, "crnnh": {"grid": [4, 2], "n_select": 2, "hidden": 8}},
+        ),
+        ModelSpec(
             "unittest_hash", "hash", "binarizer", "MTT", "tiny random codes for tests (unittest_vgg + 16-bit LSH)",
             bits=16, backbone="unittest_vgg", feature="pool5", test_only=True,
             # random codes cannot tell recordings apart: only byte-identical files are duplicates
