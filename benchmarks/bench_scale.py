@@ -1,7 +1,7 @@
 """Search at scale: query latency, recall, build cost and memory from 1k to 1M tracks.
 
     PYTHONPATH=. python benchmarks/bench_scale.py --sizes 1000 10000 100000 1000000 --json /tmp/scale.json
-    PYTHONPATH=. python benchmarks/bench_scale.py --quick     # 1k and 10k tracks, about 1.5 min
+    PYTHONPATH=. python benchmarks/bench_scale.py --quick     # 1k and 10k tracks, under a minute
 
 No corpus holds a million tracks, so the library is synthetic 64-bit codes
 with the structure that matters to search (``synth_library``):
