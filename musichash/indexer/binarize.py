@@ -2,7 +2,7 @@
 
 Until a trained deep hashing network exists, codes come from the float
 features of a pretrained CNN (``x: float [n, D]``, one row per 3 s segment)
-through one of three linear maps followed by a sign:
+through one of these linear maps followed by a sign:
 
 - ``pca_sign``: center, PCA to ``bits`` dimensions, sign.
 - ``itq``: the same PCA, then Iterative Quantization (Gong & Lazebnik 2011):
@@ -11,6 +11,13 @@ through one of three linear maps followed by a sign:
   a seeded random orthogonal matrix.
 - ``lsh``: a seeded random Gaussian projection of the centered features; a
   baseline that ignores the data beyond its mean.
+- ``lda_itq`` (fitted with :meth:`Binarizer.fit_pairs` on matched clean and
+  degraded segments, "LDAHash", Strecha et al. 2012): instead of PCA, the
+  directions ``w`` that maximise the between-segment variance over the
+  within-pair scatter, ``Sb w = λ (Sw + ridge·I) w`` with ``Sb = cov(clean)``
+  and ``Sw = mean((clean - degraded)(clean - degraded)ᵀ)``, then the same ITQ
+  rotation. Directions that noise or a codec move a lot are dropped even when
+  they carry much variance, so a degraded query keeps more of its bits.
 
 With ``standardize=True`` each feature dimension is also divided by its
 standard deviation before the projection (PCA on the correlation matrix
@@ -44,6 +51,7 @@ from musichash.errors import MusichashError
 __all__ = [
     "BITS",
     "KINDS",
+    "PAIR_KINDS",
     "Binarizer",
     "BinarizerError",
     "FitSummary",
@@ -51,7 +59,9 @@ __all__ = [
     "unpack",
 ]
 
+# Kinds that Binarizer.fit takes, and those fitted on pairs by Binarizer.fit_pairs.
 KINDS = ("pca_sign", "itq", "lsh")
+PAIR_KINDS = ("lda_itq",)
 BITS = (16, 32, 48, 64, 128)
 
 _FORMAT = "musichash.binarizer"
@@ -79,7 +89,8 @@ class FitSummary:
     ``||B - V R||²`` per item, see :meth:`Binarizer.quantization_loss`);
     ``history`` holds it after every ITQ iteration, starting with the random
     initial rotation (length ``n_iter + 1``), and is just ``(loss,)`` for the
-    other kinds.
+    other kinds. ``ridge`` is the regularisation of an ``lda_itq`` fit (``None``
+    for the other kinds), and ``n`` its number of pairs.
     """
 
     n: int
@@ -88,6 +99,7 @@ class FitSummary:
     standardize: bool
     loss: float
     history: tuple[float, ...] = ()
+    ridge: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,33 +184,13 @@ class Binarizer:
         mismatch errors can say which features are expected.
         """
         _check_kind_bits(kind, bits)
-        if int(n_iter) < 0:
-            raise BinarizerError(f"n_iter must be 0 or more (got {n_iter})")
-        x = np.asarray(x)
-        if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        if kind in PAIR_KINDS:
             raise BinarizerError(
-                f"fit needs a 2-d float array of features [n, D], got shape {x.shape}"
-                f" and dtype {x.dtype}"
+                "an lda_itq binarizer is fitted on clean and degraded pairs;"
+                " use Binarizer.fit_pairs(x_clean, x_aug, bits)"
             )
+        x = _check_fit_input(x, bits, kind, n_iter)
         n, D = x.shape
-        if bits > D:
-            fits = [b for b in BITS if b <= D]
-            fix = f"use at most {fits[-1]} bits, or a wider feature" if fits else (
-                f"codes need features of at least {BITS[0]} dimensions"
-            )
-            raise BinarizerError(
-                f"cannot make {bits}-bit codes from {D}-dimensional features; {fix}"
-            )
-        min_n = 2 if kind == "lsh" else bits + 1
-        if n < min_n:
-            raise BinarizerError(
-                f"fitting a {bits}-bit {kind} binarizer needs at least {min_n} feature vectors"
-                f" (got {n}); fit on more segments"
-            )
-        if not np.isfinite(x).all():
-            raise BinarizerError(
-                "features contain NaN or infinite values; drop those segments before fitting"
-            )
 
         mean, cov = _mean_cov(x, need_cov=kind != "lsh")
         if standardize:
@@ -236,6 +228,72 @@ class Binarizer:
                 standardize=bool(standardize),
                 loss=float(history[-1]),
                 history=tuple(float(h) for h in history),
+            ),
+        )
+
+    @classmethod
+    def fit_pairs(
+        cls,
+        x_clean: np.ndarray,
+        x_aug: np.ndarray,
+        bits: int,
+        seed: int = 0,
+        n_iter: int = 50,
+        *,
+        ridge: float = 0.1,
+        feature: str = "",
+    ) -> Binarizer:
+        """Fit a robust ``lda_itq`` binarizer on matched pairs.
+
+        ``x_clean, x_aug: float [n, D]``: row ``i`` of ``x_aug`` is a degraded
+        view (noise, codec, filter, pitch, tempo, window offset, ...) of the
+        segment in row ``i`` of ``x_clean``; a segment may appear in several
+        rows. The directions are the top generalised eigenvectors of
+        ``Sb w = λ (Sw + ridge·mean(eig(Sw))·I) w`` (see the module docstring;
+        ``Sw`` is not centred, so a shift that degradation causes on average
+        counts against a direction too); ``ridge > 0`` keeps directions that
+        the pairs barely move from dominating by chance. ITQ (``seed``,
+        ``n_iter``) then rotates the projected clean segments.
+        """
+        _check_kind_bits("lda_itq", bits)
+        x_clean = _check_fit_input(x_clean, bits, "lda_itq", n_iter)
+        x_aug = np.asarray(x_aug)
+        if x_aug.shape != x_clean.shape:
+            raise BinarizerError(
+                f"clean and degraded features must be matched row by row; got shapes"
+                f" {x_clean.shape} and {x_aug.shape}"
+            )
+        if not np.isfinite(x_aug).all():
+            raise BinarizerError(
+                "degraded features contain NaN or infinite values; drop those pairs before fitting"
+            )
+        if not (np.isfinite(ridge) and ridge > 0):
+            raise BinarizerError(f"ridge must be a positive number (got {ridge})")
+        n, D = x_clean.shape
+
+        mean, sb = _mean_cov(x_clean, need_cov=True)
+        sw = _pair_scatter(x_clean, x_aug)
+        sw += ridge * max(np.trace(sw) / D, _MIN_STD) * np.eye(D)
+        components = _top_generalized_eigenvectors(sb, sw, bits)
+        scale = np.ones(D)
+        V = _project64(x_clean, mean, scale, components)
+        rotation, history = _itq(V, _random_rotation(np.random.default_rng(seed), bits), int(n_iter))
+        return cls(
+            kind="lda_itq",
+            bits=int(bits),
+            mean=mean,
+            scale=scale,
+            components=components,
+            rotation=rotation,
+            feature=str(feature),
+            summary=FitSummary(
+                n=int(n),
+                seed=int(seed),
+                n_iter=int(n_iter),
+                standardize=False,
+                loss=float(history[-1]),
+                history=tuple(float(h) for h in history),
+                ridge=float(ridge),
             ),
         )
 
@@ -378,12 +436,43 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _check_kind_bits(kind: str, bits: int) -> None:
-    if kind not in KINDS:
-        raise BinarizerError(f"binarizer kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    if kind not in KINDS + PAIR_KINDS:
+        raise BinarizerError(
+            f"binarizer kind must be one of {', '.join(KINDS + PAIR_KINDS)} (got {kind!r})"
+        )
     if bits not in BITS:
         raise BinarizerError(
             f"bits must be one of {', '.join(map(str, BITS))} (got {bits!r})"
         )
+
+
+def _check_fit_input(x: np.ndarray, bits: int, kind: str, n_iter: int) -> np.ndarray:
+    if int(n_iter) < 0:
+        raise BinarizerError(f"n_iter must be 0 or more (got {n_iter})")
+    x = np.asarray(x)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise BinarizerError(
+            f"fit needs a 2-d float array of features [n, D], got shape {x.shape}"
+            f" and dtype {x.dtype}"
+        )
+    n, D = x.shape
+    if bits > D:
+        fits = [b for b in BITS if b <= D]
+        fix = f"use at most {fits[-1]} bits, or a wider feature" if fits else (
+            f"codes need features of at least {BITS[0]} dimensions"
+        )
+        raise BinarizerError(f"cannot make {bits}-bit codes from {D}-dimensional features; {fix}")
+    min_n = 2 if kind == "lsh" else bits + 1
+    if n < min_n:
+        raise BinarizerError(
+            f"fitting a {bits}-bit {kind} binarizer needs at least {min_n} feature vectors"
+            f" (got {n}); fit on more segments"
+        )
+    if not np.isfinite(x).all():
+        raise BinarizerError(
+            "features contain NaN or infinite values; drop those segments before fitting"
+        )
+    return x
 
 
 def _mean_cov(x: np.ndarray, need_cov: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -400,6 +489,15 @@ def _mean_cov(x: np.ndarray, need_cov: bool) -> tuple[np.ndarray, np.ndarray | N
         xc = x[i : i + _CHUNK].astype(np.float64) - mean
         cov += xc.T @ xc
     return mean, cov / n
+
+
+def _pair_scatter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Uncentred scatter of the differences, ``mean((a - b)ᵀ(a - b))`` ``[D, D]``, in chunks."""
+    sw = np.zeros((a.shape[1], a.shape[1]))
+    for i in range(0, a.shape[0], _CHUNK):
+        d = a[i : i + _CHUNK].astype(np.float64) - b[i : i + _CHUNK]
+        sw += d.T @ d
+    return sw / a.shape[0]
 
 
 def _var(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -420,6 +518,23 @@ def _top_eigenvectors(c: np.ndarray, k: int) -> np.ndarray:
     idx = np.abs(top).argmax(axis=0)
     signs = np.sign(top[idx, np.arange(k)])
     return top * np.where(signs == 0, 1.0, signs)
+
+
+def _top_generalized_eigenvectors(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` leading solutions of ``a w = λ b w`` (``b`` positive definite) as ``[D, k]``.
+
+    Through the Cholesky factor ``b = L Lᵀ``: the eigenvectors ``u`` of
+    ``L⁻¹ a L⁻ᵀ`` give ``w = L⁻ᵀ u``, normalised so that ``wᵀ b w = 1``.
+    """
+    try:
+        lo = np.linalg.cholesky(b)
+    except np.linalg.LinAlgError as e:
+        raise BinarizerError(
+            "the within-pair scatter is not positive definite; use a larger ridge"
+        ) from e
+    li = np.linalg.inv(lo)
+    u = _top_eigenvectors(li @ a @ li.T, k)
+    return li.T @ u
 
 
 def _project64(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, w: np.ndarray) -> np.ndarray:
