@@ -407,9 +407,15 @@ def render_midi(
     *,
     composers: Iterable[str] = DEFAULT_COMPOSERS,
     seed: int = 0,
+    exclude_scores: Iterable[str] = (),
     log: Log = print,
 ) -> list[Track]:
-    """Render ``n`` seeded scores to ``out/midi/<composer>-<score>-<family>-<seconds>s.flac``."""
+    """Render ``n`` seeded scores to ``out/midi/<composer>-<score>-<family>-<seconds>s.flac``.
+
+    ``exclude_scores`` holds manifest ``score`` values (``music21:bach/bwv299.mxl``)
+    that must not be drawn, e.g. those of an evaluation corpus when this one is
+    for fitting.
+    """
     if n <= 0:
         return []
     if not Path(SOUNDFONT).is_file() or shutil.which("fluidsynth") is None:
@@ -419,7 +425,8 @@ def render_midi(
     (out / "midi").mkdir(parents=True, exist_ok=True)
     tracks = []
     with tempfile.TemporaryDirectory() as tmp:
-        pools = {c: scores(c) for c in composers}
+        excluded = set(exclude_scores)
+        pools = {c: [p for p in scores(c) if f"music21:{c}/{p.name}" not in excluded] for c in composers}
         for composer, score, family in plan_midi(n, seed, pools):
             stem = f"{composer}-{score.stem}-{family}-{seconds:g}s".replace(" ", "_")
             dest = out / "midi" / f"{stem}.flac"
@@ -489,6 +496,7 @@ def build(
     quick: bool = False,
     composers: Iterable[str] = DEFAULT_COMPOSERS,
     seed: int = 0,
+    exclude_scores: Iterable[str] = (),
     copy: bool = False,
     log: Log = print,
 ) -> list[Track]:
@@ -508,7 +516,8 @@ def build(
         copy=copy,
         log=log,
     )
-    tracks += render_midi(out, midi, seconds, previous, composers=composers, seed=seed, log=log)
+    tracks += render_midi(out, midi, seconds, previous, composers=composers, seed=seed,
+                          exclude_scores=exclude_scores, log=log)
     write_manifest(manifest, tracks)
     return tracks
 
@@ -527,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--composers", nargs="+", default=list(DEFAULT_COMPOSERS), choices=sorted(SCORE_SETS),
                     help="music21 score sets to render, taken in turn (default: all)")
     ap.add_argument("--seed", type=int, default=0, help="seed for score and instrument choice")
+    ap.add_argument("--exclude-scores-of", type=Path, default=None, metavar="MANIFEST",
+                    help="never render a score that this manifest lists (keeps a fit corpus disjoint)")
     ap.add_argument("--copy", action="store_true", help="copy Debian files instead of symlinking them")
     ap.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     args = ap.parse_args(argv)
@@ -542,8 +553,10 @@ def main(argv: list[str] | None = None) -> int:
             check_package(pkg)
         if args.install:
             install(args.packages, log)
+        exclude = [t.score for t in read_manifest(args.exclude_scores_of) if t.score] if args.exclude_scores_of else []
         tracks = build(args.out, args.packages, midi=midi, seconds=seconds, quick=args.quick,
-                       composers=args.composers, seed=args.seed, copy=args.copy, log=log)
+                       composers=args.composers, seed=args.seed, exclude_scores=exclude,
+                       copy=args.copy, log=log)
     except CorpusError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
