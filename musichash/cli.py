@@ -418,11 +418,11 @@ def recommend(seeds, every, out, library, db_url, top_k, tags, exclude_tags, min
 @reports_errors
 def stats(library, db_url, as_json):
     """Size of the library, its code model and index, and what its codes cost."""
-    from musichash.search.cache import read_config
+    from musichash.search.cache import choose_config
 
     with _open(library, db_url) as lib:
         s = lib.stats()
-        kind = read_config(lib.folder, s.bits).kind
+        kind = choose_config(lib.folder, s.bits, s.n_segments).kind
     row = {
         "library": str(lib.folder), "tracks": s.n_tracks, "errors": s.n_errors, "pending": s.n_pending,
         "segments": s.n_segments, "hours": round(s.hours, 3), "code_model": s.code_model, "bits": s.bits,

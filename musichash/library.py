@@ -174,7 +174,7 @@ class Library:
     def reindex(self, index_type: str | None = None, **params) -> SearchIndex:
         """Rebuild the FAISS files from codes.h5, optionally with another index type or parameters."""
         if index_type is not None or params:
-            old = read_config(self.folder, self.store.bits)
+            old = read_config(self.folder, self.store.bits) or IndexConfig("flat", bits=self.store.bits)
             config = IndexConfig(**{**_config_dict(old), **({"kind": index_type} if index_type else {}), **params})
             write_config(self.folder, config)
         return self.search_index(force=True)

@@ -172,7 +172,9 @@ def test_multihash_finds_every_code_within_its_guaranteed_radius(nflip, ds64, gt
 def test_ivf_nlist_is_automatic():
     ds = SyntheticCodes.make(64, nb=10_000, nq=1)
     index = BinaryIndex.build(ds.xb, config=IndexConfig("ivf", 64), device="cpu")
-    assert index.config.nlist == 256  # 4 * sqrt(n) = 400, capped at n / 39
+    assert index.config.nlist == 128  # the power of two nearest sqrt(10000) = 100
+    small = BinaryIndex.build(ds.xb[:1000], config=IndexConfig("ivf", 64), device="cpu")
+    assert small.config.nlist == 25  # 32 would be nearest sqrt(1000), but every list needs 39 codes
 
 
 # -- ids, padding, round trips ---------------------------------------------------

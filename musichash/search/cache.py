@@ -61,15 +61,34 @@ class SearchIndex:
         return slice(int(lo), int(hi))
 
 
-def read_config(folder: Path, bits: int) -> IndexConfig:
+#: below this many segments (about 5k tracks of 4 min) an exact flat scan answers a
+#: 10 s query in under ~30 ms; above it IVF does (BENCHMARKS.md, search at scale)
+AUTO_IVF_SEGMENTS = 1_000_000
+
+
+def read_config(folder: Path, bits: int) -> IndexConfig | None:
+    """The index settings chosen with ``reindex --index-type``, or None (automatic)."""
     path = folder / INDEX_DIR / _CONFIG
     if not path.is_file():
-        return IndexConfig("flat", bits=bits)
+        return None
     try:
         raw = json.loads(path.read_text())
         return IndexConfig(**{**raw, "bits": bits})
     except (ValueError, TypeError) as e:
         raise SearchError(f"{path}: unreadable index settings ({e}); fix it with `musichash reindex --index-type flat`") from None
+
+
+def choose_config(folder: Path, bits: int, n_segments: int) -> IndexConfig:
+    """The segment index to build: the saved choice, else flat up to AUTO_IVF_SEGMENTS and IVF above.
+
+    IVF needs codes to train on, so a chosen IVF falls back to flat below 10 000 segments.
+    """
+    config = read_config(folder, bits)
+    if config is None:
+        return IndexConfig("ivf" if n_segments >= AUTO_IVF_SEGMENTS else "flat", bits=bits)
+    if config.kind == "ivf" and n_segments < _MIN_IVF_SEGMENTS:
+        return IndexConfig("flat", bits=bits)
+    return config
 
 
 def write_config(folder: Path, config: IndexConfig) -> None:
@@ -81,13 +100,12 @@ def load_or_build(store: LibraryStore, device: str = "auto", *, force: bool = Fa
     """The library's search index: from ``index/`` when it matches the store, else rebuilt (and saved if possible)."""
     folder = Path(store.folder)
     stamp = store.stamp()
-    config = read_config(folder, store.bits)
     if not force:
-        cached = _load(folder / INDEX_DIR, stamp, config, device)
+        cached = _load(folder / INDEX_DIR, stamp, device)
         if cached is not None:
             return cached
     table = store.iter_segment_codes()
-    seg_config = config if len(table.codes) >= _min_codes(config) else IndexConfig("flat", bits=store.bits)
+    seg_config = choose_config(folder, store.bits, len(table.codes))
     segments = BinaryIndex.build(table.codes, np.arange(len(table.codes), dtype=np.int64), seg_config, device)
     ids, codes = store.track_codes()
     tracks = BinaryIndex.build(codes, ids, IndexConfig("flat", bits=store.bits), device)
@@ -97,12 +115,10 @@ def load_or_build(store: LibraryStore, device: str = "auto", *, force: bool = Fa
     return index
 
 
-def _min_codes(config: IndexConfig) -> int:
-    # IVF needs codes to train on; below this an exact flat scan is faster anyway.
-    return 10_000 if config.kind == "ivf" else 0
+_MIN_IVF_SEGMENTS = 10_000
 
 
-def _load(d: Path, stamp: str, config: IndexConfig, device: str) -> SearchIndex | None:
+def _load(d: Path, stamp: str, device: str) -> SearchIndex | None:
     try:
         with np.load(d / _TABLE) as z:
             if str(z["stamp"]) != stamp:
@@ -112,10 +128,8 @@ def _load(d: Path, stamp: str, config: IndexConfig, device: str) -> SearchIndex 
         tracks = BinaryIndex.load(d / _TRACKS, device)
     except (OSError, KeyError, ValueError, SearchError):
         return None  # missing, half-written by a concurrent builder, or stale: rebuild
-    if segments.ntotal != len(seg_track) or segments.bits != config.bits:
-        return None
-    if segments.kind != config.kind and len(seg_track) >= _min_codes(config):
-        return None
+    if segments.ntotal != len(seg_track) or segments.kind != choose_config(d.parent, segments.bits, len(seg_track)).kind:
+        return None  # half-written, or the settings changed
     return SearchIndex(segments, seg_track, seg_time, tracks, stamp)
 
 

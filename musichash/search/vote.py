@@ -105,11 +105,12 @@ class SegmentHits:
             raise ValueError(f"D {D.shape} and I {I.shape} must both be [nq={nq}, k]")
         rows, cols = np.nonzero(I >= 0)
         seg = I[rows, cols]
+        # pick the hits first, then convert: the tables hold every library segment
         return cls(
             q_index=rows.astype(np.int64),
             q_time=q_times[rows],
-            track_id=np.asarray(seg_track, dtype=np.int64)[seg],
-            t_time=np.asarray(seg_time, dtype=np.float64)[seg],
+            track_id=np.asarray(seg_track)[seg].astype(np.int64),
+            t_time=np.asarray(seg_time)[seg].astype(np.float64),
             # FAISS returns int32 distances; cast explicitly so sums never overflow.
             hamming=D[rows, cols].astype(np.int64),
             bits=int(bits),
