@@ -80,7 +80,7 @@ REGISTRY: dict[str, ModelSpec] = {
         *(
             ModelSpec(
                 f"interim_vgg_itq{bits}", "hash", "binarizer", "MTT",
-                f"interim codes: MTT_vgg pool5 features, {bits}-bit ITQ fitted on allowed game music"
+                f"interim codes: MTT_vgg pool5 features, {bits}-bit noise-robust LDA + ITQ fitted on allowed music"
                 + ("; default code model" if bits == 64 else ""),
                 weights=f"interim_vgg_itq{bits}.safetensors", bits=bits, backbone="MTT_vgg", feature="pool5",
             )
