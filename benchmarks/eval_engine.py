@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -190,7 +191,7 @@ def dedup_set(lib_files: list[Path], manifest: Path, out: Path, k: int, seed: in
         files.append(orig)
         for name, (chain, ext) in variants.items():
             v = out / f"{stem}.{name}.{ext}"
-            sf.write(str(v), augment.chain(*chain).apply(y, rng), SAMPLE_RATE)
+            _write(v, augment.chain(*chain).apply(y, rng))
             fam.add(v.name)
             files.append(v)
         families.append(fam)
@@ -201,6 +202,17 @@ def dedup_set(lib_files: list[Path], manifest: Path, out: Path, k: int, seed: in
                 files.append(arr)
                 families.append({arr.name})  # related material, its own recording
     return files, families
+
+
+def _write(path: Path, y: np.ndarray) -> None:
+    """soundfile for wav/flac/mp3; ffmpeg for Ogg Vorbis (libsndfile 1.2's Vorbis writer crashes on long files)."""
+    if path.suffix != ".ogg":
+        sf.write(str(path), y, SAMPLE_RATE)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "x.wav"
+        sf.write(str(wav), y, SAMPLE_RATE)
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(wav), "-c:a", "libvorbis", "-q:a", "3", str(path)], check=True)
 
 
 def _rearrange(row: dict, dest: Path, seconds: float) -> bool:
@@ -300,15 +312,6 @@ def main(argv=None) -> int:
             lat.append((time.perf_counter() - t0) * 1000)
         lat = np.array(lat)
 
-    files, families = dedup_set(lib_files, a.manifest, a.work / "dedup", a.dedup_tracks, a.seed)
-    ddir = a.work / f"dedup-lib-{a.code_model or 'default'}"
-    with Library.open(ddir, write=True, code_model=a.code_model) as lib:
-        lib.index([a.work / "dedup"])
-        groups = lib.dedup()
-        dthr = lib.dedup_threshold
-        sweep = dedup_sweep(lib, families)
-    d = score_dedup(groups, families)
-
     print(f"## code model {model}\n")
     print(f"Library: {len(lib_files)} tracks, {hours:.2f} h; held out: {', '.join(f.name for f in held)}.")
     if rep.audio_s:
@@ -320,6 +323,17 @@ def main(argv=None) -> int:
         print(qtable + "\n")
         print(report_threshold(outs, default_thr) + "\n")
     print(f"Warm 10 s query, end to end (mel, model, kNN, vote, SQL): p50 {np.median(lat):.0f} ms, p99 {np.quantile(lat, 0.99):.0f} ms.\n")
+    sys.stdout.flush()
+
+    files, families = dedup_set(lib_files, a.manifest, a.work / "dedup", a.dedup_tracks, a.seed)
+    ddir = a.work / f"dedup-lib-{a.code_model or 'default'}"
+    with Library.open(ddir, write=True, code_model=a.code_model) as lib:
+        lib.index([a.work / "dedup"])
+        groups = lib.dedup()
+        dthr = lib.dedup_threshold
+        sweep = dedup_sweep(lib, families)
+    d = score_dedup(groups, families)
+
     print(f"Dedup ({len(files)} files, threshold {dthr}): precision {d['precision']:.3f}, recall {d['recall']:.3f}, "
           f"F1 **{d['f1']:.3f}** ({d['true_pairs']} true pairs, {d['predicted_pairs']} predicted).")
     print("\n" + sweep + "\n")
