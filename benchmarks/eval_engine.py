@@ -120,7 +120,8 @@ def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple[int,
             t_enc = time.perf_counter() - t0
             for k in ks:
                 t0 = time.perf_counter()
-                votes, _ = engine.query_codes(index, enc.codes, enc.times, lib.store.bits, top_k=10, k=k)
+                kk, slack = (k, None) if isinstance(k, int) else (int(k.split("s")[0]), int(k.split("s")[1]))
+                votes, _ = engine.query_codes(index, enc.codes, enc.times, lib.store.bits, top_k=10, k=kk, share_slack=slack)
                 dt = t_enc + time.perf_counter() - t0
                 ranked = [paths.get(v.track_id) for v in votes]
                 top1 = inside and bool(ranked) and ranked[0] == str(f.absolute())
@@ -247,7 +248,7 @@ def dedup_sweep(lib: Library, families: list[set[str]]) -> str:
             best[key] = max(best.get(key, 0.0), p.score)
     truth = {frozenset((a, b)) for s in families for a in s for b in s if a < b}
     rows = ["| threshold | precision | recall | F1 |", "|---|---|---|---|"]
-    for thr in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+    for thr in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5):
         pred = {k for k, v in best.items() if v >= thr}
         tp = len(pred & truth)
         pr, rc = (tp / len(pred) if pred else 1.0), tp / len(truth)
@@ -283,7 +284,9 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=20, help="per length x condition")
     ap.add_argument("--dedup-tracks", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--k", type=int, nargs="+", default=[engine.DEFAULT_K], help="neighbours per query window (several: a sweep)")
+    ap.add_argument("--k", nargs="+", default=[str(engine.DEFAULT_K)],
+                    help="neighbours per query window (several: a sweep); KsS shares each window's weight among "
+                         "the tracks within S bits of its best hit (e.g. 10s2)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
 
@@ -298,7 +301,7 @@ def main(argv=None) -> int:
 
     with Library.open(libdir) as lib:
         lib.search_index()
-        runs = run_queries(lib, lib_files, held, a.queries, a.seed, tuple(a.k))
+        runs = run_queries(lib, lib_files, held, a.queries, a.seed, tuple(int(k) if k.isdigit() else k for k in a.k))
         default_thr = lib.match_threshold
         model = lib.code_model
         # warm end-to-end latency through the public call, 10 s clips

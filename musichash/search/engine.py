@@ -21,16 +21,27 @@ DEFAULT_K = 10
 #: per window in dedup: the track's own neighbouring segments take some of the slots
 DEDUP_K = 20
 #: a pair of tracks is one recording when this fraction of one track's
-#: windows line up with the other at one offset (and rate)
-DEFAULT_DEDUP_THRESHOLD = 0.5
+#: windows line up with the other at one offset (and rate). 0.2 gave the best
+#: pair F1 (0.91, with the hit cut-off below) on the fit corpus's dedup set with the interim codes
+#: (BENCHMARKS.md); weighted scores did worse (0.89 at best) because trimmed
+#: or padded copies sit up to half a segment hop off the grid
+DEFAULT_DEDUP_THRESHOLD = 0.2
 #: dedup tolerates small speed changes only (a 5 % faster file is a different edit)
 DEDUP_MAX_RATE_CHANGE = 0.03
+#: dedup counts only close hits: copies of one recording sit at a median 10 of
+#: 64 bits, and a cut-off at 30 % of the bits keeps chance alignments between
+#: different pieces from adding up (they reached 24 % coverage in a 5-track
+#: library without it)
+DEDUP_MAX_HAMMING = 0.3
 WINDOW_S = 3.0
 
 
 @dataclass(frozen=True)
 class DuplicatePair:
-    """Tracks a and b hold the same recording; spans are the aligned parts, seconds."""
+    """Tracks a and b hold the same recording; spans are the aligned parts, seconds.
+
+    score: coverage, the fraction of a's windows that line up with b at one offset and rate.
+    """
 
     a: int
     b: int
@@ -48,11 +59,12 @@ def query_codes(
     top_k: int = 10,
     k: int = DEFAULT_K,
     threshold: float = DEFAULT_MATCH_THRESHOLD,
+    share_slack: int | None = None,
 ) -> tuple[list[TrackVote], bool]:
     """Rank tracks for one clip. codes: uint8 [nq, bits/8], times: float [nq] -> (votes, match)."""
     D, I = index.segments.search(codes, k)
     hits = SegmentHits.from_knn(times, D, I, index.seg_track, index.seg_time, bits)
-    votes = vote(hits, max_tracks=top_k)
+    votes = vote(hits, max_tracks=top_k, share_slack=share_slack)
     return votes, match_decision(votes, threshold)
 
 
@@ -71,21 +83,25 @@ def duplicates_of(
         return []
     D, I = index.segments.search(segment_codes, DEDUP_K)
     hits = SegmentHits.from_knn(segment_times, D, I, index.seg_track, index.seg_time, bits)
+    keep = hits.hamming <= DEDUP_MAX_HAMMING * bits
     if self_id is not None:
-        keep = hits.track_id != self_id
+        keep &= hits.track_id != self_id
+    if not keep.all():
         hits = SegmentHits(
             hits.q_index[keep], hits.q_time[keep], hits.track_id[keep], hits.t_time[keep],
             hits.hamming[keep], bits, hits.n_query_windows,
         )
     end_a = duration_s if duration_s is not None else float(segment_times[-1]) + WINDOW_S
     out = []
-    for v in vote(hits, max_tracks=5, max_rate_change=DEDUP_MAX_RATE_CHANGE):
-        if v.score < threshold:
-            break
+    n = len(segment_codes)
+    for v in vote(hits, max_tracks=10, max_rate_change=DEDUP_MAX_RATE_CHANGE):
+        coverage = v.votes / n
+        if coverage < threshold:
+            continue
         lo_a = max(0.0, (v.span[0] - v.offset_s) / v.rate)
         hi_a = min(end_a, (v.span[1] - v.offset_s) / v.rate + WINDOW_S)
         out.append(
-            DuplicatePair(self_id if self_id is not None else -1, v.track_id, v.score, (lo_a, hi_a), (v.span[0], v.span[1] + WINDOW_S))
+            DuplicatePair(self_id if self_id is not None else -1, v.track_id, coverage, (lo_a, hi_a), (v.span[0], v.span[1] + WINDOW_S))
         )
     return out
 

@@ -201,8 +201,14 @@ def vote(
     offset_tolerance_s: float = 0.75,
     max_tracks: int = 10,
     max_rate_change: float = DEFAULT_MAX_RATE_CHANGE,
+    share_slack: int | None = None,
 ) -> list[TrackVote]:
     """Rank library tracks by time-consistent support from the query windows.
+
+    ``share_slack``: when set, a query window's weight is shared among the
+    distinct tracks it hits within ``share_slack`` bits of its best hit, so a
+    window that fits many tracks equally well (a generic texture) counts for
+    little, and one that singles out a track counts fully.
 
     For every candidate rate r, each hit's offset ``t_time - r * q_time`` is
     dropped into two overlapping windows of width 2 * tolerance (sliding by
@@ -220,6 +226,8 @@ def vote(
     if offset_tolerance_s <= 0:
         raise ValueError(f"offset_tolerance_s must be positive, got {offset_tolerance_s}")
     w = hit_weight(hits.hamming, hits.bits)
+    if share_slack is not None and len(w):
+        w = w / _close_tracks(hits, share_slack)
     keep = (np.asarray(hits.track_id) >= 0) & (w > 0)
     if not keep.any() or max_tracks <= 0:
         return []
@@ -295,6 +303,19 @@ def vote(
             )
         )
     return out
+
+
+def _close_tracks(hits: SegmentHits, slack: int) -> np.ndarray:
+    """For each hit, how many distinct tracks its query window hits within ``slack`` bits of its best. -> float [m]"""
+    qi = np.asarray(hits.q_index, dtype=np.int64)
+    d = np.asarray(hits.hamming, dtype=np.int64)
+    tr = np.asarray(hits.track_id, dtype=np.int64)
+    best = np.full(hits.n_query_windows, np.iinfo(np.int64).max)
+    np.minimum.at(best, qi, d)
+    close = d <= best[qi] + slack
+    pairs = np.unique(np.stack([qi[close], tr[close]], axis=1), axis=0)
+    counts = np.bincount(pairs[:, 0], minlength=hits.n_query_windows) if len(pairs) else np.zeros(hits.n_query_windows)
+    return np.maximum(counts[qi], 1).astype(np.float64)
 
 
 def match_decision(votes: list[TrackVote], threshold: float = DEFAULT_MATCH_THRESHOLD) -> bool:
