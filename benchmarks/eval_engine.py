@@ -120,7 +120,12 @@ def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple[int,
             t_enc = time.perf_counter() - t0
             for k in ks:
                 t0 = time.perf_counter()
-                kk, slack = (k, None) if isinstance(k, int) else (int(k.split("s")[0]), int(k.split("s")[1]))
+                if isinstance(k, int):
+                    kk, slack = k, engine.DEFAULT_SHARE_SLACK
+                elif k.endswith("n"):  # no sharing: every window keeps its full weight
+                    kk, slack = int(k[:-1]), None
+                else:
+                    kk, slack = int(k.split("s")[0]), int(k.split("s")[1])
                 votes, _ = engine.query_codes(index, enc.codes, enc.times, lib.store.bits, top_k=10, k=kk, share_slack=slack)
                 dt = t_enc + time.perf_counter() - t0
                 ranked = [paths.get(v.track_id) for v in votes]
@@ -286,7 +291,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", nargs="+", default=[str(engine.DEFAULT_K)],
                     help="neighbours per query window (several: a sweep); KsS shares each window's weight among "
-                         "the tracks within S bits of its best hit (e.g. 10s2)")
+                         "the tracks within S bits of its best hit (e.g. 10s2; plain K uses the engine's default slack, Kn none)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
 
