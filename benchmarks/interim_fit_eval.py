@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data" / "code_models"))
 
 from interim_codes import (  # noqa: E402  (benchmarks/interim_codes.py)
     CONDITIONS,
@@ -40,23 +41,14 @@ from interim_codes import (  # noqa: E402  (benchmarks/interim_codes.py)
     load_tracks,
 )
 
+from fit_interim import window_features as pool5  # noqa: E402  (the fit's own feature extraction)
+
 from musichash import augment  # noqa: E402
-from musichash.audio import SAMPLE_RATE, log_mel  # noqa: E402
+from musichash.audio import SAMPLE_RATE  # noqa: E402
 from musichash.indexer.binarize import Binarizer  # noqa: E402
 from musichash.models import build_backbone  # noqa: E402
 from musichash.search.faiss_index import hamming_knn  # noqa: E402
 from musichash.search.vote import SegmentHits, vote  # noqa: E402
-
-
-def pool5(model, wave: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
-    """wave: float [n] -> starts: int [w] (frames), feats: float32 [w, 256] (the engine's feature)."""
-    mel = torch.from_numpy(np.ascontiguousarray(log_mel(wave), dtype=np.float32))
-    starts, feats = [], []
-    with torch.no_grad():
-        for wb in model.iter_windows(mel, hop, features=True):
-            starts.append(wb.starts.numpy())
-            feats.append(wb.features["pool5"].flatten(1).numpy())
-    return np.concatenate(starts), np.concatenate(feats).astype(np.float32)
 
 
 def track_segments(model, tracks, t: int, minutes: float, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:

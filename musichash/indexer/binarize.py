@@ -213,22 +213,9 @@ class Binarizer:
         else:
             history = [_loss(V)]
 
-        return cls(
-            kind=kind,
-            bits=int(bits),
-            mean=mean,
-            scale=scale,
-            components=components,
-            rotation=rotation,
-            feature=str(feature),
-            summary=FitSummary(
-                n=int(n),
-                seed=int(seed),
-                n_iter=int(n_iter) if kind == "itq" else 0,
-                standardize=bool(standardize),
-                loss=float(history[-1]),
-                history=tuple(float(h) for h in history),
-            ),
+        return cls._fitted(
+            kind, bits, (mean, scale, components, rotation), feature, history,
+            n=int(n), seed=int(seed), n_iter=int(n_iter) if kind == "itq" else 0, standardize=bool(standardize),
         )
 
     @classmethod
@@ -278,23 +265,18 @@ class Binarizer:
         scale = np.ones(D)
         V = _project64(x_clean, mean, scale, components)
         rotation, history = _itq(V, _random_rotation(np.random.default_rng(seed), bits), int(n_iter))
+        return cls._fitted(
+            "lda_itq", bits, (mean, scale, components, rotation), feature, history,
+            n=int(n), seed=int(seed), n_iter=int(n_iter), standardize=False, ridge=float(ridge),
+        )
+
+    @classmethod
+    def _fitted(cls, kind: str, bits: int, arrays: tuple, feature: str, history: list[float], **summary) -> Binarizer:
+        mean, scale, components, rotation = arrays
         return cls(
-            kind="lda_itq",
-            bits=int(bits),
-            mean=mean,
-            scale=scale,
-            components=components,
-            rotation=rotation,
+            kind=kind, bits=int(bits), mean=mean, scale=scale, components=components, rotation=rotation,
             feature=str(feature),
-            summary=FitSummary(
-                n=int(n),
-                seed=int(seed),
-                n_iter=int(n_iter),
-                standardize=False,
-                loss=float(history[-1]),
-                history=tuple(float(h) for h in history),
-                ridge=float(ridge),
-            ),
+            summary=FitSummary(loss=float(history[-1]), history=tuple(float(h) for h in history), **summary),
         )
 
     # ------------------------------------------------------------------
