@@ -1,0 +1,97 @@
+"""Indexing throughput: where the time goes, and `Library.index` end to end with and without decoding workers.
+
+    python benchmarks/bench_index.py FILE_OR_FOLDER... [--workers 0 1] [--code-model interim_vgg_itq64]
+
+Stages are timed on the first file: decode + resample to 16 kHz, log-mel,
+and the code model (VGG windows every 1.28 s, codes). Then each ``--workers``
+setting indexes all the inputs into a fresh library in a fresh process
+(peak RSS is that process's). Figures: seconds of audio per second of wall
+time (x real time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def stages(path: Path, code_model: str) -> dict:
+    import torch
+
+    from musichash.audio import SAMPLE_RATE, iter_audio_blocks, iter_mel_blocks
+    from musichash.indexer.encoder import LIBRARY_HOP, CodeModel
+
+    t0 = time.perf_counter()
+    blocks = list(iter_audio_blocks(path))
+    t1 = time.perf_counter()
+    mel = np.concatenate(list(iter_mel_blocks(iter(blocks))))
+    t2 = time.perf_counter()
+    model = CodeModel(code_model)
+    t3 = time.perf_counter()
+    model.encode(torch.from_numpy(mel), LIBRARY_HOP)
+    t4 = time.perf_counter()
+    seconds = sum(len(b) for b in blocks) / SAMPLE_RATE
+    return {
+        "file": str(path), "audio_s": seconds, "threads": torch.get_num_threads(),
+        "decode_x": seconds / (t1 - t0), "mel_x": seconds / (t2 - t1), "model_x": seconds / (t4 - t3),
+    }
+
+
+def end_to_end(paths: list[str], workers: int, code_model: str) -> dict:
+    from musichash.library import Library
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with Library.open(Path(tmp) / "lib", write=True, code_model=code_model) as lib:
+            report = lib.index(paths, workers=workers)
+        wall = time.perf_counter() - t0
+    return {
+        "workers": workers, "audio_s": report.audio_s, "wall_s": wall, "x_real_time": report.audio_s / wall,
+        "failed": len(report.failed), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--code-model", default="interim_vgg_itq64")
+    ap.add_argument("--child", choices=["stages", "index"], help=argparse.SUPPRESS)
+    ap.add_argument("--child-workers", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child == "stages":
+        print(json.dumps(stages(Path(a.paths[0]), a.code_model)))
+        return 0
+    if a.child == "index":
+        print(json.dumps(end_to_end(a.paths, a.child_workers, a.code_model)))
+        return 0
+
+    def child(paths, *extra) -> dict:
+        out = subprocess.run([sys.executable, __file__, *paths, "--code-model", a.code_model, *extra],
+                             check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    from musichash.indexer.pipeline import scan
+
+    files, _ = scan(a.paths)
+    s = child([str(files[0])], "--child", "stages")
+    print(f"Stages on {Path(s['file']).name} ({s['audio_s'] / 60:.1f} min, torch {s['threads']} threads): "
+          f"decode + resample {s['decode_x']:.0f}x, mel {s['mel_x']:.0f}x, code model {s['model_x']:.0f}x real time.\n")
+    print("| decoding workers | audio | wall | x real time | peak RSS |")
+    print("|---|---|---|---|---|")
+    for w in a.workers:
+        r = child(a.paths, "--child", "index", "--child-workers", str(w))
+        print(f"| {w} | {r['audio_s'] / 3600:.2f} h | {r['wall_s']:.0f} s | {r['x_real_time']:.0f}x | {r['peak_rss_mb']:.0f} MB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
