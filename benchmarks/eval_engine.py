@@ -257,7 +257,7 @@ def dedup_sweep(lib: Library, families: list[set[str]]) -> str:
         pred = {k for k, v in best.items() if v >= thr}
         tp = len(pred & truth)
         pr, rc = (tp / len(pred) if pred else 1.0), tp / len(truth)
-        rows.append(f"| {thr:.1f} | {pr:.3f} | {rc:.3f} | {2 * pr * rc / (pr + rc) if pr + rc else 0:.3f} |")
+        rows.append(f"| {thr:.2f} | {pr:.3f} | {rc:.3f} | {2 * pr * rc / (pr + rc) if pr + rc else 0:.3f} |")
     false = sorted((v, " + ".join(sorted(k))) for k, v in best.items() if k not in truth)[-3:]
     rows.append("\nHighest-scoring pairs that are not the same recording: "
                 + "; ".join(f"{n} ({v:.2f})" for v, n in reversed(false)) + ".")
