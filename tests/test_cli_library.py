@@ -176,3 +176,21 @@ def test_remove_and_reindex(tmp_path):
     result = run("reindex", "--library", lib, "--index-type", "hnsw", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"library": str(lib), "index_type": "hnsw", "segments": 3, "tracks": 1, "device": "cpu"}
+
+
+@pytest.mark.postgres
+def test_library_on_postgresql(tmp_path, pg_url):
+    """--db-url: metadata in PostgreSQL, codes in the folder; every command works the same."""
+    music = tmp_path / "m"
+    music.mkdir()
+    for i in range(2):
+        write_song(music / f"s{i}.wav", seed=i, seconds=6)
+    lib = tmp_path / "lib"
+    common = ["--library", lib, "--db-url", pg_url]
+    assert run("index", music, *common, "--code-model", "unittest_hash", "--workers", "0", "-q").exit_code == 0
+    assert not (lib / "library.db").exists() and (lib / "codes.h5").exists()
+    obj = json.loads(run("search", music / "s1.wav", *common, "--json").stdout)
+    assert obj["match"] and obj["results"][0]["path"] == str(music / "s1.wav")
+    assert json.loads(run("stats", *common, "--json").stdout)["tracks"] == 2
+    again = json.loads(run("index", music, *common, "--json", "--workers", "0").stdout)
+    assert again["unchanged"] == 2
