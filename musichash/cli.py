@@ -474,6 +474,55 @@ def reindex(library, db_url, index_type, nprobe, as_json, device):
 
 
 
+@cli.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--layout", type=click.Choice(["unlabelled", "classes", "csv"]), default="unlabelled", show_default=True,
+              help="unlabelled: a music folder (targets: the tagger's tags); classes: class sub-folders; csv: path + 0/1 tag columns.")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the checkpoint and the feature cache.")
+@click.option("--bits", type=click.Choice(["16", "32", "48", "64", "128"]), default="64", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--views", type=click.IntRange(1), default=2, show_default=True, help="Augmented views per window in the cache.")
+@click.option("--max-minutes", type=click.FloatRange(0.1), default=3.0, show_default=True, help="Minutes used of each file.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out (the cache resumes by itself).")
+@json_option
+@quiet_option
+@reports_errors
+def train(data, layout, out, bits, epochs, views, max_minutes, seed, resume, as_json, quiet):
+    """Train a CRNNH code model on DATA; backbone features are cached so epochs need no audio."""
+    from musichash.train.cache import CacheConfig, build_cache, load_cache
+    from musichash.train.data import load_dataset
+    from musichash.train.loop import TrainConfig, train as run
+
+    dataset = load_dataset(data, layout)
+    cache_cfg = CacheConfig(views=views, max_minutes=max_minutes, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / f"features-{cache_cfg.key()}.h5"
+    say = (lambda msg: None) if (quiet or as_json) else (lambda msg: click.echo(msg, err=True))
+    with _bar(quiet, as_json)(total=len(dataset.files), unit="file", desc="features") as bar:
+        def step(msg):
+            if msg.startswith("skipped"):
+                say(msg)
+            bar.update(1)
+
+        build_cache(dataset, cache, cache_cfg, progress=step)
+    feats = load_cache(cache, dataset)
+    cfg = TrainConfig(bits=int(bits), epochs=epochs, seed=seed)
+    meta = {"backbone": cache_cfg.backbone, "data": dataset.summary(), "cache": cache.name, "windows": len(feats.clean)}
+
+    def epoch_done(epoch, rec):
+        say(f"epoch {epoch}/{epochs}: loss {rec['total']:.4f} (class {rec['classification']:.4f}, "
+            f"quant {rec['quantization']:.4f}, balance {rec['balance']:.4f}, pair {rec['pairwise']:.4f}) {rec['seconds']:.1f} s")
+
+    ckpt = run(feats, out, cfg, grid=cache_cfg.grid, n_select=cache_cfg.n_select,
+               multilabel=dataset.layout != "classes", meta=meta, resume=resume, progress=epoch_done)
+    if as_json:
+        emit({"checkpoint": str(ckpt), "windows": len(feats.clean), "files": len(dataset.files)})
+    else:
+        click.echo(f"{ckpt}: CRNNH, {bits} bits, trained on {len(feats.clean)} windows of {len(dataset.files)} files; "
+                   f"use it with: musichash index --code-model {ckpt} ...")
+
+
 def _duration(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"

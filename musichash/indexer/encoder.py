@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -130,6 +131,8 @@ def _load_head(spec, backbone, device, n_tags: int):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model = CRNNH(spec.bits, n_tags, **spec.config.get("crnnh", {}))
+        elif Path(spec.weights).is_absolute():  # a checkpoint named by its path
+            model = load_checkpoint(spec.weights)
         else:
             path = resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{spec.weights}")
             if not path.is_file():

@@ -116,7 +116,7 @@ class LossParts:
     pairwise: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k)) for k in ("total", "classification", "quantization", "balance", "pairwise")}
+        return {k: float(getattr(self, k).detach()) for k in ("total", "classification", "quantization", "balance", "pairwise")}
 
 
 def quantization_loss(h: torch.Tensor) -> torch.Tensor:

@@ -115,11 +115,28 @@ ARCHS: dict[str, type[_Backbone]] = {"vgg": VGG, "musicnn": Musicnn}
 
 
 def get_spec(name: str) -> ModelSpec:
+    """A registered model, or a trained CRNNH checkpoint given by its .safetensors path."""
+    if name not in REGISTRY and name.endswith(".safetensors"):
+        return _checkpoint_spec(name)
     try:
         return REGISTRY[name]
     except KeyError:
         known = ", ".join(n for n, s in REGISTRY.items() if not s.test_only)
         raise ModelError(f"unknown model {name!r}; choose one of: {known} (see `musichash models`)") from None
+
+
+def _checkpoint_spec(name: str) -> ModelSpec:
+    from pathlib import Path
+
+    path = Path(name).expanduser()
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise ModelError(f"{name}: no CRNNH checkpoint here (needs the .safetensors and its .json); train one with `musichash train`")
+    meta = json.loads(meta_path.read_text())
+    return ModelSpec(
+        str(path.resolve()), "hash", "crnnh", "MTT", "trained CRNNH checkpoint",
+        weights=str(path.resolve()), bits=int(meta["config"]["bits"]), backbone=meta.get("backbone", "MTT_vgg"),
+    )
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,163 @@
+"""The feature cache: backbone pyramids of clean windows and of augmented views, computed once, in HDF5.
+
+Each file is cut into pieces of ``piece_s`` seconds (its first
+``max_minutes``); windows of 3 s start every ``hop`` frames inside a piece.
+Each piece also gets ``views`` degraded copies (``augment.random_view``:
+noise 0-20 dB, low-bitrate re-encoding, gain, EQ or telephone band, tempo
+±5 %, pitch ±1 semitone), and every clean window is paired with the window
+of each view that holds the same music (start scaled by the tempo change,
+plus up to ``jitter`` frames of offset, as a query window sits off the
+library grid). Windows go through the frozen backbone patch-wise and are
+stored as CRNNH pyramids (``float16 [n, layers, n_select*H*W]``), so epochs
+never touch audio or the CNN.
+
+The file is written one source file at a time (group ``files/<i>``, flushed),
+so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from musichash import augment
+from musichash.audio import SAMPLE_RATE, AudioError, load_audio, log_mel
+from musichash.models import build_backbone
+from musichash.models.backbones import WINDOW_FRAMES
+from musichash.models.crnnh import LAYERS, pyramid
+from musichash.train.data import Dataset
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    backbone: str = "MTT_vgg"
+    grid: tuple[int, int] = (8, 4)
+    n_select: int = 16
+    piece_s: float = 12.0
+    hop: int = 80
+    views: int = 2
+    max_minutes: float = 3.0
+    jitter: int = 8
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Features:
+    """clean: float16 [N, L, D]; views: float16 [N, V, L, D]; targets: float32 [N, C]; item: int32 [N] (file index)."""
+
+    clean: np.ndarray
+    views: np.ndarray
+    targets: np.ndarray
+    item: np.ndarray
+
+
+def build_cache(
+    dataset: Dataset,
+    path: str | Path,
+    cfg: CacheConfig = CacheConfig(),
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Compute (or finish computing) the cache at ``path``; returns it. Files that cannot be decoded are skipped."""
+    path = Path(path)
+    model = build_backbone(cfg.backbone)
+    with h5py.File(path, "a") as h5:
+        if h5.attrs.get("config_key", cfg.key()) != cfg.key() or h5.attrs.get("n_files", len(dataset.files)) != len(dataset.files):
+            raise ValueError(f"{path} was built with other settings or data; delete it or use another --cache")
+        h5.attrs["config_key"] = cfg.key()
+        h5.attrs["config"] = json.dumps(asdict(cfg))
+        h5.attrs["n_files"] = len(dataset.files)
+        h5.attrs["names"] = json.dumps(list(dataset.names))
+        files = h5.require_group("files")
+        for i, f in enumerate(dataset.files):
+            if str(i) in files and files[str(i)].attrs.get("done", False):
+                continue
+            rng = np.random.default_rng([cfg.seed, i])
+            try:
+                wave = load_audio(f, duration_s=None)[: int(cfg.max_minutes * 60 * SAMPLE_RATE)]
+            except AudioError as e:
+                if progress:
+                    progress(f"skipped {f}: {e.reason}")
+                continue
+            clean, views, probs = _file_features(model, wave, cfg, rng)
+            if str(i) in files:
+                del files[str(i)]
+            g = files.create_group(str(i))
+            g.create_dataset("clean", data=clean)
+            g.create_dataset("views", data=views)
+            g.create_dataset("tag_probs", data=probs)
+            g.attrs["done"] = True
+            h5.flush()
+            if progress:
+                progress(f"{f.name}: {len(clean)} windows")
+    return path
+
+
+def load_cache(path: str | Path, dataset: Dataset) -> Features:
+    """All cached windows; targets from the dataset's labels, or the tagger's probabilities when unlabelled."""
+    clean, views, targets, item = [], [], [], []
+    with h5py.File(path, "r") as h5:
+        for name, g in sorted(h5["files"].items(), key=lambda kv: int(kv[0])):
+            if not g.attrs.get("done", False):
+                continue
+            i = int(name)
+            c = g["clean"][()]
+            clean.append(c)
+            views.append(g["views"][()])
+            t = g["tag_probs"][()] if dataset.targets is None else np.repeat(dataset.targets[i][None], len(c), axis=0)
+            targets.append(t.astype(np.float32))
+            item.append(np.full(len(c), i, dtype=np.int32))
+    if not clean:
+        raise ValueError(f"{path}: no cached windows; the training files could not be decoded")
+    return Features(np.concatenate(clean), np.concatenate(views), np.concatenate(targets), np.concatenate(item))
+
+
+@torch.inference_mode()
+def _file_features(model, wave: np.ndarray, cfg: CacheConfig, rng: np.random.Generator):
+    piece = int(cfg.piece_s * SAMPLE_RATE)
+    clean, views, probs = [], [], []
+    for lo in range(0, max(len(wave) - SAMPLE_RATE * 4, 1), piece):
+        x = wave[lo : lo + piece]
+        if len(x) < SAMPLE_RATE * 4:
+            break
+        mel = log_mel(x)
+        starts = list(range(0, mel.shape[0] - WINDOW_FRAMES + 1, cfg.hop))
+        if not starts:
+            continue
+        p_clean, logits = _pyramids(model, mel, starts, cfg)
+        clean.append(p_clean)
+        probs.append(torch.sigmoid(logits).numpy())
+        per_view = []
+        for _ in range(cfg.views):
+            steps = augment.random_view(rng)
+            rate = next((d.params["rate"] for d in steps if d.name == "time_stretch"), 1.0)
+            vmel = log_mel(augment.chain(*steps).apply(x, rng))
+            last = vmel.shape[0] - WINDOW_FRAMES
+            vstarts = [int(np.clip(round(s / rate) + rng.integers(-cfg.jitter, cfg.jitter + 1), 0, max(last, 0))) for s in starts]
+            per_view.append(_pyramids(model, vmel, vstarts, cfg)[0])
+        views.append(np.stack(per_view, axis=1))
+    if not clean:
+        n = len(LAYERS)
+        d = cfg.n_select * cfg.grid[0] * cfg.grid[1]
+        return np.zeros((0, n, d), np.float16), np.zeros((0, cfg.views, n, d), np.float16), np.zeros((0, 50), np.float32)
+    return np.concatenate(clean), np.concatenate(views), np.concatenate(probs)
+
+
+def _pyramids(model, mel: np.ndarray, starts: list[int], cfg: CacheConfig) -> tuple[np.ndarray, torch.Tensor]:
+    m = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
+    if m.shape[0] < WINDOW_FRAMES:
+        m = torch.cat([m, m.new_zeros(WINDOW_FRAMES - m.shape[0], m.shape[1])])
+    x = torch.stack([m[s : s + WINDOW_FRAMES] for s in starts])
+    out = model(x)
+    seq = pyramid(out.features, tuple(cfg.grid), cfg.n_select)
+    return seq.numpy().astype(np.float16), out.logits

@@ -1,0 +1,102 @@
+"""Training data: three layouts, one record.
+
+- ``classes``: a folder of class sub-folders (GTZAN layout), one label per file;
+- ``csv``: an MTT-style annotation CSV, a clip path column then binary tag
+  columns (paths relative to the CSV's folder);
+- ``unlabelled``: a folder of music; the targets are the pretrained tagger's
+  tag probabilities of each window (soft, filled in by the feature cache),
+  and positives are augmented views of the same window.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from musichash.errors import MusichashError
+from musichash.indexer.pipeline import scan
+
+LAYOUTS = ("classes", "csv", "unlabelled")
+
+
+class DatasetError(MusichashError):
+    """The training data cannot be read as the layout says."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """files: [n]; targets: float32 [n, n_classes] (multi-hot or one-hot), None when unlabelled."""
+
+    layout: str
+    files: tuple[Path, ...]
+    names: tuple[str, ...]  # class or tag names
+    targets: np.ndarray | None
+    multilabel: bool
+
+    def summary(self) -> dict:
+        out = {"layout": self.layout, "files": len(self.files), "classes": len(self.names)}
+        if self.targets is not None:
+            out["per_class"] = {n: int(c) for n, c in zip(self.names, self.targets.sum(axis=0))}
+        return out
+
+
+def load_dataset(source: str | Path, layout: str) -> Dataset:
+    source = Path(source)
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    if layout == "csv":
+        return _from_csv(source)
+    if not source.is_dir():
+        raise DatasetError(f"{source}: not a folder; the {layout} layout needs a folder of audio files")
+    if layout == "classes":
+        return _from_classes(source)
+    files, _ = scan([source])
+    if not files:
+        raise DatasetError(f"{source}: no audio files found (looked for {', '.join(('wav', 'flac', 'ogg', 'mp3'))}, ...)")
+    return Dataset("unlabelled", tuple(files), (), None, True)
+
+
+def _from_classes(root: Path) -> Dataset:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise DatasetError(f"{root}: the classes layout needs at least 2 class sub-folders, found {len(classes)}")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        found, _ = scan([root / c])
+        files += found
+        labels += [i] * len(found)
+    if not files:
+        raise DatasetError(f"{root}: no audio files in the class sub-folders")
+    targets = np.eye(len(classes), dtype=np.float32)[labels]
+    return Dataset("classes", tuple(files), tuple(classes), targets, False)
+
+
+def _from_csv(path: Path) -> Dataset:
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such annotation file; give a CSV with a path column and 0/1 tag columns")
+    with open(path, newline="", encoding="utf-8") as f:
+        sample = f.read(4096)
+        f.seek(0)
+        dialect = csv.Sniffer().sniff(sample, delimiters=",\t;")
+        rows = list(csv.reader(f, dialect))
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise DatasetError(f"{path}: needs a header row (path, tag1, tag2, ...) and at least one clip row")
+    header, body = rows[0], rows[1:]
+    names = tuple(h.strip() for h in header[1:])
+    files, targets = [], []
+    for n, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DatasetError(f"{path}:{n}: {len(row)} columns, the header has {len(header)}")
+        try:
+            t = [float(v) for v in row[1:]]
+        except ValueError:
+            raise DatasetError(f"{path}:{n}: tag columns must be 0 or 1") from None
+        clip = (path.parent / row[0].strip()).resolve()
+        if not clip.is_file():
+            raise DatasetError(f"{path}:{n}: {clip} does not exist; paths are relative to the CSV's folder")
+        files.append(clip)
+        targets.append(t)
+    return Dataset("csv", tuple(files), names, np.asarray(targets, dtype=np.float32), True)

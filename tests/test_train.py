@@ -1,0 +1,97 @@
+"""CRNNH training: dataset layouts, the feature cache, the loop, and `musichash train` end to end (tiny sizes)."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from synth import write_song
+
+from musichash.cli import cli
+from musichash.train.cache import CacheConfig, build_cache, load_cache
+from musichash.train.data import DatasetError, load_dataset
+from musichash.train.loop import TrainConfig, train
+
+TINY = CacheConfig(backbone="unittest_vgg", grid=(4, 2), n_select=2, piece_s=6.0, hop=80, views=2, max_minutes=0.2)
+
+
+@pytest.fixture
+def classes(tmp_path):
+    root = tmp_path / "gtzan"
+    for c, seeds in (("blues", (1, 2)), ("jazz", (3, 4))):
+        (root / c).mkdir(parents=True)
+        for s in seeds:
+            write_song(root / c / f"{c}{s}.wav", seed=s, seconds=8)
+    return root
+
+
+def test_classes_layout(classes):
+    ds = load_dataset(classes, "classes")
+    assert ds.names == ("blues", "jazz") and len(ds.files) == 4 and not ds.multilabel
+    assert ds.targets.tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
+    assert ds.summary() == {"layout": "classes", "files": 4, "classes": 2, "per_class": {"blues": 2, "jazz": 2}}
+
+
+def test_csv_layout_and_its_errors(classes, tmp_path):
+    csv_path = classes / "tags.csv"
+    csv_path.write_text("path,guitar,piano\nblues/blues1.wav,1,0\njazz/jazz3.wav,1,1\n")
+    ds = load_dataset(csv_path, "csv")
+    assert ds.names == ("guitar", "piano") and ds.targets.tolist() == [[1, 0], [1, 1]] and ds.multilabel
+    csv_path.write_text("path,guitar\nnope.wav,1\n")
+    with pytest.raises(DatasetError, match=r"tags.csv:2: .*nope.wav does not exist; paths are relative to the CSV's folder"):
+        load_dataset(csv_path, "csv")
+    one = tmp_path / "one"
+    (one / "only").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="at least 2 class sub-folders, found 1"):
+        load_dataset(one, "classes")
+
+
+def test_cache_shapes_targets_and_resume(classes, tmp_path):
+    ds = load_dataset(classes, "unlabelled")
+    path = tmp_path / "cache.h5"
+    seen = []
+    build_cache(ds, path, TINY, progress=seen.append)
+    assert len(seen) == 4
+    f = load_cache(path, ds)
+    n = len(f.clean)
+    assert f.clean.shape == (n, 5, 2 * 4 * 2) and f.views.shape == (n, 2, 5, 16) and f.clean.dtype == np.float16
+    assert f.targets.shape == (n, 50) and ((f.targets >= 0) & (f.targets <= 1)).all()  # tagger probabilities
+    assert not np.array_equal(f.views[:, 0], f.clean)  # the views are degraded
+    again = []
+    build_cache(ds, path, TINY, progress=again.append)
+    assert again == []  # every file done: nothing recomputed
+    with pytest.raises(ValueError, match="other settings"):
+        build_cache(ds, path, CacheConfig(backbone="unittest_vgg", views=1))
+
+
+def test_training_falls_and_resumes(classes, tmp_path):
+    ds = load_dataset(classes, "classes")
+    build_cache(ds, tmp_path / "c.h5", TINY)
+    feats = load_cache(tmp_path / "c.h5", ds)
+    cfg = TrainConfig(bits=16, epochs=6, batch=16, hidden=8, lr=3e-3)
+    ckpt = train(feats, tmp_path / "run", cfg, grid=(4, 2), n_select=2, multilabel=False)
+    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    losses = [h["total"] for h in meta["history"]]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    more = train(feats, tmp_path / "run", TrainConfig(bits=16, epochs=8, batch=16, hidden=8, lr=3e-3),
+                 grid=(4, 2), n_select=2, multilabel=False, resume=True)
+    assert [h["epoch"] for h in json.loads(more.with_suffix(".json").read_text())["history"]] == list(range(1, 9))
+    with pytest.raises(ValueError, match="other settings"):
+        train(feats, tmp_path / "run", TrainConfig(bits=32, epochs=9), grid=(4, 2), n_select=2, multilabel=False, resume=True)
+
+
+def test_train_command_and_index_with_the_checkpoint(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    for s in range(2):
+        write_song(music / f"s{s}.wav", seed=s, seconds=7)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", str(music), "--out", str(out), "--bits", "16", "--epochs", "2",
+                                 "--views", "1", "--max-minutes", "0.2", "--json"])
+    assert r.exit_code == 0, r.output
+    ckpt = json.loads(r.stdout)["checkpoint"]
+    lib = tmp_path / "lib"
+    r = CliRunner().invoke(cli, ["index", str(music), "--library", str(lib), "--code-model", ckpt, "--workers", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    stats = json.loads(CliRunner().invoke(cli, ["stats", "--library", str(lib), "--json"]).stdout)
+    assert stats["bits"] == 16 and stats["tracks"] == 2 and stats["code_model"] == ckpt
