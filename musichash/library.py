@@ -101,7 +101,7 @@ class Library:
             spec = get_spec(code_model)
             if spec.kind != "hash":
                 raise LibraryError(f"{code_model} is a {spec.kind} model; a library needs a code model (kind 'hash')")
-            bits = spec.bits
+            code_model, bits = spec.name, spec.bits  # a checkpoint path is recorded absolute
         elif write and not (folder / "library.db").exists() and db_url is None:
             code_model, bits = DEFAULT_CODE_MODEL, get_spec(DEFAULT_CODE_MODEL).bits
         try:
