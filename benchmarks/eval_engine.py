@@ -297,7 +297,8 @@ def main(argv=None) -> int:
 
     lib_files, held = cut_corpus(a.manifest, a.work / "audio", a.minutes_per_track, a.held_out, a.seed)
     hours = sum(sf.info(str(f)).duration for f in lib_files) / 3600
-    libdir = a.work / f"lib-{a.code_model or 'default'}"
+    tag = Path(a.code_model).parent.name + "-" + Path(a.code_model).stem if a.code_model and "/" in a.code_model else (a.code_model or "default")
+    libdir = a.work / f"lib-{tag}"
     t0 = time.perf_counter()
     with Library.open(libdir, write=True, code_model=a.code_model) as lib:
         rep = lib.index([a.work / "audio" / "library"], workers=None)
@@ -334,7 +335,7 @@ def main(argv=None) -> int:
     sys.stdout.flush()
 
     files, families = dedup_set(lib_files, a.manifest, a.work / "dedup", a.dedup_tracks, a.seed)
-    ddir = a.work / f"dedup-lib-{a.code_model or 'default'}"
+    ddir = a.work / f"dedup-lib-{tag}"
     with Library.open(ddir, write=True, code_model=a.code_model) as lib:
         lib.index([a.work / "dedup"])
         groups = lib.dedup()
