@@ -192,6 +192,9 @@ def save_checkpoint(model: CRNNH, path, meta: Mapping | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata={"format": "musichash.crnnh", "config": json.dumps(config)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a checkpoint is meant to be shared
     os.replace(tmp, path)
     path.with_suffix(".json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
