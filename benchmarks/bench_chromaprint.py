@@ -43,16 +43,14 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_engine import (  # noqa: E402  (benchmarks/eval_engine.py)
-    CONDITIONS,
     LENGTHS_S,
-    OUT_CONDITIONS,
     Outcome,
     cut_corpus,
-    excerpt,
+    draw_queries,
     report_queries,
 )
 
-from musichash.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from musichash.audio import SAMPLE_RATE  # noqa: E402
 from musichash.search.vote import calibrate_threshold  # noqa: E402
 
 ITEM_S = 1365 / 11025  # chromaprint's hop: FRAME_SIZE 4096 with OVERLAP 4096 - 4096 / 3, at 11025 Hz
@@ -124,33 +122,24 @@ def best_alignment(xq: np.ndarray, xb: np.ndarray, min_overlap: int) -> Alignmen
 
 def run_queries(lib_files: list[Path], held: list[Path], fps: dict[Path, np.ndarray], n: int, seed: int,
                 tmp: Path) -> tuple[list[Outcome], list[dict]]:
-    """eval_engine.run_queries' loop and rng order, answered by fingerprint BER; Outcome.score is 1 - BER."""
-    rng = np.random.default_rng(seed)
-    waves = {f: load_audio(f) for f in [*lib_files, *held]}
+    """eval_engine's queries (draw_queries), answered by fingerprint BER; Outcome.score is 1 - BER."""
     wav = tmp / "query.wav"
     outcomes, extra = [], []
-    jobs = [(length, cond, True) for length in LENGTHS_S for cond in CONDITIONS]
-    jobs += [(length, cond, False) for length in LENGTHS_S for cond in OUT_CONDITIONS]
-    for length, cond, inside in jobs:
-        pool = lib_files if inside else held
-        for _ in range(n):
-            f = pool[int(rng.integers(len(pool)))]
-            y, off = excerpt(waves[f], length, cond, rng)
-            t0 = time.perf_counter()
-            sf.write(str(wav), y, SAMPLE_RATE, subtype="FLOAT")
-            xq = fpcalc(wav, length)
-            t1 = time.perf_counter()
-            hits = sorted(((best_alignment(xq, fps[g], len(xq)), g) for g in lib_files), key=lambda h: h[0].ber)
-            t2 = time.perf_counter()
-            ranked = [g for _, g in hits[:10]]
-            best, g0 = hits[0]
-            top1 = inside and g0 == f
-            err = abs(best.offset * ITEM_S - off) if top1 else None
-            outcomes.append(Outcome(f.name, length, cond, inside, top1, inside and f in ranked, err,
-                                    1.0 - best.ber, t2 - t0))
-            extra.append({"ber": best.ber, "items": len(xq), "fingerprint_s": t1 - t0, "match_s": t2 - t1,
-                          "true_offset_s": off, "found": g0.name, "found_offset_s": best.offset * ITEM_S})
-        print(f"  {length:g}s {cond:12s} {'in' if inside else 'out'}: done", file=sys.stderr)
+    for length, cond, inside, f, y, off in draw_queries(lib_files, held, n, seed):
+        t0 = time.perf_counter()
+        sf.write(str(wav), y, SAMPLE_RATE, subtype="FLOAT")
+        xq = fpcalc(wav, length)
+        t1 = time.perf_counter()
+        hits = sorted(((best_alignment(xq, fps[g], len(xq)), g) for g in lib_files), key=lambda h: h[0].ber)
+        t2 = time.perf_counter()
+        ranked = [g for _, g in hits[:10]]
+        best, g0 = hits[0]
+        top1 = inside and g0 == f
+        err = abs(best.offset * ITEM_S - off) if top1 else None
+        outcomes.append(Outcome(f.name, length, cond, inside, top1, inside and f in ranked, err,
+                                1.0 - best.ber, t2 - t0))
+        extra.append({"ber": best.ber, "items": len(xq), "fingerprint_s": t1 - t0, "match_s": t2 - t1,
+                      "true_offset_s": off, "found": g0.name, "found_offset_s": best.offset * ITEM_S})
     return outcomes, extra
 
 

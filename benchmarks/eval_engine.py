@@ -101,13 +101,13 @@ def excerpt(wave: np.ndarray, length: float, cond: str, rng: np.random.Generator
     return y[: int(length * SAMPLE_RATE)], off
 
 
-def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple[int, ...]) -> dict[int, list[Outcome]]:
-    """Each excerpt is encoded once and searched with every k (neighbours per window)."""
+def draw_queries(lib_files, held, n: int, seed: int):
+    """The seeded excerpts, in a fixed order: (length, condition, in_library, file, excerpt, true offset).
+
+    bench_chromaprint.py draws its queries here too, so both answer exactly the same clips.
+    """
     rng = np.random.default_rng(seed)
     waves = {f: load_audio(f) for f in [*lib_files, *held]}
-    index = lib.search_index()
-    paths = {int(t.id): t.path for t in lib.store.tracks("ok")}
-    outcomes: dict[int, list[Outcome]] = {k: [] for k in ks}
     jobs = [(length, cond, True) for length in LENGTHS_S for cond in CONDITIONS]
     jobs += [(length, cond, False) for length in LENGTHS_S for cond in OUT_CONDITIONS]
     for length, cond, inside in jobs:
@@ -115,25 +115,39 @@ def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple[int,
         for _ in range(n):
             f = pool[int(rng.integers(len(pool)))]
             y, off = excerpt(waves[f], length, cond, rng)
-            t0 = time.perf_counter()
-            enc = lib.encode(Clip(f.name, y))
-            t_enc = time.perf_counter() - t0
-            for k in ks:
-                t0 = time.perf_counter()
-                if isinstance(k, int):
-                    kk, slack = k, engine.DEFAULT_SHARE_SLACK
-                elif k.endswith("n"):  # no sharing: every window keeps its full weight
-                    kk, slack = int(k[:-1]), None
-                else:
-                    kk, slack = int(k.split("s")[0]), int(k.split("s")[1])
-                votes, _ = engine.query_codes(index, enc.codes, enc.times, lib.store.bits, top_k=10, k=kk, share_slack=slack)
-                dt = t_enc + time.perf_counter() - t0
-                ranked = [paths.get(v.track_id) for v in votes]
-                top1 = inside and bool(ranked) and ranked[0] == str(f.absolute())
-                err = abs(votes[0].offset_s - off) if top1 else None
-                outcomes[k].append(Outcome(f.name, length, cond, inside, top1, inside and str(f.absolute()) in ranked,
-                                           err, votes[0].score if votes else 0.0, dt))
+            yield length, cond, inside, f, y, off
         print(f"  {length:g}s {cond:12s} {'in' if inside else 'out'}: done", file=sys.stderr)
+
+
+def _vote_settings(k: int | str) -> tuple[int, int | None]:
+    """``10`` -> the engine's default sharing; ``10n`` -> none; ``10s4`` -> slack 4."""
+    if isinstance(k, int):
+        return k, engine.DEFAULT_SHARE_SLACK
+    if k.endswith("n"):
+        return int(k[:-1]), None
+    kk, slack = k.split("s")
+    return int(kk), int(slack)
+
+
+def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple) -> dict:
+    """Each excerpt is encoded once and searched with every k (neighbours per window)."""
+    index = lib.search_index()
+    paths = {int(t.id): t.path for t in lib.store.tracks("ok")}
+    outcomes: dict = {k: [] for k in ks}
+    for length, cond, inside, f, y, off in draw_queries(lib_files, held, n, seed):
+        t0 = time.perf_counter()
+        enc = lib.encode(Clip(f.name, y))
+        t_enc = time.perf_counter() - t0
+        for k in ks:
+            kk, slack = _vote_settings(k)
+            t0 = time.perf_counter()
+            votes, _ = engine.query_codes(index, enc.codes, enc.times, lib.store.bits, top_k=10, k=kk, share_slack=slack)
+            dt = t_enc + time.perf_counter() - t0
+            ranked = [paths.get(v.track_id) for v in votes]
+            top1 = inside and bool(ranked) and ranked[0] == str(f.absolute())
+            err = abs(votes[0].offset_s - off) if top1 else None
+            outcomes[k].append(Outcome(f.name, length, cond, inside, top1, inside and str(f.absolute()) in ranked,
+                                       err, votes[0].score if votes else 0.0, dt))
     return outcomes
 
 
