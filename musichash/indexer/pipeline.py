@@ -79,7 +79,8 @@ class Progress:
 
 @dataclass
 class _Plan:
-    compute: list[tuple[Path, str, os.stat_result, float]] = field(default_factory=list)  # path, hash, stat, header s
+    # path, hash, stat, seconds from the header, whether the path already has a row
+    compute: list[tuple[Path, str, os.stat_result, float, bool]] = field(default_factory=list)
     unchanged: int = 0
     moved: list[tuple[str, str]] = field(default_factory=list)
     copies: list[tuple[str, str]] = field(default_factory=list)
@@ -130,8 +131,7 @@ def index_paths(
     plan.failed[:0] = failed
     progress.start(len(plan.compute), sum(c[3] for c in plan.compute))
     added, updated, audio_s = [], [], 0.0
-    for (path, digest, st, header_s), result in zip(plan.compute, _decoded(plan.compute, workers)):
-        existed = store.find_by_path(str(path)) is not None
+    for (path, digest, st, header_s, existed), result in zip(plan.compute, _decoded(plan.compute, workers)):
         if isinstance(result, str):
             store.put_error(str(path), digest, st.st_size, st.st_mtime, result)
             plan.failed.append(FailedFile(str(path), result))
@@ -213,7 +213,7 @@ def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
             header_s = audio_info(path).duration_s
         except AudioError:
             header_s = 0.0  # the worker reports the reason
-        plan.compute.append((path, digest, st, header_s))
+        plan.compute.append((path, digest, st, header_s, row is not None))
     return plan
 
 
