@@ -46,6 +46,9 @@ class CacheConfig:
     max_minutes: float = 3.0
     jitter: int = 8
     seed: int = 0
+    #: "piece": windows cut from the conv maps of the whole piece, as the engine cuts them from a
+    #: track's (starts on the VGG's 16-frame grid); "patch": each window alone, zero-padded
+    context: str = "piece"
 
     def key(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -157,7 +160,12 @@ def _pyramids(model, mel: np.ndarray, starts: list[int], cfg: CacheConfig) -> tu
     m = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
     if m.shape[0] < WINDOW_FRAMES:
         m = torch.cat([m, m.new_zeros(WINDOW_FRAMES - m.shape[0], m.shape[1])])
-    x = torch.stack([m[s : s + WINDOW_FRAMES] for s in starts])
-    out = model(x)
+    if cfg.context == "piece":
+        align = model.align
+        last = (m.shape[0] - WINDOW_FRAMES) // align * align
+        aligned = [min(int(round(s / align)) * align, last) for s in starts]
+        out = model.head(model.trunk(m[None]), aligned)
+    else:
+        out = model(torch.stack([m[s : s + WINDOW_FRAMES] for s in starts]))
     seq = pyramid(out.features, tuple(cfg.grid), cfg.n_select)
     return seq.numpy().astype(np.float16), out.logits
