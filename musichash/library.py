@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 
 from musichash.audio import AudioError, iter_audio_blocks, iter_mel_blocks, log_mel
 from musichash.errors import MusichashError
-from musichash.indexer.encoder import QUERY_HOP, CodeModel, Encoded
+from musichash.indexer.encoder import LIBRARY_HOP, QUERY_HOP, CodeModel, Encoded
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
 from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, Track
 from musichash.models import DEFAULT_CODE_MODEL, get_spec, tag_names
@@ -175,7 +175,7 @@ class Library:
         """Rebuild the FAISS files from codes.h5, optionally with another index type or parameters."""
         if index_type is not None or params:
             old = read_config(self.folder, self.store.bits) or IndexConfig("flat", bits=self.store.bits)
-            config = IndexConfig(**{**_config_dict(old), **({"kind": index_type} if index_type else {}), **params})
+            config = IndexConfig(**{**asdict(old), **({"kind": index_type} if index_type else {}), **params})
             write_config(self.folder, config)
         return self.search_index(force=True)
 
@@ -365,8 +365,6 @@ class Library:
                 c = self.store.get_codes(track.id)
                 return code, c.segment_codes, c.segment_times, track.id, track.duration_s
         try:
-            from musichash.indexer.encoder import LIBRARY_HOP
-
             enc = self.encode(seed, hop=LIBRARY_HOP)
         except AudioError as e:
             raise QueryError(f"{seed}: {e.reason}") from None
@@ -376,8 +374,3 @@ class Library:
 def _faiss_device(device: str) -> str:
     return "cpu" if device == "cpu" else ("cuda" if str(device).startswith("cuda") else "auto")
 
-
-def _config_dict(c: IndexConfig) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(c)

@@ -55,11 +55,6 @@ class SearchIndex:
             return self.track_xb[i]
         return None
 
-    def track_rows(self, track_id: int) -> slice:
-        """Rows of one track in the segment table (sorted by track id)."""
-        lo, hi = np.searchsorted(self.seg_track, [track_id, track_id + 1])
-        return slice(int(lo), int(hi))
-
 
 #: below this many segments (about 5k tracks of 4 min) an exact flat scan answers a
 #: 10 s query in under ~30 ms; above it IVF does (BENCHMARKS.md, search at scale)
