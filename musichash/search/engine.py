@@ -162,10 +162,13 @@ def similar_tracks(
     """
     n = index.tracks.ntotal
     k = min(n, max(4 * top_k, 32) + len(exclude))
+    kept: dict[int, bool] = {}  # keep() may query the database: once per track, even as k widens
     while True:
         _, I = index.tracks.search(seed_codes, max(k, 1))
-        cand = np.unique(I[I >= 0])
-        cand = np.array([c for c in cand if int(c) not in exclude and keep(int(c))], dtype=np.int64)
+        for c in np.unique(I[I >= 0]).tolist():
+            if c not in kept:
+                kept[c] = c not in exclude and keep(c)
+        cand = np.array(sorted(c for c, ok in kept.items() if ok), dtype=np.int64)
         if len(cand) >= top_k or k >= n:
             break
         k = min(n, 4 * k)
