@@ -48,10 +48,10 @@ from eval_engine import (  # noqa: E402  (benchmarks/eval_engine.py)
     cut_corpus,
     draw_queries,
     report_queries,
+    threshold_rows,
 )
 
 from musichash.audio import SAMPLE_RATE  # noqa: E402
-from musichash.search.vote import calibrate_threshold  # noqa: E402
 
 ITEM_S = 1365 / 11025  # chromaprint's hop: FRAME_SIZE 4096 with OVERLAP 4096 - 4096 / 3, at 11025 Hz
 DEFAULT_BER = 0.35
@@ -145,20 +145,9 @@ def run_queries(lib_files: list[Path], held: list[Path], fps: dict[Path, np.ndar
 
 def report_threshold(outs: list[Outcome]) -> tuple[str, dict]:
     """eval_engine.report_threshold's halves and targets, with thresholds shown as BER (match: BER < t)."""
-    pos = np.array([o.score for o in outs if o.in_library])
-    pos_hit = np.array([o.top1 for o in outs if o.in_library])
-    neg = np.array([o.score for o in outs if not o.in_library])
-    cal = np.arange(len(neg)) % 2 == 0
-    thr = calibrate_threshold(pos[::2], neg[cal], target_tnr=0.95)
+    body, full, (pos, pos_hit, neg) = threshold_rows(outs, "customary", 1.0 - DEFAULT_BER, show=lambda t: 1.0 - t)
     rows = ["| BER threshold | TNR (out-of-library, held-out half) | TPR (in-library, correct top-1 and match) |",
-            "|---|---|---|"]
-    for name, t in (("customary", 1.0 - DEFAULT_BER), ("calibrated on the other half", thr)):
-        tnr = np.mean(neg[~cal] <= t)
-        tpr = np.mean((pos[1::2] > t) & pos_hit[1::2])
-        rows.append(f"| {name}: {1.0 - t:.3f} | {tnr:.0%} | {tpr:.0%} |")
-    full = calibrate_threshold(pos, neg, target_tnr=0.95)
-    rows.append(f"| calibrated on all {len(neg)} out-of-library queries: {1.0 - full:.3f} | "
-                f"{np.mean(neg <= full):.0%} (fitted) | {np.mean((pos > full) & pos_hit):.0%} |")
+            "|---|---|---|", *body]
     all_default = {"tnr": float(np.mean(neg <= 1.0 - DEFAULT_BER)),
                    "tpr": float(np.mean((pos > 1.0 - DEFAULT_BER) & pos_hit))}
     rows.append(f"\nAt the customary {DEFAULT_BER} on all queries: TNR {all_default['tnr']:.0%}, "

@@ -168,20 +168,31 @@ def report_queries(outs: list[Outcome]) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
-def report_threshold(outs: list[Outcome], default: float) -> str:
+def threshold_rows(outs: list[Outcome], fixed_name: str, fixed: float, *, shipping: str = "", show=lambda t: t):
+    """TNR/TPR table rows (match: score > t) for a fixed threshold, one calibrated for 95 % TNR on half the
+    out-of-library queries (rates on the other half), and one on all of them.
+
+    Shared with bench_chromaprint.py; ``show`` turns a threshold into what the table prints (e.g. BER).
+    Returns (rows, the all-queries threshold, (pos, pos_hit, neg)).
+    """
     pos = np.array([o.score for o in outs if o.in_library])
     pos_hit = np.array([o.top1 for o in outs if o.in_library])
     neg = np.array([o.score for o in outs if not o.in_library])
     cal = np.arange(len(neg)) % 2 == 0
-    thr = calibrate_threshold(pos[::2], neg[cal], target_tnr=0.95)
-    rows = ["| threshold | TNR (out-of-library, held-out half) | TPR (in-library, correct top-1 and match) |", "|---|---|---|"]
-    for name, t in (("model default", default), ("calibrated on the other half", thr)):
+    rows = []
+    for name, t in ((fixed_name, fixed), ("calibrated on the other half", calibrate_threshold(pos[::2], neg[cal], target_tnr=0.95))):
         tnr = np.mean(neg[~cal] <= t)
         tpr = np.mean((pos[1::2] > t) & pos_hit[1::2])
-        rows.append(f"| {name}: {t:.3f} | {tnr:.0%} | {tpr:.0%} |")
+        rows.append(f"| {name}: {show(t):.3f} | {tnr:.0%} | {tpr:.0%} |")
     full = calibrate_threshold(pos, neg, target_tnr=0.95)
-    rows.append(f"| calibrated on all {len(neg)} out-of-library queries (for shipping): {full:.3f} | "
+    rows.append(f"| calibrated on all {len(neg)} out-of-library queries{shipping}: {show(full):.3f} | "
                 f"{np.mean(neg <= full):.0%} (fitted) | {np.mean((pos > full) & pos_hit):.0%} |")
+    return rows, full, (pos, pos_hit, neg)
+
+
+def report_threshold(outs: list[Outcome], default: float) -> str:
+    rows, _, (pos, _, neg) = threshold_rows(outs, "model default", default, shipping=" (for shipping)")
+    rows = ["| threshold | TNR (out-of-library, held-out half) | TPR (in-library, correct top-1 and match) |", "|---|---|---|", *rows]
     q = np.quantile(neg, [0.5, 0.9, 1.0])
     rows.append(f"\nOut-of-library top scores: median {q[0]:.3f}, 90th percentile {q[1]:.3f}, max {q[2]:.3f}; "
                 f"in-library: median {np.median(pos):.3f}.")
