@@ -16,16 +16,20 @@ leaves the peak above 1.0 (a positive gain, a resonant EQ, a codec overshoot),
 the whole output of that step is scaled down so its peak is exactly 1.0. Level
 is therefore preserved unless it would have clipped.
 
-Backends: codecs go through PyAV (ffmpeg's libmp3lame, libopus, libvorbis);
-time stretch, pitch shift and reverb through Spotify's pedalboard (Rubber
-Band and JUCE), imported only when used.
+Backends: MP3 and Opus go through PyAV (ffmpeg's libmp3lame and libopus), Ogg
+Vorbis through the ``ffmpeg`` command (libvorbis); time stretch, pitch shift
+and reverb through Spotify's pedalboard (Rubber Band and JUCE), imported only
+when used.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
+import shutil
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -462,8 +466,9 @@ def _opus(x, rng, kbps):
 
 
 def ogg(quality: float) -> Degradation:
-    """Encode to Ogg Vorbis at VBR ``quality`` (-1..10, as ``oggenc -q``; needs an
-    ffmpeg with libvorbis) and decode back."""
+    """Encode to Ogg Vorbis at VBR ``quality`` (-1..10, as ``oggenc -q``) and decode
+    back, through the ``ffmpeg`` command (it needs libvorbis): PyAV's wheels ship
+    without libvorbis, and libsndfile's Vorbis writer crashes on long input."""
     if not (math.isfinite(quality) and -1.0 <= quality <= 10.0):
         raise AugmentError(f"ogg quality must be in [-1, 10], got {quality}")
     return Degradation("ogg", {"quality": float(quality)})
@@ -471,11 +476,40 @@ def ogg(quality: float) -> Degradation:
 
 @_register("ogg")
 def _ogg(x, rng, quality):
-    return _codec_roundtrip(x, "libvorbis", "ogg", "fltp", qscale=quality)
+    if not codec_available("libvorbis"):
+        raise AugmentError("ogg needs the ffmpeg command with libvorbis: apt-get install ffmpeg")
+    n = len(x)
+    if n == 0:
+        return x
+    raw = ["-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1"]
+    # "-q:a" ignores negative qualities; the VBR quality in units of FF_QP2LAMBDA (118) takes them.
+    q = ["-flags", "+qscale", "-global_quality", str(int(round(quality * 118)))]
+    enc = _ffmpeg([*raw, "-i", "pipe:0", "-c:a", "libvorbis", *q, "-f", "ogg", "pipe:1"],
+                  np.ascontiguousarray(x, dtype="<f4").tobytes())
+    y = np.frombuffer(_ffmpeg(["-i", "pipe:0", *raw, "pipe:1"], enc), dtype="<f4")
+    return _fit(y, n)
+
+
+def _ffmpeg(args: list[str], data: bytes) -> bytes:
+    r = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-threads", "1", *args], input=data, capture_output=True)
+    if r.returncode != 0:
+        raise AugmentError(f"ffmpeg failed ({r.returncode}): {r.stderr.decode(errors='replace').strip()}")
+    return r.stdout
+
+
+@functools.cache
+def _ffmpeg_encoders() -> frozenset[str]:
+    if shutil.which("ffmpeg") is None:
+        return frozenset()
+    r = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True)
+    return frozenset(line.split()[1] for line in r.stdout.splitlines() if len(line.split()) > 1 and line.startswith(" A"))
 
 
 def codec_available(codec: str) -> bool:
-    """Whether PyAV's ffmpeg can encode with ``codec`` (e.g. ``"libvorbis"``)."""
+    """Whether ``codec`` (e.g. ``"libmp3lame"``) can encode here: through PyAV's ffmpeg, or for
+    ``"libvorbis"``, which :func:`ogg` runs through the ``ffmpeg`` command, through that."""
+    if codec == "libvorbis":
+        return codec in _ffmpeg_encoders()
     try:
         import av
     except ImportError:
@@ -483,9 +517,7 @@ def codec_available(codec: str) -> bool:
     return codec in av.codecs_available
 
 
-def _codec_roundtrip(
-    x: np.ndarray, codec: str, fmt: str, sample_fmt: str, bit_rate: int | None = None, qscale: float | None = None
-) -> np.ndarray:
+def _codec_roundtrip(x: np.ndarray, codec: str, fmt: str, sample_fmt: str, bit_rate: int | None = None) -> np.ndarray:
     if not codec_available(codec):
         raise AugmentError(
             f"PyAV's ffmpeg has no {codec} encoder; install an ffmpeg build with it, or use another codec"
@@ -496,12 +528,8 @@ def _codec_roundtrip(
     if n == 0:
         return x
     buf = io.BytesIO()
-    options = {}
-    if qscale is not None:
-        # ffmpeg's "-q:a": VBR quality in units of FF_QP2LAMBDA (118).
-        options = {"flags": "+qscale", "global_quality": str(int(round(qscale * 118)))}
     with av.open(buf, "w", format=fmt) as out:
-        st = out.add_stream(codec, rate=SAMPLE_RATE, options=options)
+        st = out.add_stream(codec, rate=SAMPLE_RATE)
         st.layout = "mono"
         st.format = sample_fmt
         if bit_rate is not None:

@@ -40,7 +40,7 @@ def _peak_hz(y) -> float:
 
 
 def _needs(codec):
-    return pytest.mark.skipif(not A.codec_available(codec), reason=f"PyAV's ffmpeg has no {codec} encoder")
+    return pytest.mark.skipif(not A.codec_available(codec), reason=f"no {codec} encoder here")
 
 
 N = 3 * SR
