@@ -512,10 +512,11 @@ def train(data, layout, out, bits, epochs, views, max_minutes, seed, resume, as_
 
     def epoch_done(epoch, rec):
         say(f"epoch {epoch}/{epochs}: loss {rec['total']:.4f} (class {rec['classification']:.4f}, "
-            f"quant {rec['quantization']:.4f}, balance {rec['balance']:.4f}, pair {rec['pairwise']:.4f}) {rec['seconds']:.1f} s")
+            f"quant {rec['quantization']:.4f}, balance {rec['balance']:.4f}, pair {rec['pairwise']:.4f}) {rec['seconds']:.1f} s"
+            + (f"; held out: top-1 {rec['val_top1']:.1%}, {rec['val_flips']:.1%} of bits flipped" if "val_top1" in rec else ""))
 
-    ckpt = run(feats, out, cfg, grid=cache_cfg.grid, n_select=cache_cfg.n_select,
-               multilabel=dataset.layout != "classes", meta=meta, resume=resume, progress=epoch_done)
+    ckpt = run(feats, out, cfg, grid=cache_cfg.grid, multilabel=dataset.layout != "classes", meta=meta, resume=resume,
+               progress=epoch_done)
     if as_json:
         emit({"checkpoint": str(ckpt), "windows": len(feats.clean), "files": len(dataset.files)})
     else:

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from musichash.models.crnnh import CRNNH, CRNNHLoss, balance_loss, pairwise_loss, pyramid, quantization_loss
+from musichash.models.crnnh import (
+    CRNNH,
+    CRNNHLoss,
+    balance_loss,
+    pairwise_loss,
+    quantization_loss,
+    rank_channels,
+    resize_maps,
+)
 
 SHAPES = {"pool1": (92, 48), "pool2": (46, 24), "pool3": (23, 12), "pool4": (11, 6), "pool5": (2, 1)}
 
@@ -14,27 +22,48 @@ def fake_maps(b, c=4, seed=0):
     return {k: torch.randn(b, c, *hw, generator=g) for k, hw in SHAPES.items()}
 
 
-def test_pyramid_shape_and_selection_order():
-    maps = fake_maps(3)
-    seq = pyramid(maps, grid=(4, 2), n_select=2)
-    assert seq.shape == (3, 5, 2 * 4 * 2)
-    # a channel equal to the layer mean is the most similar one: it comes first
-    m = {k: v.clone() for k, v in maps.items()}
-    p1 = m["pool1"]
-    p1[:, 3] = p1[:, :3].mean(dim=1) * 4 / 3  # makes channel 3 proportional to the mean over all 4
-    resized = torch.nn.functional.interpolate(p1, size=(4, 2), mode="bilinear", align_corners=False)
-    first = pyramid(m, grid=(4, 2), n_select=2)[:, 0, :8]
-    assert torch.allclose(first, resized[:, 3].flatten(1), atol=1e-6)
+def test_resize_maps_shape_and_padding():
+    maps = fake_maps(3, c=3)
+    x = resize_maps(maps, grid=(4, 2), channels=5)
+    assert x.shape == (3, 5, 5, 8)
+    assert torch.all(x[:, :, 3:] == 0)  # two padded channels per layer
+    expect = torch.nn.functional.interpolate(maps["pool2"], size=(4, 2), mode="bilinear", align_corners=False)
+    assert torch.allclose(x[:, 1, :3], expect.flatten(2))
+    with pytest.raises(ValueError, match="pool1 has 3 channels, the model takes 2"):
+        resize_maps(maps, grid=(4, 2), channels=2)
 
 
-def test_pyramid_pads_when_fewer_channels_than_asked():
-    seq = pyramid(fake_maps(2, c=3), grid=(2, 2), n_select=5)
-    assert seq.shape == (2, 5, 20)
-    assert torch.all(seq[:, :, 12:] == 0)
+def test_rank_channels_puts_the_mean_like_channel_first_and_dead_ones_last():
+    x = resize_maps(fake_maps(6), grid=(4, 2), channels=4).abs()  # non-negative, as after ReLU
+    x[:, :, 2] = x[:, :, [0, 1, 3]].mean(dim=2) * 2  # channel 2 is proportional to the layer mean ...
+    x[:, :, 1] = 0  # ... and channel 1 is dead
+    ranked = rank_channels(x)
+    assert ranked.shape == (5, 4)
+    assert ranked[:, 0].tolist() == [2] * 5 and ranked[:, -1].tolist() == [1] * 5
+
+
+def test_similarity_selection_is_the_same_for_every_window():
+    model = CRNNH(bits=16, n_classes=3, grid=(4, 2), n_select=2, hidden=8, channels=4)
+    ranked = torch.tensor([[3, 1, 0, 2]] * 5)
+    model.set_selection(ranked)
+    x = torch.randn(7, 5, 4, 8)
+    steps = model.steps(x)
+    assert steps.shape == (7, 5, 16)
+    # every window and layer keeps channels 3 then 1, whatever its own maps look like
+    assert torch.equal(steps, torch.cat([x[:, :, 3], x[:, :, 1]], dim=2))
+
+
+def test_learned_selection_mixes_channels_and_trains():
+    model = CRNNH(bits=16, n_classes=3, grid=(4, 2), n_select=2, hidden=8, channels=4, select="learned")
+    out = model(fake_maps(4))
+    out.logits.sum().backward()
+    assert model.mix.grad is not None and model.mix.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="select must be one of"):
+        CRNNH(bits=16, select="random")
 
 
 def test_codes_are_exactly_plus_minus_one_and_pack():
-    model = CRNNH(bits=16, n_classes=5, grid=(4, 2), n_select=2, hidden=8).eval()
+    model = CRNNH(bits=16, n_classes=5, grid=(4, 2), n_select=2, hidden=8, channels=4).eval()
     out = model(fake_maps(6))
     assert out.relaxed.shape == (6, 16) and out.logits.shape == (6, 5)
     assert set(out.codes.unique().tolist()) <= {-1.0, 1.0}
@@ -81,7 +110,7 @@ def test_tiny_config_trains_with_falling_loss():
     # each class has its own maps; items are noisy copies, and a "view" is another noisy copy
     maps = {k: v[labels] + 0.3 * torch.randn(n, *v.shape[1:]) for k, v in base.items()}
     view = {k: v[labels] + 0.3 * torch.randn(n, *v.shape[1:]) for k, v in base.items()}
-    model = CRNNH(bits=16, n_classes=n_classes, grid=(4, 2), n_select=2, hidden=16)
+    model = CRNNH(bits=16, n_classes=n_classes, grid=(4, 2), n_select=2, hidden=16, channels=4)
     loss_fn = CRNNHLoss(multilabel=False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     history = []
@@ -107,13 +136,15 @@ def test_checkpoint_round_trip(tmp_path):
     from musichash.models.crnnh import load_checkpoint, save_checkpoint
 
     torch.manual_seed(2)
-    model = CRNNH(bits=32, n_classes=3, grid=(4, 2), n_select=2, hidden=8).eval()
+    model = CRNNH(bits=32, n_classes=3, grid=(4, 2), n_select=2, hidden=8, channels=4).eval()
+    model.set_selection(torch.tensor([[2, 0, 1, 3]] * 5))
     path = tmp_path / "m.safetensors"
     save_checkpoint(model, path, {"registry_name": "crnnh_test", "metrics": {"map": 0.5}})
     back = load_checkpoint(path)
     maps = fake_maps(5)
     with torch.no_grad():
         assert torch.equal(model(maps).relaxed, back(maps).relaxed)
+    assert back.selection[:, 0].tolist() == [2] * 5  # the channel ranking travels with the weights
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["config"]["bits"] == 32 and meta["registry_name"] == "crnnh_test" and meta["metrics"] == {"map": 0.5}
     assert path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle

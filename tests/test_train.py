@@ -4,15 +4,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from synth import write_song
 
 from musichash.cli import cli
-from musichash.train.cache import CacheConfig, build_cache, load_cache
+from musichash.models.crnnh import CRNNH
+from musichash.train.cache import CacheConfig, Features, build_cache, load_cache
 from musichash.train.data import DatasetError, load_dataset
-from musichash.train.loop import TrainConfig, train
+from musichash.train.loop import TrainConfig, train, validate
 
-TINY = CacheConfig(backbone="unittest_vgg", grid=(4, 2), n_select=2, piece_s=6.0, hop=80, views=2, max_minutes=0.2)
+TINY = CacheConfig(backbone="unittest_vgg", grid=(4, 2), piece_s=6.0, hop=80, views=2, max_minutes=0.2)
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def test_cache_shapes_targets_and_resume(classes, tmp_path):
     assert len(seen) == 4
     f = load_cache(path, ds)
     n = len(f.clean)
-    assert f.clean.shape == (n, 5, 2 * 4 * 2) and f.views.shape == (n, 2, 5, 16) and f.clean.dtype == np.float16
+    assert f.clean.shape == (n, 5, 4, 4 * 2) and f.views.shape == (n, 2, 5, 4, 8) and f.clean.dtype == np.float16
     assert f.targets.shape == (n, 50) and ((f.targets >= 0) & (f.targets <= 1)).all()  # tagger probabilities
     assert not np.array_equal(f.views[:, 0], f.clean)  # the views are degraded
     again = []
@@ -68,16 +70,16 @@ def test_training_falls_and_resumes(classes, tmp_path):
     ds = load_dataset(classes, "classes")
     build_cache(ds, tmp_path / "c.h5", TINY)
     feats = load_cache(tmp_path / "c.h5", ds)
-    cfg = TrainConfig(bits=16, epochs=6, batch=16, hidden=8, lr=3e-3)
-    ckpt = train(feats, tmp_path / "run", cfg, grid=(4, 2), n_select=2, multilabel=False)
+    cfg = TrainConfig(bits=16, epochs=6, batch=16, hidden=8, lr=3e-3, n_select=2)
+    ckpt = train(feats, tmp_path / "run", cfg, grid=(4, 2), multilabel=False)
     meta = json.loads(ckpt.with_suffix(".json").read_text())
     losses = [h["total"] for h in meta["history"]]
     assert len(losses) == 6 and losses[-1] < losses[0]
-    more = train(feats, tmp_path / "run", TrainConfig(bits=16, epochs=8, batch=16, hidden=8, lr=3e-3),
-                 grid=(4, 2), n_select=2, multilabel=False, resume=True)
+    more = train(feats, tmp_path / "run", TrainConfig(bits=16, epochs=8, batch=16, hidden=8, lr=3e-3, n_select=2),
+                 grid=(4, 2), multilabel=False, resume=True)
     assert [h["epoch"] for h in json.loads(more.with_suffix(".json").read_text())["history"]] == list(range(1, 9))
     with pytest.raises(ValueError, match="other settings"):
-        train(feats, tmp_path / "run", TrainConfig(bits=32, epochs=9), grid=(4, 2), n_select=2, multilabel=False, resume=True)
+        train(feats, tmp_path / "run", TrainConfig(bits=32, epochs=9), grid=(4, 2), multilabel=False, resume=True)
 
 
 def test_train_command_and_index_with_the_checkpoint(tmp_path):
@@ -95,3 +97,17 @@ def test_train_command_and_index_with_the_checkpoint(tmp_path):
     assert r.exit_code == 0, r.output
     stats = json.loads(CliRunner().invoke(cli, ["stats", "--library", str(lib), "--json"]).stdout)
     assert stats["bits"] == 16 and stats["tracks"] == 2 and stats["code_model"] == ckpt
+
+
+def test_validation_counts_own_window_hits_and_flipped_bits():
+    torch.manual_seed(0)
+    model = CRNNH(bits=16, n_classes=3, grid=(4, 2), n_select=2, hidden=8, channels=4).eval()
+    clean = np.random.default_rng(0).standard_normal((12, 5, 4, 8)).astype(np.float16)
+    same = Features(clean, clean[:, None].repeat(2, axis=1), np.zeros((12, 3), np.float32), np.zeros(12, np.int32))
+    rows = np.arange(12)
+    got = validate(model, same, rows)
+    assert got["val_flips"] == 0 and got["val_windows"] == 12
+    # a view that is another window's audio never finds its own window (ties count as misses)
+    swapped = Features(clean, clean[np.roll(rows, 1)][:, None].repeat(2, axis=1), same.targets, same.item)
+    assert validate(model, swapped, rows)["val_top1"] == 0
+    assert validate(model, same, rows[:1]) == {}

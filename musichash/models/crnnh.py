@@ -3,11 +3,21 @@
 For one 3 s window the frozen backbone gives five maps, ``pool1`` (fine,
 [C, 92, 48]) to ``pool5`` (coarse, [C, 2, 1]). CRNNH
 
-1. resizes each map bilinearly to one grid ``[C, H, W]``;
-2. keeps, per layer and per window, the ``n_select`` channels whose map is
-   most similar (cosine) to the layer's mean response over channels, in
-   that order: the channels that carry the layer's dominant pattern, a
-   fixed-size summary whatever the channel count;
+1. resizes each map bilinearly to one grid ``[C, H, W]`` (:func:`resize_maps`);
+2. keeps ``n_select`` channels per layer, the same ones for every window, in
+   one of two ways (``select``):
+
+   - ``"similarity"`` (default): the channels whose maps are most similar
+     (cosine) to the layer's mean response over channels, averaged over the
+     training windows (:func:`rank_channels`), in rank order: the channels
+     that carry the layer's dominant pattern. Ranked once, on the training
+     set, and stored with the weights, so a degraded copy of a window goes
+     through the same channels as the original (ranking each window on its
+     own let a little noise reorder the channels and moved a third of the
+     bits);
+   - ``"learned"``: ``n_select`` learned mixtures of the layer's channels
+     (a 1x1 convolution), trained with the rest;
+
 3. reads the layers as a sequence from fine to coarse (the "pyramid") with
    an LSTM, whose final hidden state
 4. goes to a hash layer of ``bits`` units: ``tanh`` while training, sign at
@@ -32,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5")
+SELECTIONS = ("similarity", "learned")
 
 
 @dataclass(frozen=True)
@@ -47,26 +58,34 @@ class CRNNHOutput:
         return torch.where(self.relaxed > 0, 1.0, -1.0)
 
 
-def pyramid(maps: Mapping[str, torch.Tensor], grid: tuple[int, int], n_select: int, layers: Sequence[str] = LAYERS) -> torch.Tensor:
-    """Backbone maps -> the pyramid sequence ``float [B, len(layers), n_select * H * W]``.
+def resize_maps(maps: Mapping[str, torch.Tensor], grid: tuple[int, int], channels: int,
+                layers: Sequence[str] = LAYERS) -> torch.Tensor:
+    """Backbone maps -> ``float [B, len(layers), channels, H * W]``.
 
-    maps: name -> float [B, C, T_l, F_l]. Each map is resized to ``grid``
-    (bilinear, corners not aligned), its channels ranked by cosine similarity
-    to their mean, and the top ``n_select`` kept in rank order.
+    maps: name -> float [B, C, T_l, F_l], each resized to ``grid`` (bilinear,
+    corners not aligned); a layer with fewer than ``channels`` channels is
+    zero-padded (tiny test backbones), one with more is refused.
     """
     steps = []
     for name in layers:
-        m = F.interpolate(maps[name].float(), size=grid, mode="bilinear", align_corners=False)  # [B, C, H, W]
-        flat = m.flatten(2)  # [B, C, H*W]
-        mean = flat.mean(dim=1, keepdim=True)
-        sim = F.cosine_similarity(flat, mean, dim=2, eps=1e-8)  # [B, C]
-        k = min(n_select, flat.shape[1])
-        top = sim.topk(k, dim=1).indices  # [B, k], most similar first
-        chosen = flat.gather(1, top.unsqueeze(-1).expand(-1, -1, flat.shape[2]))
-        if k < n_select:  # fewer channels than asked (tiny test backbones): pad
-            chosen = F.pad(chosen, (0, 0, 0, n_select - k))
-        steps.append(chosen.flatten(1))
+        m = F.interpolate(maps[name].float(), size=tuple(grid), mode="bilinear", align_corners=False).flatten(2)
+        if m.shape[1] > channels:
+            raise ValueError(f"{name} has {m.shape[1]} channels, the model takes {channels}")
+        steps.append(F.pad(m, (0, 0, 0, channels - m.shape[1])))
     return torch.stack(steps, dim=1)
+
+
+def rank_channels(resized: torch.Tensor) -> torch.Tensor:
+    """Channels per layer, most similar to the layer's mean response first: long [L, C].
+
+    resized: float [N, L, C, H*W] (windows of the training set). The score of
+    a channel is its map's cosine similarity to the mean of the layer's maps,
+    averaged over the windows; all-zero (padded or dead) channels score 0.
+    """
+    x = resized.float()
+    mean = x.mean(dim=2, keepdim=True)
+    sim = F.cosine_similarity(x, mean, dim=3, eps=1e-8).mean(dim=0)  # [L, C]
+    return sim.argsort(dim=1, descending=True, stable=True)
 
 
 class CRNNH(nn.Module):
@@ -81,12 +100,23 @@ class CRNNH(nn.Module):
         n_select: int = 16,
         hidden: int = 256,
         layers: Sequence[str] = LAYERS,
+        channels: int = 128,
+        select: str = "similarity",
     ):
         super().__init__()
         if bits not in (16, 32, 48, 64, 128):
             raise ValueError(f"bits must be one of 16, 32, 48, 64, 128, got {bits}")
-        self.bits, self.n_classes = bits, n_classes
+        if select not in SELECTIONS:
+            raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+        if not 0 < n_select <= channels:
+            raise ValueError(f"n_select must be in 1..{channels}, got {n_select}")
+        self.bits, self.n_classes, self.channels, self.select = bits, n_classes, channels, select
         self.grid, self.n_select, self.layers = tuple(grid), n_select, tuple(layers)
+        if select == "similarity":  # the first channels until set_selection ranks them
+            self.register_buffer("selection", torch.arange(n_select).repeat(len(self.layers), 1))
+        else:
+            g = torch.randn(len(self.layers), n_select, channels) / channels**0.5
+            self.mix = nn.Parameter(g)
         step = n_select * grid[0] * grid[1]
         self.norm = nn.LayerNorm(step)
         self.lstm = nn.LSTM(step, hidden, batch_first=True)
@@ -95,16 +125,33 @@ class CRNNH(nn.Module):
 
     def config(self) -> dict:
         return {"bits": self.bits, "n_classes": self.n_classes, "grid": list(self.grid), "n_select": self.n_select,
-                "hidden": self.lstm.hidden_size, "layers": list(self.layers)}
+                "hidden": self.lstm.hidden_size, "layers": list(self.layers), "channels": self.channels,
+                "select": self.select}
 
-    def forward_pyramid(self, seq: torch.Tensor) -> CRNNHOutput:
-        """seq: float [B, n_layers, n_select * H * W] (from :func:`pyramid`, or the feature cache)."""
-        _, (h, _) = self.lstm(self.norm(seq))
+    def set_selection(self, ranked: torch.Tensor) -> None:
+        """Keep the first ``n_select`` channels of each layer's ranking (long [L, >= n_select])."""
+        if self.select != "similarity":
+            raise ValueError("set_selection applies to select='similarity' only")
+        self.selection.copy_(ranked[:, : self.n_select])
+
+    def steps(self, resized: torch.Tensor) -> torch.Tensor:
+        """float [B, L, C, H*W] (:func:`resize_maps`) -> the pyramid sequence float [B, L, n_select*H*W]."""
+        x = resized.float()
+        if self.select == "similarity":
+            index = self.selection[None, :, :, None].expand(x.shape[0], -1, -1, x.shape[3])
+            chosen = x.gather(2, index)
+        else:
+            chosen = torch.einsum("blch,lsc->blsh", x, self.mix)
+        return chosen.flatten(2)
+
+    def forward_resized(self, resized: torch.Tensor) -> CRNNHOutput:
+        """resized: float [B, L, C, H*W] (from :func:`resize_maps`, or the feature cache)."""
+        _, (h, _) = self.lstm(self.norm(self.steps(resized)))
         relaxed = torch.tanh(self.hash(h[-1]))
         return CRNNHOutput(relaxed, self.classifier(relaxed))
 
     def forward(self, maps: Mapping[str, torch.Tensor]) -> CRNNHOutput:
-        return self.forward_pyramid(pyramid(maps, self.grid, self.n_select, self.layers))
+        return self.forward_resized(resize_maps(maps, self.grid, self.channels, self.layers))
 
 
 @dataclass(frozen=True)
@@ -212,6 +259,6 @@ def load_checkpoint(path) -> CRNNH:
         raise ValueError(f"{path}: not a CRNNH checkpoint (no musichash.crnnh metadata)")
     cfg = json.loads(meta["config"])
     model = CRNNH(cfg["bits"], cfg["n_classes"], grid=tuple(cfg["grid"]), n_select=cfg["n_select"],
-                  hidden=cfg["hidden"], layers=tuple(cfg["layers"]))
+                  hidden=cfg["hidden"], layers=tuple(cfg["layers"]), channels=cfg["channels"], select=cfg["select"])
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval()

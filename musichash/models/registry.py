@@ -100,7 +100,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "unittest_crnnh", "hash", "crnnh", "MTT", "tiny random CRNNH for tests (unittest_vgg maps, 32 bits)",
             bits=32, backbone="unittest_vgg", test_only=True,
-            config={"dedup_threshold": 1.01, "crnnh": {"grid": [4, 2], "n_select": 2, "hidden": 8}},
+            config={"dedup_threshold": 1.01, "crnnh": {"grid": [4, 2], "n_select": 2, "hidden": 8, "channels": 4}},
         ),
         ModelSpec(
             "unittest_hash", "hash", "binarizer", "MTT", "tiny random codes for tests (unittest_vgg + 16-bit LSH)",

@@ -7,9 +7,11 @@ noise 0-20 dB, low-bitrate re-encoding, gain, EQ or telephone band, tempo
 ±5 %, pitch ±1 semitone), and every clean window is paired with the window
 of each view that holds the same music (start scaled by the tempo change,
 plus up to ``jitter`` frames of offset, as a query window sits off the
-library grid). Windows go through the frozen backbone patch-wise and are
-stored as CRNNH pyramids (``float16 [n, layers, n_select*H*W]``), so epochs
-never touch audio or the CNN.
+library grid). Windows go through the frozen backbone (cut from the conv
+maps of the whole piece, as the engine does) and every channel of every
+layer is stored resized to the CRNNH grid (``float16 [n, layers, C, H*W]``),
+so epochs never touch audio or the CNN, and the channel selection is made
+at training time.
 
 The file is written one source file at a time (group ``files/<i>``, flushed),
 so an interrupted build resumes where it stopped.
@@ -28,10 +30,10 @@ import numpy as np
 import torch
 
 from musichash import augment
-from musichash.audio import SAMPLE_RATE, AudioError, load_audio, log_mel
+from musichash.audio import N_MELS, SAMPLE_RATE, AudioError, load_audio, log_mel
 from musichash.models import build_backbone
 from musichash.models.backbones import WINDOW_FRAMES
-from musichash.models.crnnh import LAYERS, pyramid
+from musichash.models.crnnh import LAYERS, resize_maps
 from musichash.train.data import Dataset
 
 
@@ -39,7 +41,6 @@ from musichash.train.data import Dataset
 class CacheConfig:
     backbone: str = "MTT_vgg"
     grid: tuple[int, int] = (8, 4)
-    n_select: int = 16
     piece_s: float = 12.0
     hop: int = 80
     views: int = 2
@@ -56,7 +57,7 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class Features:
-    """clean: float16 [N, L, D]; views: float16 [N, V, L, D]; targets: float32 [N, C]; item: int32 [N] (file index)."""
+    """clean: float16 [N, L, C, H*W]; views: float16 [N, V, L, C, H*W]; targets: float32 [N, K]; item: int32 [N] (file index)."""
 
     clean: np.ndarray
     views: np.ndarray
@@ -74,6 +75,7 @@ def build_cache(
     """Compute (or finish computing) the cache at ``path``; returns it. Files that cannot be decoded are skipped."""
     path = Path(path)
     model = build_backbone(cfg.backbone)
+    channels = backbone_channels(model)
     with h5py.File(path, "a") as h5:
         if h5.attrs.get("config_key", cfg.key()) != cfg.key() or h5.attrs.get("n_files", len(dataset.files)) != len(dataset.files):
             raise ValueError(f"{path} was built with other settings or data; delete it or use another --cache")
@@ -92,7 +94,7 @@ def build_cache(
                 if progress:
                     progress(f"skipped {f}: {e.reason}")
                 continue
-            clean, views, probs = _file_features(model, wave, cfg, rng)
+            clean, views, probs = _file_features(model, channels, wave, cfg, rng)
             if str(i) in files:
                 del files[str(i)]
             g = files.create_group(str(i))
@@ -126,7 +128,14 @@ def load_cache(path: str | Path, dataset: Dataset) -> Features:
 
 
 @torch.inference_mode()
-def _file_features(model, wave: np.ndarray, cfg: CacheConfig, rng: np.random.Generator):
+def backbone_channels(model) -> int:
+    """The most channels of any CRNNH layer of ``model`` (the cache's and the head's channel axis)."""
+    out = model(torch.zeros(1, WINDOW_FRAMES, N_MELS))
+    return max(out.features[name].shape[1] for name in LAYERS)
+
+
+@torch.inference_mode()
+def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng: np.random.Generator):
     piece = int(cfg.piece_s * SAMPLE_RATE)
     clean, views, probs = [], [], []
     for lo in range(0, max(len(wave) - SAMPLE_RATE * 4, 1), piece):
@@ -137,7 +146,7 @@ def _file_features(model, wave: np.ndarray, cfg: CacheConfig, rng: np.random.Gen
         starts = list(range(0, mel.shape[0] - WINDOW_FRAMES + 1, cfg.hop))
         if not starts:
             continue
-        p_clean, logits = _pyramids(model, mel, starts, cfg)
+        p_clean, logits = _resized(model, channels, mel, starts, cfg)
         clean.append(p_clean)
         probs.append(torch.sigmoid(logits).numpy())
         per_view = []
@@ -147,16 +156,16 @@ def _file_features(model, wave: np.ndarray, cfg: CacheConfig, rng: np.random.Gen
             vmel = log_mel(augment.chain(*steps).apply(x, rng))
             last = vmel.shape[0] - WINDOW_FRAMES
             vstarts = [int(np.clip(round(s / rate) + rng.integers(-cfg.jitter, cfg.jitter + 1), 0, max(last, 0))) for s in starts]
-            per_view.append(_pyramids(model, vmel, vstarts, cfg)[0])
+            per_view.append(_resized(model, channels, vmel, vstarts, cfg)[0])
         views.append(np.stack(per_view, axis=1))
     if not clean:
-        n = len(LAYERS)
-        d = cfg.n_select * cfg.grid[0] * cfg.grid[1]
-        return np.zeros((0, n, d), np.float16), np.zeros((0, cfg.views, n, d), np.float16), np.zeros((0, 50), np.float32)
+        n, c, hw = len(LAYERS), channels, cfg.grid[0] * cfg.grid[1]
+        return (np.zeros((0, n, c, hw), np.float16), np.zeros((0, cfg.views, n, c, hw), np.float16),
+                np.zeros((0, 50), np.float32))
     return np.concatenate(clean), np.concatenate(views), np.concatenate(probs)
 
 
-def _pyramids(model, mel: np.ndarray, starts: list[int], cfg: CacheConfig) -> tuple[np.ndarray, torch.Tensor]:
+def _resized(model, channels: int, mel: np.ndarray, starts: list[int], cfg: CacheConfig) -> tuple[np.ndarray, torch.Tensor]:
     m = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
     if m.shape[0] < WINDOW_FRAMES:
         m = torch.cat([m, m.new_zeros(WINDOW_FRAMES - m.shape[0], m.shape[1])])
@@ -167,5 +176,5 @@ def _pyramids(model, mel: np.ndarray, starts: list[int], cfg: CacheConfig) -> tu
         out = model.head(model.trunk(m[None]), aligned)
     else:
         out = model(torch.stack([m[s : s + WINDOW_FRAMES] for s in starts]))
-    seq = pyramid(out.features, tuple(cfg.grid), cfg.n_select)
+    seq = resize_maps(out.features, tuple(cfg.grid), channels)
     return seq.numpy().astype(np.float16), out.logits

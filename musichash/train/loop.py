@@ -1,4 +1,12 @@
-"""The CRNNH training loop over a feature cache: seeded, resumable, one checkpoint per epoch."""
+"""The CRNNH training loop over a feature cache: seeded, resumable, one checkpoint per epoch.
+
+One file in ``VAL_EVERY`` (by index) is held out. After each epoch its
+degraded views are encoded and looked up among its clean windows by Hamming
+distance, as the engine looks up a query: ``val_top1`` is the share of views
+whose nearest clean window (ties counted against) is their own,
+``val_flips`` the mean share of bits a degradation flips. They go into the
+checkpoint's history, so runs can be compared before any library is built.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musichash.models.crnnh import CRNNH, CRNNHLoss, load_checkpoint, save_checkpoint
+from musichash.models.crnnh import CRNNH, CRNNHLoss, load_checkpoint, rank_channels, save_checkpoint
 from musichash.train.cache import Features
 
 
@@ -22,12 +30,15 @@ class TrainConfig:
     batch: int = 128
     lr: float = 1e-3
     hidden: int = 256
+    n_select: int = 16
+    select: str = "similarity"
     lambda_q: float = 0.1
     lambda_b: float = 0.1
     lambda_p: float = 1.0
     seed: int = 0
 
 
+VAL_EVERY = 10
 CHECKPOINT = "crnnh.safetensors"
 STATE = "train_state.json"
 
@@ -38,7 +49,6 @@ def train(
     cfg: TrainConfig,
     *,
     grid: tuple[int, int],
-    n_select: int,
     multilabel: bool,
     meta: dict | None = None,
     resume: bool = False,
@@ -54,22 +64,31 @@ def train(
     ckpt, state_path = out / CHECKPOINT, out / STATE
     start = 0
     torch.manual_seed(cfg.seed)
-    model = CRNNH(cfg.bits, feats.targets.shape[1], grid=grid, n_select=n_select, hidden=cfg.hidden)
+    val = feats.item % VAL_EVERY == VAL_EVERY - 1
+    if val.all() or not val.any():
+        val = np.zeros_like(val)
+    fit = np.flatnonzero(~val)
     if resume and ckpt.is_file() and state_path.is_file():
         state = json.loads(state_path.read_text())
         if {k: v for k, v in state["config"].items() if k != "epochs"} != {k: v for k, v in asdict(cfg).items() if k != "epochs"}:
             raise ValueError(f"{out} holds a run with other settings; use another --out or the same settings")
         model = load_checkpoint(ckpt)
         start = state["epoch"]
+    else:
+        model = CRNNH(cfg.bits, feats.targets.shape[1], grid=grid, n_select=cfg.n_select, hidden=cfg.hidden,
+                      channels=feats.clean.shape[2], select=cfg.select)
+        if cfg.select == "similarity":  # ranked once, on (a sample of) the training windows
+            sample = np.sort(np.random.default_rng(cfg.seed).permutation(fit)[:4096])
+            model.set_selection(rank_channels(torch.from_numpy(feats.clean[sample].astype(np.float32))))
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = CRNNHLoss(cfg.lambda_q, cfg.lambda_b, cfg.lambda_p, multilabel=multilabel)
-    n = len(feats.clean)
+    n = len(fit)
     targets = torch.from_numpy(feats.targets) if multilabel else torch.from_numpy(feats.targets.argmax(1))
     history = json.loads(state_path.read_text())["history"] if start else []
     for epoch in range(start, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])  # an epoch's batches do not depend on earlier epochs
-        order = rng.permutation(n)
+        order = fit[rng.permutation(n)]
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         for b in range(0, n - 1, cfg.batch):
@@ -79,7 +98,7 @@ def train(
             v = rng.integers(feats.views.shape[1], size=len(idx))
             clean = torch.from_numpy(feats.clean[idx].astype(np.float32))
             view = torch.from_numpy(feats.views[idx, v].astype(np.float32))
-            parts = loss_fn(model.forward_pyramid(clean), targets[idx], model.forward_pyramid(view))
+            parts = loss_fn(model.forward_resized(clean), targets[idx], model.forward_resized(view))
             opt.zero_grad()
             parts.total.backward()
             opt.step()
@@ -88,9 +107,33 @@ def train(
         record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 2), **{k: v / n for k, v in sums.items()}}
         history.append(record)
         model.eval()
+        record.update(validate(model, feats, np.flatnonzero(val)))
         save_checkpoint(model, ckpt, {**(meta or {}), "train": asdict(cfg), "history": history})
         state_path.write_text(json.dumps({"epoch": epoch + 1, "config": asdict(cfg), "history": history}))
         model.train()
         if progress:
             progress(epoch + 1, record)
     return ckpt
+
+
+@torch.inference_mode()
+def validate(model: CRNNH, feats: Features, rows: np.ndarray) -> dict:
+    """``val_top1`` and ``val_flips`` (module docstring) over the held-out windows ``rows``; {} when none."""
+    if len(rows) < 2:
+        return {}
+
+    def codes(x: np.ndarray) -> torch.Tensor:
+        return torch.cat([model.forward_resized(torch.from_numpy(x[i : i + 512].astype(np.float32))).codes
+                          for i in range(0, len(x), 512)])
+
+    clean = codes(feats.clean[rows])
+    hits, flips, total = 0, 0.0, 0
+    for v in range(feats.views.shape[1]):
+        view = codes(feats.views[rows, v])
+        dist = (view.shape[1] - view @ clean.T) / 2  # Hamming distance of +-1 codes, [n, n]
+        own = dist.diagonal()
+        others = dist + torch.diag(torch.full_like(own, float("inf")))
+        hits += int((own < others.min(dim=1).values).sum())
+        flips += float(own.mean()) / view.shape[1] * len(rows)
+        total += len(rows)
+    return {"val_top1": round(hits / total, 4), "val_flips": round(flips / total, 4), "val_windows": len(rows)}
