@@ -108,7 +108,9 @@ def train(
         history.append(record)
         model.eval()
         record.update(validate(model, feats, np.flatnonzero(val)))
-        save_checkpoint(model, ckpt, {**(meta or {}), "train": asdict(cfg), "history": history})
+        metrics = {k: v for k, v in record.items() if k.startswith("val_")}
+        save_checkpoint(model, ckpt, {"registry_name": f"crnnh{cfg.bits}", **(meta or {}), "train": asdict(cfg),
+                                      "metrics": metrics, "history": history})
         state_path.write_text(json.dumps({"epoch": epoch + 1, "config": asdict(cfg), "history": history}))
         model.train()
         if progress:
