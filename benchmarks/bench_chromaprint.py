@@ -2,9 +2,9 @@
 
 Each library track is fingerprinted with ``fpcalc -raw`` (32-bit
 sub-fingerprints, one per 1365 samples at 11025 Hz = 0.1238 s, the defaults
-of algorithm 2). The degraded excerpts are regenerated with eval_engine's own
-functions, seed and random-number call order, so query i here is query i
-there; each is written to a temporary WAV, fingerprinted, and matched against
+of algorithm 2). The degraded excerpts are drawn by the same function
+(``queries.draw_queries``) with the same query set, seed and count as
+eval_engine.py, so query i here is query i there; each is written to a temporary WAV, fingerprinted, and matched against
 every track by the usual raw-fingerprint bit-error rate (BER, popcount of XOR
 over 32 x overlap) at the best alignment, the query lying wholly inside the
 track. Top-1 is the track with the lowest BER; a match is BER below a
@@ -18,7 +18,7 @@ recall / F1 against the true families.
 
     apt-get install libchromaprint-tools
     python benchmarks/bench_chromaprint.py --manifest /tmp/corpus_full/manifest.jsonl --work /tmp/evalfull \\
-        --queries 20 --seed 0 --held-out 4 --minutes-per-track 5
+        --query-set core --queries 20 --seed 0 --held-out 4 --minutes-per-track 5
 
 ``--work`` is eval_engine's work folder: its cut audio and dedup files are
 read, never written (fingerprints are cached under ``--cache``).
@@ -42,13 +42,17 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_engine import (  # noqa: E402  (benchmarks/eval_engine.py)
-    LENGTHS_S,
+from common import machine, peak_rss_mb  # noqa: E402
+from queries import (  # noqa: E402
+    SETS,
     Outcome,
+    clip_id,
     cut_corpus,
     draw_queries,
-    report_queries,
-    threshold_rows,
+    query_table,
+    summarize,
+    threshold_data,
+    threshold_table,
 )
 
 from musichash.audio import SAMPLE_RATE  # noqa: E402
@@ -121,11 +125,11 @@ def best_alignment(xq: np.ndarray, xb: np.ndarray, min_overlap: int) -> Alignmen
 
 
 def run_queries(lib_files: list[Path], held: list[Path], fps: dict[Path, np.ndarray], n: int, seed: int,
-                tmp: Path) -> tuple[list[Outcome], list[dict]]:
+                tmp: Path, qset: str = "core") -> tuple[list[Outcome], list[dict]]:
     """eval_engine's queries (draw_queries), answered by fingerprint BER; Outcome.score is 1 - BER."""
     wav = tmp / "query.wav"
     outcomes, extra = [], []
-    for length, cond, inside, f, y, off in draw_queries(lib_files, held, n, seed):
+    for length, cond, inside, f, y, off in draw_queries(lib_files, held, n, seed, qset):
         t0 = time.perf_counter()
         sf.write(str(wav), y, SAMPLE_RATE, subtype="FLOAT")
         xq = fpcalc(wav, length)
@@ -137,25 +141,31 @@ def run_queries(lib_files: list[Path], held: list[Path], fps: dict[Path, np.ndar
         top1 = inside and g0 == f
         err = abs(best.offset * ITEM_S - off) if top1 else None
         outcomes.append(Outcome(f.name, length, cond, inside, top1, inside and f in ranked, err,
-                                1.0 - best.ber, t2 - t0))
+                                1.0 - best.ber, t2 - t0, clip_id(y)))
         extra.append({"ber": best.ber, "items": len(xq), "fingerprint_s": t1 - t0, "match_s": t2 - t1,
                       "true_offset_s": off, "found": g0.name, "found_offset_s": best.offset * ITEM_S})
     return outcomes, extra
 
 
-def report_threshold(outs: list[Outcome]) -> tuple[str, dict]:
-    """eval_engine.report_threshold's halves and targets, with thresholds shown as BER (match: BER < t)."""
-    body, full, (pos, pos_hit, neg) = threshold_rows(outs, "customary", 1.0 - DEFAULT_BER, show=lambda t: 1.0 - t)
-    rows = ["| BER threshold | TNR (out-of-library, held-out half) | TPR (in-library, correct top-1 and match) |",
-            "|---|---|---|", *body]
-    all_default = {"tnr": float(np.mean(neg <= 1.0 - DEFAULT_BER)),
-                   "tpr": float(np.mean((pos > 1.0 - DEFAULT_BER) & pos_hit))}
-    rows.append(f"\nAt the customary {DEFAULT_BER} on all queries: TNR {all_default['tnr']:.0%}, "
-                f"TPR {all_default['tpr']:.0%}.")
-    q = np.quantile(1.0 - neg, [0.0, 0.1, 0.5])
-    rows.append(f"Out-of-library best BER: min {q[0]:.3f}, 10th percentile {q[1]:.3f}, median {q[2]:.3f}; "
-                f"in-library with correct top-1: median {np.median(1.0 - pos[pos_hit]):.3f}.")
-    return "\n".join(rows), {"calibrated_ber": 1.0 - full, "default": all_default}
+def threshold_extra(outs: list[Outcome]) -> dict:
+    """Quantiles of the best BER of out-of-library clips and of in-library clips found first."""
+    pos = np.array([1.0 - o.score for o in outs if o.in_library and o.top1])
+    neg = np.array([1.0 - o.score for o in outs if not o.in_library])
+    q = np.quantile(neg, [0.0, 0.1, 0.5]) if len(neg) else [None] * 3
+    return {"ool_ber_min": q[0], "ool_ber_p10": q[1], "ool_ber_median": q[2],
+            "hit_ber_median": float(np.median(pos)) if len(pos) else None}
+
+
+def render_threshold(t: dict, extra: dict) -> str:
+    """eval_engine's threshold table with thresholds shown as BER (match: BER < t)."""
+    rows = [threshold_table(t, "customary", "BER threshold", show=lambda x: 1.0 - x),
+            f"\nAt the customary {DEFAULT_BER} on all queries: TNR {t['fixed_all']['tnr']:.0%}, "
+            f"TPR {t['fixed_all']['tpr']:.0%}."]
+    if extra["ool_ber_min"] is not None:
+        rows.append(f"Out-of-library best BER: min {extra['ool_ber_min']:.3f}, 10th percentile {extra['ool_ber_p10']:.3f}, "
+                    f"median {extra['ool_ber_median']:.3f}; in-library with correct top-1: median "
+                    f"{extra['hit_ber_median']:.3f}.")
+    return "\n".join(rows)
 
 
 def families_of(names: list[str]) -> list[set[str]]:
@@ -174,7 +184,8 @@ def families_of(names: list[str]) -> list[set[str]]:
     return list(fams.values())
 
 
-def dedup(folder: Path, cache: Path, min_frac: float) -> tuple[str, dict]:
+def dedup(folder: Path, cache: Path, min_frac: float) -> dict:
+    """Best-alignment BER of every pair of files in eval_engine's dedup folder, swept over thresholds."""
     files = sorted(p for p in folder.iterdir() if p.is_file())
     fps = {p.name: cached_fpcalc(p, cache) for p in files}
     families = families_of([p.name for p in files])
@@ -187,29 +198,96 @@ def dedup(folder: Path, cache: Path, min_frac: float) -> tuple[str, dict]:
             xq, xb = (fps[a], fps[b]) if len(fps[a]) <= len(fps[b]) else (fps[b], fps[a])
             best[frozenset((a, b))] = best_alignment(xq, xb, int(math.ceil(min_frac * len(xq))))
     t_pairs = time.perf_counter() - t0
-    rows = ["| BER threshold | precision | recall | F1 | predicted pairs |", "|---|---|---|---|---|"]
-    sweep = {}
+    sweep = []
     for thr in DEDUP_SWEEP:
         pred = {k for k, v in best.items() if v.ber < thr}
         tp = len(pred & truth)
-        pr, rc = (tp / len(pred) if pred else 1.0), tp / len(truth)
-        f1 = 2 * pr * rc / (pr + rc) if pr + rc else 0.0
-        sweep[thr] = {"precision": pr, "recall": rc, "f1": f1, "predicted_pairs": len(pred)}
-        bold = "**" if thr == DEFAULT_BER else ""
-        rows.append(f"| {bold}{thr:.2f}{bold} | {pr:.3f} | {rc:.3f} | {bold}{f1:.3f}{bold} | {len(pred)} |")
+        pr, rc = (tp / len(pred) if pred else 1.0), (tp / len(truth) if truth else 1.0)
+        sweep.append({"threshold": thr, "precision": pr, "recall": rc,
+                      "f1": 2 * pr * rc / (pr + rc) if pr + rc else 0.0, "predicted_pairs": len(pred)})
     speed = [best[k].ber for k in truth if any(".speed" in x for x in k)]
     other = [best[k].ber for k in truth if not any(".speed" in x for x in k)]
     false = sorted((v.ber, " + ".join(sorted(k))) for k, v in best.items() if k not in truth)[:3]
-    rows.append(f"\n{len(files)} files, {len(truth)} true pairs, {len(best)} pairs compared in {t_pairs:.0f} s "
-                f"(overlap at least {min_frac:.0%} of the shorter file). Best BER of the true pairs: {len(other)} "
-                f"without the +2 % speed variant median {np.median(other):.3f}, max {max(other):.3f}; {len(speed)} "
-                f"with it (no single alignment stays in step) min {min(speed):.3f}, median {np.median(speed):.3f}, "
-                f"max {max(speed):.3f}"
-                + ". Lowest-BER pairs that are not the same recording: "
-                + "; ".join(f"{n} ({v:.3f})" for v, n in false) + ".")
-    return "\n".join(rows), {"sweep": {str(k): v for k, v in sweep.items()}, "files": len(files),
-                             "true_pairs": len(truth),
-                             "pairs": {" + ".join(sorted(k)): asdict(v) for k, v in best.items()}}
+    return {"sweep": sweep, "files": len(files), "true_pairs": len(truth), "pairs_s": t_pairs,
+            "min_overlap": min_frac, "ber_true_no_speed": other, "ber_true_speed": speed,
+            "top_false": [[n, v] for v, n in false],
+            "pairs": {" + ".join(sorted(k)): asdict(v) for k, v in best.items()}}
+
+
+def render_dedup(d: dict) -> str:
+    rows = ["| BER threshold | precision | recall | F1 | predicted pairs |", "|---|---|---|---|---|"]
+    for r in d["sweep"]:
+        b = "**" if r["threshold"] == DEFAULT_BER else ""
+        rows.append(f"| {b}{r['threshold']:.2f}{b} | {r['precision']:.3f} | {r['recall']:.3f} | {b}{r['f1']:.3f}{b} "
+                    f"| {r['predicted_pairs']} |")
+    other, speed = d["ber_true_no_speed"], d["ber_true_speed"]
+    text = (f"\n{d['files']} files, {d['true_pairs']} true pairs, {len(d['pairs'])} pairs compared in "
+            f"{d['pairs_s']:.0f} s (overlap at least {d['min_overlap']:.0%} of the shorter file).")
+    if other and speed:
+        text += (f" Best BER of the true pairs: {len(other)} without the +2 % speed variant median "
+                 f"{np.median(other):.3f}, max {max(other):.3f}; {len(speed)} with it (no single alignment stays in "
+                 f"step) min {min(speed):.3f}, median {np.median(speed):.3f}, max {max(speed):.3f}.")
+    if d["top_false"]:
+        text += (" Lowest-BER pairs that are not the same recording: "
+                 + "; ".join(f"{n} ({v:.3f})" for n, v in d["top_false"]) + ".")
+    return "\n".join(rows) + "\n" + text
+
+
+def evaluate(a: argparse.Namespace) -> dict:
+    version = check_fpcalc()
+    if a.fresh:  # time fingerprinting the library
+        shutil.rmtree(a.cache, ignore_errors=True)
+    lib_files, held = cut_corpus(a.manifest, a.work / "audio", a.minutes_per_track, a.held_out, a.seed)
+    hours = sum(sf.info(str(f)).duration for f in lib_files) / 3600
+    fresh = not any(cache_path(f, a.cache).exists() for f in lib_files)
+    t0 = time.perf_counter()
+    fps = {f: cached_fpcalc(f, a.cache) for f in lib_files}
+    t_fp = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        outs, extra = run_queries(lib_files, held, fps, a.queries, a.seed, Path(tmp), a.query_set)
+    match = 1.0 - DEFAULT_BER
+    d = {"meta": machine(), "fpcalc": version.splitlines()[0] if version else "?",
+         "query_set": SETS[a.query_set].describe(), "queries_per_cell": a.queries, "seed": a.seed,
+         "library": {"tracks": len(lib_files), "hours": hours, "items": sum(map(len, fps.values())),
+                     "held_out": [f.name for f in held]},
+         "fingerprinting": {"wall_s": t_fp, "x_real_time": hours * 3600 / t_fp} if fresh else None,
+         "summary": summarize(outs, match), "threshold": threshold_data(outs, match),
+         "threshold_extra": threshold_extra(outs), "latency_ms": {}}
+    for length in SETS[a.query_set].lengths:
+        sel = [(o, e) for o, e in zip(outs, extra) if o.length == length]
+        lat = {k: float(np.median([e[k] for _, e in sel]) * 1000) for k in ("fingerprint_s", "match_s")}
+        tot = np.array([o.latency_s for o, _ in sel]) * 1000
+        d["latency_ms"][f"{length:g}"] = {**lat, "n": len(sel), "p50": float(np.median(tot)),
+                                          "p99": float(np.quantile(tot, 0.99))}
+    print("queries done", file=sys.stderr, flush=True)
+    if not a.skip_dedup and (a.work / "dedup").is_dir():
+        d["dedup"] = dedup(a.work / "dedup", a.cache, a.dedup_min_overlap)
+    d["outcomes"] = [{**o.__dict__, **e} for o, e in zip(outs, extra)]
+    d["peak_rss_mb"] = peak_rss_mb()
+    return d
+
+
+def render(d: dict, with_queries: bool = True) -> str:
+    """Markdown of evaluate()'s data; without the query table when run_all prints it beside musichash's."""
+    lib = d["library"]
+    lines = [f"{d['fpcalc']}. Library: {lib['tracks']} tracks, {lib['hours']:.2f} h, {lib['items']:,} "
+             f"sub-fingerprints; held out: {', '.join(lib['held_out'])}. Query set `{d['query_set']['name']}`, "
+             f"{d['queries_per_cell']} queries per length x condition, seed {d['seed']}."]
+    if d["fingerprinting"]:
+        fp = d["fingerprinting"]
+        lines.append(f"Fingerprinting (fpcalc, one file at a time): {lib['hours']:.2f} h in {fp['wall_s']:.1f} s = "
+                     f"**{fp['x_real_time']:.0f}x** real time.")
+    lines.append("")
+    if with_queries:
+        lines.append(query_table({"Chromaprint": d["summary"]}) + "\n")
+    lines.append(render_threshold(d["threshold"], d["threshold_extra"]) + "\n")
+    for length, lat in d["latency_ms"].items():
+        lines.append(f"- {length} s query latency (WAV write + fpcalc + BER against all {lib['tracks']} tracks), "
+                     f"{lat['n']} queries: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms (fingerprint p50 "
+                     f"{lat['fingerprint_s']:.0f} ms, match p50 {lat['match_s']:.1f} ms).")
+    if d.get("dedup"):
+        lines.append("\nDedup by pair BER:\n\n" + render_dedup(d["dedup"]))
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -220,54 +298,18 @@ def main(argv=None) -> int:
                     help="where fingerprints of whole files are kept")
     ap.add_argument("--minutes-per-track", type=float, default=5.0)
     ap.add_argument("--held-out", type=int, default=4)
+    ap.add_argument("--query-set", choices=sorted(SETS), default="core", help="as eval_engine's (queries.py)")
     ap.add_argument("--queries", type=int, default=20, help="per length x condition")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dedup-min-overlap", type=float, default=0.5, help="fraction of the shorter file")
     ap.add_argument("--skip-dedup", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="empty --cache first, so fingerprinting is timed")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
-
-    version = check_fpcalc()
-    lib_files, held = cut_corpus(a.manifest, a.work / "audio", a.minutes_per_track, a.held_out, a.seed)
-    hours = sum(sf.info(str(f)).duration for f in lib_files) / 3600
-    fresh = not any(cache_path(f, a.cache).exists() for f in lib_files)
-    t0 = time.perf_counter()
-    fps = {f: cached_fpcalc(f, a.cache) for f in lib_files}
-    t_fp = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        outs, extra = run_queries(lib_files, held, fps, a.queries, a.seed, Path(tmp))
-
-    print(f"## Chromaprint ({version.splitlines()[0]}), raw fingerprints, best-alignment BER\n")
-    print(f"Library: {len(lib_files)} tracks, {hours:.2f} h, {sum(map(len, fps.values()))} sub-fingerprints; "
-          f"held out: {', '.join(f.name for f in held)}.")
-    if fresh:
-        print(f"Fingerprinting (fpcalc, one file at a time): {hours:.2f} h in {t_fp:.1f} s = "
-              f"{hours * 3600 / t_fp:.0f}x real time.")
-    print()
-    qtable, summary = report_queries(outs)
-    print(qtable + "\n")
-    ttable, thr = report_threshold(outs)
-    print(ttable + "\n")
-    lat = {}
-    for length in LENGTHS_S:
-        sel = [(o, e) for o, e in zip(outs, extra) if o.length == length]
-        lat[f"{length:g}s"] = {k: float(np.median([e[k] for _, e in sel]) * 1000) for k in ("fingerprint_s", "match_s")}
-        tot = np.array([o.latency_s for o, _ in sel]) * 1000
-        lat[f"{length:g}s"].update(p50=float(np.median(tot)), p99=float(np.quantile(tot, 0.99)))
-        print(f"{length:g} s query latency (WAV write + fpcalc + BER against all {len(lib_files)} tracks): "
-              f"p50 {np.median(tot):.0f} ms, p99 {np.quantile(tot, 0.99):.0f} ms "
-              f"(fingerprint p50 {lat[f'{length:g}s']['fingerprint_s']:.0f} ms, "
-              f"match p50 {lat[f'{length:g}s']['match_s']:.1f} ms).")
-    print()
-    sys.stdout.flush()
-
-    d = None
-    if not a.skip_dedup:
-        dtable, d = dedup(a.work / "dedup", a.cache, a.dedup_min_overlap)
-        print("Dedup by pair BER:\n\n" + dtable + "\n")
+    d = evaluate(a)
     if a.json:
-        a.json.write_text(json.dumps({"summary": summary, "threshold": thr, "latency_ms": lat, "dedup": d,
-                                      "outcomes": [{**o.__dict__, **e} for o, e in zip(outs, extra)]}, indent=1))
+        a.json.write_text(json.dumps(d, indent=1))
+    print("## Chromaprint, raw fingerprints, best-alignment BER\n\n" + render(d))
     return 0
 
 

@@ -5,8 +5,9 @@ Everything goes through the public ``Library`` API, as a user's script would:
 1. the corpus's tracks (cut to their first ``--minutes-per-track`` minutes)
    are indexed, except ``--held-out`` of them, which only serve as
    out-of-library queries; indexing throughput is timed end to end;
-2. seeded excerpts of 10 s and 5 s, under each degradation, are searched:
-   top-1 / top-10 hit rate, offset error, warm query latency;
+2. seeded degraded excerpts (a query set of ``queries.py``: ``--query-set
+   core`` is 10 s and 5 s under 9 degradations, ``full`` 3-30 s under 22) are
+   searched: top-1 / top-10 hit rate, offset error, warm query latency;
 3. the match threshold is calibrated on half of the queries (target 95 %
    true-negative rate) and reported on the other half;
 4. a dedup set (re-encodes, gain, trims with fades, padding, +2 % speed, and
@@ -15,17 +16,20 @@ Everything goes through the public ``Library`` API, as a user's script would:
 
     python benchmarks/corpus.py --out /tmp/corpus_full --packages planetblupi-music-ogg fb-music-high --midi 10
     python benchmarks/eval_engine.py --manifest /tmp/corpus_full/manifest.jsonl --work /tmp/eval --queries 20
+
+Prints Markdown; ``--json`` writes the same figures as data (``render`` turns
+that back into the Markdown, as run_all.py does).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,90 +37,26 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus as corpus_mod  # noqa: E402  (benchmarks/corpus.py)
+from common import machine, peak_rss_mb  # noqa: E402
+from queries import (  # noqa: E402
+    SETS,
+    Outcome,
+    clip_id,
+    cut_corpus,
+    draw_queries,
+    excerpt,
+    query_table,
+    summarize,
+    threshold_data,
+    threshold_table,
+)
 
 from musichash import augment  # noqa: E402
 from musichash.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from musichash.library import Clip, Library  # noqa: E402
 from musichash.search import engine  # noqa: E402
-from musichash.search.vote import calibrate_threshold  # noqa: E402
 
-LENGTHS_S = (10.0, 5.0)
-CONDITIONS = {
-    "clean": [],
-    "white5dB": [augment.noise(5.0)],
-    "babble5dB": [augment.noise(5.0, kind="babble")],
-    "mp3_32k": [augment.mp3(32)],
-    "telephone": [augment.telephone()],
-    "stretch0.95": [augment.time_stretch(0.95)],
-    "stretch1.05": [augment.time_stretch(1.05)],
-    "pitch-1": [augment.pitch_shift(-1.0)],
-    "pitch+1": [augment.pitch_shift(1.0)],
-}
-OUT_CONDITIONS = ("clean", "white5dB", "mp3_32k", "pitch+1")
-
-
-@dataclass
-class Outcome:
-    track: str
-    length: float
-    condition: str
-    in_library: bool
-    top1: bool
-    top10: bool
-    offset_err: float | None
-    score: float
-    latency_s: float
-
-
-def cut_corpus(manifest: Path, out: Path, minutes: float, held_out: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """FLAC cuts of each track's first minutes, in out/library and out/held-out; returns both lists."""
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    rng = np.random.default_rng(seed)
-    by_source: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_source.setdefault(r["source"], []).append(i)
-    held = set()
-    for k in range(held_out):  # alternate sources so both styles are tested out of library
-        pool = by_source[sorted(by_source)[k % len(by_source)]]
-        held.add(pool.pop(int(rng.integers(len(pool)))))
-    lib, out_files = [], []
-    for i, r in enumerate(rows):
-        dest = out / ("held-out" if i in held else "library") / (r["id"].replace("/", "__") + ".flac")
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            src = manifest.parent / r["path"]
-            info = sf.info(str(src))
-            y, sr = sf.read(str(src), frames=int(minutes * 60 * info.samplerate), dtype="float32")
-            sf.write(str(dest), y, sr)
-        (out_files if i in held else lib).append(dest)
-    return lib, out_files
-
-
-def excerpt(wave: np.ndarray, length: float, cond: str, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """A degraded excerpt and its true offset (s) in the track."""
-    need = length * 1.06  # room for a slowed-down stretch
-    off = float(rng.uniform(0, max(0.0, len(wave) / SAMPLE_RATE - need)))
-    x = wave[int(off * SAMPLE_RATE) : int((off + need) * SAMPLE_RATE)]
-    y = augment.chain(*CONDITIONS[cond]).apply(x, rng)
-    return y[: int(length * SAMPLE_RATE)], off
-
-
-def draw_queries(lib_files, held, n: int, seed: int):
-    """The seeded excerpts, in a fixed order: (length, condition, in_library, file, excerpt, true offset).
-
-    bench_chromaprint.py draws its queries here too, so both answer exactly the same clips.
-    """
-    rng = np.random.default_rng(seed)
-    waves = {f: load_audio(f) for f in [*lib_files, *held]}
-    jobs = [(length, cond, True) for length in LENGTHS_S for cond in CONDITIONS]
-    jobs += [(length, cond, False) for length in LENGTHS_S for cond in OUT_CONDITIONS]
-    for length, cond, inside in jobs:
-        pool = lib_files if inside else held
-        for _ in range(n):
-            f = pool[int(rng.integers(len(pool)))]
-            y, off = excerpt(waves[f], length, cond, rng)
-            yield length, cond, inside, f, y, off
-        print(f"  {length:g}s {cond:12s} {'in' if inside else 'out'}: done", file=sys.stderr)
+DEDUP_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 
 def _vote_settings(k: int | str) -> tuple[int, int | None]:
@@ -129,12 +69,12 @@ def _vote_settings(k: int | str) -> tuple[int, int | None]:
     return int(kk), int(slack)
 
 
-def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple) -> dict:
+def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple, qset: str = "core") -> dict:
     """Each excerpt is encoded once and searched with every k (neighbours per window)."""
     index = lib.search_index()
     paths = {int(t.id): t.path for t in lib.store.tracks("ok")}
     outcomes: dict = {k: [] for k in ks}
-    for length, cond, inside, f, y, off in draw_queries(lib_files, held, n, seed):
+    for length, cond, inside, f, y, off in draw_queries(lib_files, held, n, seed, qset):
         t0 = time.perf_counter()
         enc = lib.encode(Clip(f.name, y))
         t_enc = time.perf_counter() - t0
@@ -147,56 +87,8 @@ def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple) -> 
             top1 = inside and bool(ranked) and ranked[0] == str(f.absolute())
             err = abs(votes[0].offset_s - off) if top1 else None
             outcomes[k].append(Outcome(f.name, length, cond, inside, top1, inside and str(f.absolute()) in ranked,
-                                       err, votes[0].score if votes else 0.0, dt))
+                                       err, votes[0].score if votes else 0.0, dt, clip_id(y)))
     return outcomes
-
-
-def report_queries(outs: list[Outcome]) -> tuple[str, dict]:
-    lines = ["| length | condition | top-1 | top-10 | median offset error (s) |", "|---|---|---|---|---|"]
-    summary = {}
-    for length in LENGTHS_S:
-        for cond in CONDITIONS:
-            sel = [o for o in outs if o.in_library and o.length == length and o.condition == cond]
-            t1 = np.mean([o.top1 for o in sel])
-            t10 = np.mean([o.top10 for o in sel])
-            errs = [o.offset_err for o in sel if o.offset_err is not None]
-            med = f"{np.median(errs):.2f}" if errs else "-"
-            lines.append(f"| {length:g} s | {cond} | {t1:.0%} | {t10:.0%} | {med} |")
-            summary[f"{length:g}s/{cond}"] = float(t1)
-        sel = [o for o in outs if o.in_library and o.length == length]
-        lines.append(f"| {length:g} s | **all** | **{np.mean([o.top1 for o in sel]):.1%}** | {np.mean([o.top10 for o in sel]):.1%} | |")
-    return "\n".join(lines), summary
-
-
-def threshold_rows(outs: list[Outcome], fixed_name: str, fixed: float, *, shipping: str = "", show=lambda t: t):
-    """TNR/TPR table rows (match: score > t) for a fixed threshold, one calibrated for 95 % TNR on half the
-    out-of-library queries (rates on the other half), and one on all of them.
-
-    Shared with bench_chromaprint.py; ``show`` turns a threshold into what the table prints (e.g. BER).
-    Returns (rows, the all-queries threshold, (pos, pos_hit, neg)).
-    """
-    pos = np.array([o.score for o in outs if o.in_library])
-    pos_hit = np.array([o.top1 for o in outs if o.in_library])
-    neg = np.array([o.score for o in outs if not o.in_library])
-    cal = np.arange(len(neg)) % 2 == 0
-    rows = []
-    for name, t in ((fixed_name, fixed), ("calibrated on the other half", calibrate_threshold(pos[::2], neg[cal], target_tnr=0.95))):
-        tnr = np.mean(neg[~cal] <= t)
-        tpr = np.mean((pos[1::2] > t) & pos_hit[1::2])
-        rows.append(f"| {name}: {show(t):.3f} | {tnr:.0%} | {tpr:.0%} |")
-    full = calibrate_threshold(pos, neg, target_tnr=0.95)
-    rows.append(f"| calibrated on all {len(neg)} out-of-library queries{shipping}: {show(full):.3f} | "
-                f"{np.mean(neg <= full):.0%} (fitted) | {np.mean((pos > full) & pos_hit):.0%} |")
-    return rows, full, (pos, pos_hit, neg)
-
-
-def report_threshold(outs: list[Outcome], default: float) -> str:
-    rows, _, (pos, _, neg) = threshold_rows(outs, "model default", default, shipping=" (for shipping)")
-    rows = ["| threshold | TNR (out-of-library, held-out half) | TPR (in-library, correct top-1 and match) |", "|---|---|---|", *rows]
-    q = np.quantile(neg, [0.5, 0.9, 1.0])
-    rows.append(f"\nOut-of-library top scores: median {q[0]:.3f}, 90th percentile {q[1]:.3f}, max {q[2]:.3f}; "
-                f"in-library: median {np.median(pos):.3f}.")
-    return "\n".join(rows)
 
 
 def dedup_set(lib_files: list[Path], manifest: Path, out: Path, k: int, seed: int) -> tuple[list[Path], list[set[str]]]:
@@ -265,8 +157,9 @@ def _rearrange(row: dict, dest: Path, seconds: float) -> bool:
     return True
 
 
-def dedup_sweep(lib: Library, families: list[set[str]]) -> str:
-    """Pair F1 as a function of the dedup threshold (best pair score over both directions)."""
+def dedup_sweep(lib: Library, families: list[set[str]]) -> dict:
+    """Pair precision / recall / F1 as a function of the dedup threshold (best pair score over both directions),
+    and the highest-scoring pairs that are not the same recording."""
     index = lib.search_index()
     best: dict[frozenset, float] = {}
     names = {t.id: Path(t.path).name for t in lib.store.tracks("ok")}
@@ -277,16 +170,15 @@ def dedup_sweep(lib: Library, families: list[set[str]]) -> str:
             key = frozenset((names[t.id], names[p.b]))
             best[key] = max(best.get(key, 0.0), p.score)
     truth = {frozenset((a, b)) for s in families for a in s for b in s if a < b}
-    rows = ["| threshold | precision | recall | F1 |", "|---|---|---|---|"]
-    for thr in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5):
+    sweep = []
+    for thr in DEDUP_SWEEP:
         pred = {k for k, v in best.items() if v >= thr}
         tp = len(pred & truth)
-        pr, rc = (tp / len(pred) if pred else 1.0), tp / len(truth)
-        rows.append(f"| {thr:.2f} | {pr:.3f} | {rc:.3f} | {2 * pr * rc / (pr + rc) if pr + rc else 0:.3f} |")
+        pr, rc = (tp / len(pred) if pred else 1.0), (tp / len(truth) if truth else 1.0)
+        sweep.append({"threshold": thr, "precision": pr, "recall": rc,
+                      "f1": 2 * pr * rc / (pr + rc) if pr + rc else 0.0, "predicted_pairs": len(pred)})
     false = sorted((v, " + ".join(sorted(k))) for k, v in best.items() if k not in truth)[-3:]
-    rows.append("\nHighest-scoring pairs that are not the same recording: "
-                + "; ".join(f"{n} ({v:.2f})" for v, n in reversed(false)) + ".")
-    return "\n".join(rows)
+    return {"sweep": sweep, "top_false": [[n, v] for v, n in reversed(false)]}
 
 
 def score_dedup(groups, families: list[set[str]]) -> dict:
@@ -304,6 +196,111 @@ def score_dedup(groups, families: list[set[str]]) -> dict:
             "missed_pairs": sorted(" + ".join(sorted(x)) for x in truth - pred)}
 
 
+def library_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def evaluate(a: argparse.Namespace) -> dict:
+    """The whole evaluation; returns plain data (see render)."""
+    lib_files, held = cut_corpus(a.manifest, a.work / "audio", a.minutes_per_track, a.held_out, a.seed)
+    hours = sum(sf.info(str(f)).duration for f in lib_files) / 3600
+    tag = Path(a.code_model).parent.name + "-" + Path(a.code_model).stem if a.code_model and "/" in a.code_model else (a.code_model or "default")
+    libdir = a.work / f"lib-{tag}"
+    ddir = a.work / f"dedup-lib-{tag}"
+    if a.fresh:  # time the indexing: a library that exists only adds what changed
+        for d in (libdir, ddir):
+            shutil.rmtree(d, ignore_errors=True)
+    out: dict = {"meta": machine(), "query_set": SETS[a.query_set].describe(), "queries_per_cell": a.queries,
+                 "seed": a.seed, "minutes_per_track": a.minutes_per_track}
+    t0 = time.perf_counter()
+    with Library.open(libdir, write=True, code_model=a.code_model) as lib:
+        rep = lib.index([a.work / "audio" / "library"], workers=None)
+        st = lib.stats()
+    t_index = time.perf_counter() - t0
+    print(f"indexed {len(lib_files)} tracks, {hours:.2f} h in {t_index:.0f} s (computed {rep.audio_s / 3600:.2f} h)", file=sys.stderr)
+    out["library"] = {"tracks": len(lib_files), "hours": hours, "held_out": [f.name for f in held],
+                      "code_bytes_per_hour": st.code_bytes_per_hour, "bits": st.bits, "segments": st.n_segments,
+                      "folder_bytes_per_hour": library_bytes(libdir) / st.hours if st.hours else None}
+    out["indexing"] = {"audio_s": rep.audio_s, "wall_s": t_index,
+                       "x_real_time": rep.audio_s / t_index if rep.audio_s else None}
+
+    ks = tuple(int(k) if k.isdigit() else k for k in a.k)
+    with Library.open(libdir) as lib:
+        lib.search_index()
+        runs = run_queries(lib, lib_files, held, a.queries, a.seed, ks, a.query_set)
+        out["code_model"] = lib.code_model
+        out["match_threshold"] = lib.match_threshold
+        out["runs"] = {str(k): {"summary": summarize(outs, lib.match_threshold),
+                                "threshold": threshold_data(outs, lib.match_threshold)} for k, outs in runs.items()}
+        # warm end-to-end latency through the public call, 10 s clips
+        rng = np.random.default_rng(a.seed + 1)
+        lat = []
+        for _ in range(a.latency_queries):
+            f = lib_files[int(rng.integers(len(lib_files)))]
+            y, _ = excerpt(load_audio(f, duration_s=120.0), 10.0, [], rng)
+            t0 = time.perf_counter()
+            list(lib.search([Clip(f.name, y)]))
+            lat.append((time.perf_counter() - t0) * 1000)
+    out["latency_ms"] = {"n": len(lat), "p50": float(np.median(lat)), "p99": float(np.quantile(lat, 0.99))}
+    out["outcomes"] = {str(k): [o.__dict__ for o in outs] for k, outs in runs.items()}
+    print("queries done", file=sys.stderr, flush=True)
+
+    if a.dedup_tracks:
+        files, families = dedup_set(lib_files, a.manifest, a.work / "dedup", a.dedup_tracks, a.seed)
+        t0 = time.perf_counter()
+        with Library.open(ddir, write=True, code_model=a.code_model) as lib:
+            rep = lib.index([a.work / "dedup"])
+            t1 = time.perf_counter()
+            groups = lib.dedup()
+            t_dedup = time.perf_counter() - t1
+            out["dedup"] = {"files": len(files), "threshold": lib.dedup_threshold, "index_s": t1 - t0,
+                            "audio_s": rep.audio_s, "dedup_s": t_dedup,
+                            **score_dedup(groups, families), **dedup_sweep(lib, families)}
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def render(d: dict, other: dict | None = None) -> str:
+    """Markdown of evaluate()'s data; ``other``: {name: summary} of systems that answered the same queries."""
+    lib, idx = d["library"], d["indexing"]
+    lines = [f"Code model `{d['code_model']}`. Library: {lib['tracks']} tracks (first {d['minutes_per_track']:g} min "
+             f"of each), {lib['hours']:.2f} h; held out: {', '.join(lib['held_out'])}. Query set `{d['query_set']['name']}`, "
+             f"{d['queries_per_cell']} queries per length x condition, seed {d['seed']}."]
+    if idx["x_real_time"]:
+        lines.append(f"Indexing: {idx['audio_s'] / 3600:.2f} h in {idx['wall_s']:.0f} s = **{idx['x_real_time']:.0f}x** "
+                     "real time end to end.")
+    lines.append(f"Codes: {lib['code_bytes_per_hour'] / 1e3:.1f} KB per hour of audio ({lib['bits']}-bit, "
+                 f"{lib['segments']:,} segments); the whole library folder (codes with times, SQLite, FAISS index) "
+                 f"{lib['folder_bytes_per_hour'] / 1e3:.0f} KB per hour.\n")
+    for k, run in d["runs"].items():
+        if len(d["runs"]) > 1:
+            lines.append(f"### k = {k} neighbours per query window\n")
+        lines.append(query_table({"musichash": run["summary"], **(other or {})}) + "\n")
+        lines.append(threshold_table(run["threshold"], "model default", shipping=" (for shipping)") + "\n")
+        oks = [f"{b['length']:g} s {100 * b['ool_tnr']:.0f} %" for b in run["summary"]["by_length"] if b["ool_n"]]
+        lines.append(f"Out-of-library clips rejected at the model's threshold ({d['match_threshold']:.3f}): {', '.join(oks)}.\n")
+    lat = d["latency_ms"]
+    lines.append(f"Warm 10 s query, end to end (mel, model, kNN, vote, SQL), {lat['n']} clips: p50 {lat['p50']:.0f} ms, "
+                 f"p99 {lat['p99']:.0f} ms.\n")
+    if "dedup" in d:
+        lines.append(render_dedup(d["dedup"]))
+    return "\n".join(lines)
+
+
+def render_dedup(dd: dict) -> str:
+    lines = [f"Dedup ({dd['files']} files, threshold {dd['threshold']}): precision {dd['precision']:.3f}, recall "
+             f"{dd['recall']:.3f}, F1 **{dd['f1']:.3f}** ({dd['true_pairs']} true pairs, {dd['predicted_pairs']} "
+             f"predicted); indexing the set took {dd['index_s']:.0f} s, `dedup` {dd['dedup_s']:.1f} s.\n",
+             "| threshold | precision | recall | F1 | predicted pairs |", "|---|---|---|---|---|"]
+    for r in dd["sweep"]:
+        lines.append(f"| {r['threshold']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} "
+                     f"| {r['predicted_pairs']} |")
+    lines.append("\nHighest-scoring pairs that are not the same recording: "
+                 + "; ".join(f"{n} ({v:.2f})" for n, v in dd["top_false"]) + ".\n")
+    lines += [f"- {k.split('_')[0]}: {x}" for k in ("false_pairs", "missed_pairs") for x in dd[k][:10]]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, required=True)
@@ -311,72 +308,21 @@ def main(argv=None) -> int:
     ap.add_argument("--code-model", default=None)
     ap.add_argument("--minutes-per-track", type=float, default=5.0)
     ap.add_argument("--held-out", type=int, default=4)
+    ap.add_argument("--query-set", choices=sorted(SETS), default="core", help="lengths and degradations (queries.py)")
     ap.add_argument("--queries", type=int, default=20, help="per length x condition")
-    ap.add_argument("--dedup-tracks", type=int, default=8)
+    ap.add_argument("--dedup-tracks", type=int, default=8, help="originals in the dedup set (0: no dedup)")
+    ap.add_argument("--latency-queries", type=int, default=30, help="warm 10 s clips timed through Library.search")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fresh", action="store_true", help="delete this code model's libraries in --work first")
     ap.add_argument("--k", nargs="+", default=[str(engine.DEFAULT_K)],
                     help="neighbours per query window (several: a sweep); KsS shares each window's weight among "
                          "the tracks within S bits of its best hit (e.g. 10s2; plain K uses the engine's default slack, Kn none)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
-
-    lib_files, held = cut_corpus(a.manifest, a.work / "audio", a.minutes_per_track, a.held_out, a.seed)
-    hours = sum(sf.info(str(f)).duration for f in lib_files) / 3600
-    tag = Path(a.code_model).parent.name + "-" + Path(a.code_model).stem if a.code_model and "/" in a.code_model else (a.code_model or "default")
-    libdir = a.work / f"lib-{tag}"
-    t0 = time.perf_counter()
-    with Library.open(libdir, write=True, code_model=a.code_model) as lib:
-        rep = lib.index([a.work / "audio" / "library"], workers=None)
-    t_index = time.perf_counter() - t0
-    print(f"indexed {len(lib_files)} tracks, {hours:.2f} h in {t_index:.0f} s (computed {rep.audio_s / 3600:.2f} h)", file=sys.stderr)
-
-    with Library.open(libdir) as lib:
-        lib.search_index()
-        runs = run_queries(lib, lib_files, held, a.queries, a.seed, tuple(int(k) if k.isdigit() else k for k in a.k))
-        default_thr = lib.match_threshold
-        model = lib.code_model
-        # warm end-to-end latency through the public call, 10 s clips
-        rng = np.random.default_rng(a.seed + 1)
-        lat = []
-        for _ in range(30):
-            f = lib_files[int(rng.integers(len(lib_files)))]
-            y, _ = excerpt(load_audio(f, duration_s=120.0), 10.0, "clean", rng)
-            t0 = time.perf_counter()
-            list(lib.search([Clip(f.name, y)]))
-            lat.append((time.perf_counter() - t0) * 1000)
-        lat = np.array(lat)
-
-    print(f"## code model {model}\n")
-    print(f"Library: {len(lib_files)} tracks, {hours:.2f} h; held out: {', '.join(f.name for f in held)}.")
-    if rep.audio_s:
-        print(f"Indexing: {rep.audio_s / 3600:.2f} h in {t_index:.0f} s = {rep.audio_s / t_index:.0f}x real time end to end.\n")
-    summary = {}
-    for k, outs in runs.items():
-        qtable, summary[k] = report_queries(outs)
-        print(f"### k = {k} neighbours per query window\n")
-        print(qtable + "\n")
-        print(report_threshold(outs, default_thr) + "\n")
-    print(f"Warm 10 s query, end to end (mel, model, kNN, vote, SQL): p50 {np.median(lat):.0f} ms, p99 {np.quantile(lat, 0.99):.0f} ms.\n")
-    sys.stdout.flush()
-
-    files, families = dedup_set(lib_files, a.manifest, a.work / "dedup", a.dedup_tracks, a.seed)
-    ddir = a.work / f"dedup-lib-{tag}"
-    with Library.open(ddir, write=True, code_model=a.code_model) as lib:
-        lib.index([a.work / "dedup"])
-        groups = lib.dedup()
-        dthr = lib.dedup_threshold
-        sweep = dedup_sweep(lib, families)
-    d = score_dedup(groups, families)
-
-    print(f"Dedup ({len(files)} files, threshold {dthr}): precision {d['precision']:.3f}, recall {d['recall']:.3f}, "
-          f"F1 **{d['f1']:.3f}** ({d['true_pairs']} true pairs, {d['predicted_pairs']} predicted).")
-    print("\n" + sweep + "\n")
-    for k in ("false_pairs", "missed_pairs"):
-        for x in d[k][:10]:
-            print(f"- {k.split('_')[0]}: {x}")
+    d = evaluate(a)
     if a.json:
-        a.json.write_text(json.dumps({"summary": summary, "dedup": d, "latency_ms": lat.tolist(),
-                                      "outcomes": {k: [o.__dict__ for o in outs] for k, outs in runs.items()}}, indent=1))
+        a.json.write_text(json.dumps(d, indent=1))
+    print(f"## code model {d['code_model']}\n\n" + render(d))
     return 0
 
 
