@@ -1,8 +1,13 @@
-"""Training data: three layouts, one record.
+"""Training and evaluation data: four layouts, one record.
 
 - ``classes``: a folder of class sub-folders (GTZAN layout), one label per file;
 - ``csv``: an MTT-style annotation CSV, a clip path column then binary tag
   columns (paths relative to the CSV's folder);
+- ``manifest``: a JSON Lines manifest as ``benchmarks/corpus.py`` writes it,
+  one object per file with ``path`` (relative to the manifest's folder) and
+  ``labels``, e.g. ``{"composer": "bach", "instrument_family": "choir"}``;
+  every ``key=value`` pair is one label (multi-label; a list value gives one
+  label per element);
 - ``unlabelled``: a folder of music; the targets are the pretrained tagger's
   tag probabilities of each window (soft, filled in by the feature cache),
   and positives are augmented views of the same window.
@@ -11,6 +16,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +25,7 @@ import numpy as np
 from musichash.errors import MusichashError
 from musichash.indexer.pipeline import scan
 
-LAYOUTS = ("classes", "csv", "unlabelled")
+LAYOUTS = ("classes", "csv", "manifest", "unlabelled")
 
 
 class DatasetError(MusichashError):
@@ -49,6 +55,8 @@ def load_dataset(source: str | Path, layout: str) -> Dataset:
         raise DatasetError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
     if layout == "csv":
         return _from_csv(source)
+    if layout == "manifest":
+        return _from_manifest(source)
     if not source.is_dir():
         raise DatasetError(f"{source}: not a folder; the {layout} layout needs a folder of audio files")
     if layout == "classes":
@@ -57,6 +65,19 @@ def load_dataset(source: str | Path, layout: str) -> Dataset:
     if not files:
         raise DatasetError(f"{source}: no audio files found (looked for {', '.join(('wav', 'flac', 'ogg', 'mp3'))}, ...)")
     return Dataset("unlabelled", tuple(files), (), None, True)
+
+
+def guess_layout(source: str | Path) -> str:
+    """The labelled layout of ``source``: a ``.jsonl`` file is a manifest, a ``.csv`` file a CSV, a folder has class sub-folders."""
+    source = Path(source)
+    if source.is_dir():
+        return "classes"
+    if source.suffix.lower() in (".jsonl", ".csv"):
+        return "manifest" if source.suffix.lower() == ".jsonl" else "csv"
+    raise DatasetError(
+        f"{source}: cannot tell the layout; give a .jsonl manifest, a .csv annotation file or a folder of class "
+        "sub-folders, or say which with --layout"
+    )
 
 
 def _from_classes(root: Path) -> Dataset:
@@ -100,3 +121,31 @@ def _from_csv(path: Path) -> Dataset:
         files.append(clip)
         targets.append(t)
     return Dataset("csv", tuple(files), names, np.asarray(targets, dtype=np.float32), True)
+
+
+def _from_manifest(path: Path) -> Dataset:
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such manifest; give a JSON Lines file with one {{\"path\": ..., \"labels\": {{...}}}} object per line")
+    files, label_sets = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}:{n}: not a JSON object ({e.msg}); each line describes one file") from None
+        if not (isinstance(row, dict) and isinstance(row.get("path"), str) and isinstance(row.get("labels"), dict)):
+            raise DatasetError(f'{path}:{n}: needs "path" (a string) and "labels" (an object such as {{"genre": "jazz"}})')
+        clip = (path.parent / row["path"]).resolve()
+        if not clip.is_file():
+            raise DatasetError(f"{path}:{n}: {clip} does not exist; paths are relative to the manifest's folder")
+        files.append(clip)
+        label_sets.append({f"{k}={v}" for k, vs in row["labels"].items() for v in (vs if isinstance(vs, list) else [vs])})
+    if not files:
+        raise DatasetError(f"{path}: the manifest lists no files")
+    names = tuple(sorted(set().union(*label_sets)))
+    column = {name: i for i, name in enumerate(names)}
+    targets = np.zeros((len(files), len(names)), dtype=np.float32)
+    for i, labels in enumerate(label_sets):
+        targets[i, [column[x] for x in labels]] = 1.0
+    return Dataset("manifest", tuple(files), names, targets, True)
