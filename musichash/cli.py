@@ -473,6 +473,49 @@ def reindex(library, db_url, index_type, nprobe, as_json, device):
         click.echo(f"{lib.folder}: rebuilt {row['index_type']} index of {row['segments']} segments, {row['tracks']} tracks ({row['device']})")
 
 
+@cli.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--layout", type=click.Choice(["auto", "classes", "csv", "manifest"]), default="auto", show_default=True,
+              help="auto: a .jsonl file is a manifest, a .csv file a CSV, a folder has class sub-folders.")
+@click.option("--bits", "bits", multiple=True, type=click.Choice(["16", "32", "48", "64", "128"]),
+              help="Code length of the LSH, ITQ and interim methods (repeatable; default 16, 32 and 64).")
+@click.option("--code-model", "code_models", multiple=True,
+              help="Also evaluate this code model: a registered name or a CRNNH .safetensors checkpoint (repeatable; default: the default code model).")
+@click.option("--windows", type=click.IntRange(1), default=16, show_default=True, help="3 s windows per file, evenly spaced.")
+@click.option("--max-minutes", type=click.FloatRange(0.1), default=3.0, show_default=True, help="Minutes decoded of each file.")
+@click.option("--k", "ks", multiple=True, type=click.IntRange(1), help="k of precision@k (repeatable; default 10 and 100).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the tie-breaking order, LSH and ITQ.")
+@json_option
+@device_option
+@quiet_option
+@reports_errors
+def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as_json, device, quiet):
+    """Retrieval quality on labelled DATA: mAP@R, precision@k and within Hamming radius 2, for every method.
+
+    Windows of each file query the windows of all other files; relevant means
+    sharing a label. Methods: float backbone features (cosine), LSH and ITQ
+    on them, the interim codes, and the --code-model ones.
+    """
+    from musichash.eval_run import EvalConfig, evaluate as run, report_json, report_lines
+    from musichash.evaluate import DEFAULT_K
+    from musichash.train.data import guess_layout, load_dataset
+
+    dataset = load_dataset(data, guess_layout(data) if layout == "auto" else layout)
+    cfg = EvalConfig(bits=tuple(sorted({int(b) for b in bits})) or (16, 32, 64), code_models=code_models,
+                     windows=windows, max_minutes=max_minutes, ks=tuple(sorted(set(ks))) or DEFAULT_K, seed=seed)
+    with _bar(quiet, as_json)(total=len(dataset.files), unit="file", desc="windows") as bar:
+        def step(msg):
+            if msg.startswith("skipped") and not (quiet or as_json):
+                click.echo(msg, err=True)
+            bar.update(1)
+
+        report = run(dataset, cfg, device, progress=step)
+    if as_json:
+        emit(report_json(report, str(data)))
+        return
+    for line in report_lines(report, str(data)):
+        click.echo(line)
+
 
 @cli.command()
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
