@@ -519,8 +519,9 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 
 @cli.command()
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option("--layout", type=click.Choice(["unlabelled", "classes", "csv"]), default="unlabelled", show_default=True,
-              help="unlabelled: a music folder (targets: the tagger's tags); classes: class sub-folders; csv: path + 0/1 tag columns.")
+@click.option("--layout", type=click.Choice(["unlabelled", "classes", "csv", "manifest"]), default="unlabelled", show_default=True,
+              help="unlabelled: a music folder (targets: the tagger's tags); classes: class sub-folders; csv: path + 0/1 tag columns; "
+                   "manifest: benchmarks/corpus.py's JSON Lines (labels key=value).")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the checkpoint and the feature cache.")
 @click.option("--bits", type=click.Choice(["16", "32", "48", "64", "128"]), default="64", show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)

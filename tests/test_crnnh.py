@@ -148,6 +148,14 @@ def test_checkpoint_round_trip(tmp_path):
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["config"]["bits"] == 32 and meta["registry_name"] == "crnnh_test" and meta["metrics"] == {"map": 0.5}
     assert path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+    # a checkpoint of the first format (channels ranked per window) is refused with a way out
+    from safetensors.torch import load_file, save_file
+
+    old = {k: v for k, v in meta["config"].items() if k not in ("channels", "select")}
+    weights = {k: v for k, v in load_file(str(path)).items() if k != "selection"}
+    save_file(weights, str(tmp_path / "old.safetensors"), metadata={"format": "musichash.crnnh", "config": json.dumps(old)})
+    with pytest.raises(ValueError, match="from an older musichash .*; train it again"):
+        load_checkpoint(tmp_path / "old.safetensors")
     with pytest.raises(ValueError, match="not a CRNNH checkpoint"):
         from safetensors.torch import save_file
 

@@ -75,7 +75,7 @@ def test_training_falls_and_resumes(classes, tmp_path):
     meta = json.loads(ckpt.with_suffix(".json").read_text())
     losses = [h["total"] for h in meta["history"]]
     assert len(losses) == 6 and losses[-1] < losses[0]
-    assert meta["registry_name"] == "crnnh16" and meta["config"]["bits"] == 16 and meta["train"]["epochs"] == 6
+    assert meta["registry_name"] == "crnnh16" and meta["backbone"] == "unittest_vgg" and meta["config"]["bits"] == 16 and meta["train"]["epochs"] == 6
     more = train(feats, tmp_path / "run", TrainConfig(bits=16, epochs=8, batch=16, hidden=8, lr=3e-3, n_select=2),
                  grid=(4, 2), multilabel=False, resume=True)
     assert [h["epoch"] for h in json.loads(more.with_suffix(".json").read_text())["history"]] == list(range(1, 9))

@@ -132,7 +132,10 @@ def _load_head(spec, backbone, device, n_tags: int):
                 torch.manual_seed(0)
                 model = CRNNH(spec.bits, n_tags, **spec.config.get("crnnh", {}))
         elif Path(spec.weights).is_absolute():  # a checkpoint named by its path
-            model = load_checkpoint(spec.weights)
+            try:
+                model = load_checkpoint(spec.weights)
+            except ValueError as e:
+                raise ModelError(str(e)) from None
         else:
             path = resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{spec.weights}")
             if not path.is_file():

@@ -258,6 +258,8 @@ def load_checkpoint(path) -> CRNNH:
     if meta.get("format") != "musichash.crnnh":
         raise ValueError(f"{path}: not a CRNNH checkpoint (no musichash.crnnh metadata)")
     cfg = json.loads(meta["config"])
+    if "select" not in cfg:
+        raise ValueError(f"{path}: a CRNNH checkpoint from an older musichash (channels chosen per window); train it again")
     model = CRNNH(cfg["bits"], cfg["n_classes"], grid=tuple(cfg["grid"]), n_select=cfg["n_select"],
                   hidden=cfg["hidden"], layers=tuple(cfg["layers"]), channels=cfg["channels"], select=cfg["select"])
     model.load_state_dict(load_file(str(path)), strict=True)

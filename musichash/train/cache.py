@@ -57,12 +57,16 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class Features:
-    """clean: float16 [N, L, C, H*W]; views: float16 [N, V, L, C, H*W]; targets: float32 [N, K]; item: int32 [N] (file index)."""
+    """clean: float16 [N, L, C, H*W]; views: float16 [N, V, L, C, H*W]; targets: float32 [N, K]; item: int32 [N] (file index).
+
+    backbone: the registry name of the model whose maps these are.
+    """
 
     clean: np.ndarray
     views: np.ndarray
     targets: np.ndarray
     item: np.ndarray
+    backbone: str = "MTT_vgg"
 
 
 def build_cache(
@@ -112,6 +116,7 @@ def load_cache(path: str | Path, dataset: Dataset) -> Features:
     """All cached windows; targets from the dataset's labels, or the tagger's probabilities when unlabelled."""
     clean, views, targets, item = [], [], [], []
     with h5py.File(path, "r") as h5:
+        backbone = json.loads(h5.attrs["config"])["backbone"]
         for name, g in sorted(h5["files"].items(), key=lambda kv: int(kv[0])):
             if not g.attrs.get("done", False):
                 continue
@@ -124,7 +129,7 @@ def load_cache(path: str | Path, dataset: Dataset) -> Features:
             item.append(np.full(len(c), i, dtype=np.int32))
     if not clean:
         raise ValueError(f"{path}: no cached windows; the training files could not be decoded")
-    return Features(np.concatenate(clean), np.concatenate(views), np.concatenate(targets), np.concatenate(item))
+    return Features(np.concatenate(clean), np.concatenate(views), np.concatenate(targets), np.concatenate(item), backbone)
 
 
 @torch.inference_mode()

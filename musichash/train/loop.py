@@ -109,7 +109,8 @@ def train(
         model.eval()
         record.update(validate(model, feats, np.flatnonzero(val)))
         metrics = {k: v for k, v in record.items() if k.startswith("val_")}
-        save_checkpoint(model, ckpt, {"registry_name": f"crnnh{cfg.bits}", **(meta or {}), "train": asdict(cfg),
+        save_checkpoint(model, ckpt, {"registry_name": f"crnnh{cfg.bits}", "backbone": feats.backbone, **(meta or {}),
+                                      "train": asdict(cfg),
                                       "metrics": metrics, "history": history})
         state_path.write_text(json.dumps({"epoch": epoch + 1, "config": asdict(cfg), "history": history}))
         model.train()
