@@ -1,6 +1,6 @@
 """Indexing throughput: where the time goes, and `Library.index` end to end with and without decoding workers.
 
-    python benchmarks/bench_index.py FILE_OR_FOLDER... [--workers 0 1] [--code-model interim_vgg_itq64]
+    python benchmarks/bench_index.py FILE_OR_FOLDER... [--workers 0 1] [--code-model interim_vgg_itq64] [--json OUT]
 
 Stages are timed on the first file: decode + resample to 16 kHz, log-mel,
 and the code model (VGG windows every 1.28 s, codes). Then each ``--workers``
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb  # noqa: E402
 
 
 def stages(path: Path, code_model: str) -> dict:
@@ -55,7 +57,7 @@ def end_to_end(paths: list[str], workers: int, code_model: str) -> dict:
         wall = time.perf_counter() - t0
     return {
         "workers": workers, "audio_s": report.audio_s, "wall_s": wall, "x_real_time": report.audio_s / wall,
-        "failed": len(report.failed), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "failed": len(report.failed), "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -64,6 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--code-model", default="interim_vgg_itq64")
+    ap.add_argument("--json", type=Path, help="write the figures as JSON too")
     ap.add_argument("--child", choices=["stages", "index"], help=argparse.SUPPRESS)
     ap.add_argument("--child-workers", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -82,15 +85,25 @@ def main(argv=None) -> int:
     from musichash.indexer.pipeline import scan
 
     files, _ = scan(a.paths)
-    s = child([str(files[0])], "--child", "stages")
-    print(f"Stages on {Path(s['file']).name} ({s['audio_s'] / 60:.1f} min, torch {s['threads']} threads): "
-          f"decode + resample {s['decode_x']:.0f}x, mel {s['mel_x']:.0f}x, code model {s['model_x']:.0f}x real time.\n")
-    print("| decoding workers | audio | wall | x real time | peak RSS |")
-    print("|---|---|---|---|---|")
-    for w in a.workers:
-        r = child(a.paths, "--child", "index", "--child-workers", str(w))
-        print(f"| {w} | {r['audio_s'] / 3600:.2f} h | {r['wall_s']:.0f} s | {r['x_real_time']:.0f}x | {r['peak_rss_mb']:.0f} MB |")
+    d = {"meta": machine(), "code_model": a.code_model, "files": len(files),
+         "stages": child([str(files[0])], "--child", "stages"),
+         "index": [child(a.paths, "--child", "index", "--child-workers", str(w)) for w in a.workers]}
+    if a.json:
+        a.json.write_text(json.dumps(d, indent=1))
+    print(render(d))
     return 0
+
+
+def render(d: dict) -> str:
+    s = d["stages"]
+    lines = [f"Stages on {Path(s['file']).name} ({s['audio_s'] / 60:.1f} min, torch {s['threads']} threads): "
+             f"decode + resample {s['decode_x']:.0f}x, mel {s['mel_x']:.0f}x, code model {s['model_x']:.0f}x real time.\n",
+             f"`Library.index` of {d['files']} file{'s' if d['files'] > 1 else ''}, each setting in a fresh process:\n",
+             "| decoding workers | audio | wall | x real time | peak RSS |", "|---|---|---|---|---|"]
+    for r in d["index"]:
+        lines.append(f"| {r['workers']} | {r['audio_s'] / 3600:.2f} h | {r['wall_s']:.0f} s | {r['x_real_time']:.0f}x "
+                     f"| {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -58,8 +57,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from musichash.search.faiss_index import BinaryIndex, IndexConfig
-from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, SegmentHits, vote
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb  # noqa: E402
+
+from musichash.search.faiss_index import BinaryIndex, IndexConfig  # noqa: E402
+from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, SegmentHits, vote  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEG_HOP_S = 1.28
@@ -171,15 +173,6 @@ def make_queries(lib: Library, per_condition: int, rng: np.random.Generator) -> 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so
-    # a child would report the parent's peak (the 2 GiB copy test).
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 5) -> float:
@@ -399,58 +392,62 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.0f}"
 
 
-def print_tables(meta: dict, results: list[dict]) -> None:
-    print(f"{meta['date']}; {meta['machine']}; commit {meta['commit']}; FAISS {meta['faiss']}; "
-          f"load average at start {meta['load']}")
-    print(f"numpy copy of 1 GiB: {meta['copy_gbps']:.1f} GB/s copied ({2 * meta['copy_gbps']:.1f} GB/s read + write)\n")
-    print("Segment search + vote of one 10 s query, k=10, 1 thread unless named. recall@10: tie-aware, vs flat. "
-          "top-1: right track first, for clips with 5/15/25 % of bits flipped. OOL: out-of-library clips "
-          f"scoring above the match threshold {DEFAULT_MATCH_THRESHOLD}. n: timed queries / queries scored.\n")
-    print("| tracks | config | windows | n | p50 ms | p99 ms | search p50 ms | recall@10 | top-1 % | OOL % |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
+def render(meta: dict, results: list[dict], header: bool = True) -> str:
+    """Markdown tables of main()'s JSON (meta and the per-size results)."""
+    lines = []
+    if header:
+        lines.append(f"{meta['date']}; {meta['cores']} cores {meta['cpu']}; commit {meta['commit']}; FAISS {meta['faiss']}; "
+                     f"load average at start {' '.join(map(str, meta['load']))}")
+    lines.append(f"numpy copy of 1 GiB: {meta['copy_gbps']:.1f} GB/s copied ({2 * meta['copy_gbps']:.1f} GB/s read + write)\n")
+    lines.append("Segment search + vote of one 10 s query, k=10, 1 thread unless named. recall@10: tie-aware, vs flat. "
+                 "top-1: right track first, for clips with 5/15/25 % of bits flipped. OOL: out-of-library clips "
+                 f"scoring above the match threshold {DEFAULT_MATCH_THRESHOLD}. n: timed queries / queries scored.\n")
+    lines.append("| tracks | config | windows | n | p50 ms | p99 ms | search p50 ms | recall@10 | top-1 % | OOL % |")
+    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in results:
         for o in r["runs"]:
             rec = "exact" if o["kind"] == "flat" else f"{o['recall']:.3f}"
             top = "/".join(_pct(o["acc"][c]) for c in ("flip5", "flip15", "flip25"))
-            print(f"| {r['n_tracks']:,} | {o['variant']} | {o['windows']} | {o['n']}/{o['n_acc']} "
-                  f"| {o['p50_ms']:.1f} | {o['p99_ms']:.1f} | {o['search_p50_ms']:.1f} | {rec} | {top} "
-                  f"| {_pct(o['acc']['ool'])} |")
-    print("\nSearch core: one track code against every track code, flat, k=10:\n")
-    print("| tracks | codes | single p50 ms | single p99 ms | scan GB/s | batched µs/query, 1 thread "
-          "| batched µs/query, 2 threads |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+            lines.append(f"| {r['n_tracks']:,} | {o['variant']} | {o['windows']} | {o['n']}/{o['n_acc']} "
+                         f"| {o['p50_ms']:.1f} | {o['p99_ms']:.1f} | {o['search_p50_ms']:.1f} | {rec} | {top} "
+                         f"| {_pct(o['acc']['ool'])} |")
+    lines.append("\nSearch core: one track code against every track code, flat, k=10:\n")
+    lines.append("| tracks | codes | single p50 ms | single p99 ms | scan GB/s | batched µs/query, 1 thread "
+                 "| batched µs/query, 2 threads |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         c = r["core"]
-        print(f"| {r['n_tracks']:,} | {c['bytes'] / 1e6:.3f} MB | {c['single_p50_ms']:.3f} | {c['single_p99_ms']:.3f} "
-              f"| {c['single_gbps']:.1f} | {c['batch1_us_per_q']:.1f} | {c['batch2_us_per_q']:.1f} |")
-    print("\nSegment-level flat scan, one 10 s query (28 windows, one pass over the codes per 32 windows):\n")
-    print("| tracks | segments | codes | threads | search p50 ms | GB/s read | GB/s compared |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append(f"| {r['n_tracks']:,} | {c['bytes'] / 1e6:.3f} MB | {c['single_p50_ms']:.3f} | {c['single_p99_ms']:.3f} "
+                     f"| {c['single_gbps']:.1f} | {c['batch1_us_per_q']:.1f} | {c['batch2_us_per_q']:.1f} |")
+    lines.append("\nSegment-level flat scan, one 10 s query (28 windows, one pass over the codes per 32 windows):\n")
+    lines.append("| tracks | segments | codes | threads | search p50 ms | GB/s read | GB/s compared |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for o in r["runs"]:
             if o["kind"] == "flat" and o["windows"] == CLIP_WINDOWS:
                 threads = 2 if "2 threads" in o["variant"] else 1
-                print(f"| {r['n_tracks']:,} | {r['n_segments']:,} | {r['n_segments'] * 8 / 1e6:,.1f} MB | {threads} "
-                      f"| {o['search_p50_ms']:.1f} | {o['read_gbps']:.1f} | {o['compared_gbps']:.1f} |")
-    print("\nBuild and memory (index bytes on disk, ids included; * computed as codes + int64 ids, not written):\n")
-    print("| tracks | index | build s | index MB | KB per hour of audio | RSS added MB | child peak RSS MB |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+                lines.append(f"| {r['n_tracks']:,} | {r['n_segments']:,} | {r['n_segments'] * 8 / 1e6:,.1f} MB | {threads} "
+                             f"| {o['search_p50_ms']:.1f} | {o['read_gbps']:.1f} | {o['compared_gbps']:.1f} |")
+    lines.append("\nBuild and memory (index bytes on disk, ids included; * computed as codes + int64 ids, not written):\n")
+    lines.append("| tracks | index | build s | index MB | KB per hour of audio | RSS added MB | child peak RSS MB |")
+    lines.append("|---:|---|---:|---:|---:|---:|---:|")
     for r in results:
         for key, b in r["builds"].items():
             star = "" if b["bytes_measured"] else "*"
-            print(f"| {r['n_tracks']:,} | {key} | {b['build_s']:.1f} | {b['bytes'] / 1e6:,.1f}{star} "
-                  f"| {b['bytes_per_hour'] / 1e3:.1f} | {b['rss_added_mb']:,.0f} | {r['peak_rss_mb']:,.0f} |")
-    print("\nSetup per size (synthetic library; queries: 4 conditions alike, the exact reference scores all):\n")
-    print("| tracks | segments | hours of audio | generate s | queries |")
-    print("|---:|---:|---:|---:|---:|")
+            lines.append(f"| {r['n_tracks']:,} | {key} | {b['build_s']:.1f} | {b['bytes'] / 1e6:,.1f}{star} "
+                         f"| {b['bytes_per_hour'] / 1e3:.1f} | {b['rss_added_mb']:,.0f} | {r['peak_rss_mb']:,.0f} |")
+    lines.append("\nSetup per size (synthetic library; queries: 4 conditions alike, the exact reference scores all):\n")
+    lines.append("| tracks | segments | hours of audio | generate s | queries |")
+    lines.append("|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['n_tracks']:,} | {r['n_segments']:,} | {r['hours']:,.0f} | {r['gen_s']:.1f} "
-              f"| {r['n_queries']} |")
+        lines.append(f"| {r['n_tracks']:,} | {r['n_segments']:,} | {r['hours']:,.0f} | {r['gen_s']:.1f} "
+                     f"| {r['n_queries']} |")
     seg_per_h = 3600 / SEG_HOP_S
-    print(f"\nCodes per hour of audio: {seg_per_h:.1f} segment codes x 8 B = {seg_per_h * 8 / 1e3:.1f} KB, "
-          f"+ 15 track codes (4 min tracks) x 8 B = {(seg_per_h * 8 + 120) / 1e3:.2f} KB; with float32 segment "
-          f"times {(seg_per_h * 12 + 120) / 1e3:.2f} KB; with the int64 ids FAISS's id map stores "
-          f"{(seg_per_h * 16 + 120) / 1e3:.2f} KB.")
+    lines.append(f"\nCodes per hour of audio: {seg_per_h:.1f} segment codes x 8 B = {seg_per_h * 8 / 1e3:.1f} KB, "
+                 f"+ 15 track codes (4 min tracks) x 8 B = {(seg_per_h * 8 + 120) / 1e3:.2f} KB; with float32 segment "
+                 f"times {(seg_per_h * 12 + 120) / 1e3:.2f} KB; with the int64 ids FAISS's id map stores "
+                 f"{(seg_per_h * 16 + 120) / 1e3:.2f} KB.")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -487,30 +484,17 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
-    meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": f"{os.cpu_count()} vCPU {_cpu_model()}, {platform.machine()}",
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=ROOT).stdout.strip(),
-        "faiss": faiss.__version__, "threads": args.threads, "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "copy_gbps": copy_bandwidth() / 1e9, "argv": sys.argv[1:],
-    }
+    meta = {**machine(), "faiss": faiss.__version__, "numpy": np.__version__, "threads": args.threads,
+            "copy_gbps": copy_bandwidth() / 1e9, "argv": sys.argv[1:]}
     results = []
     for n in args.sizes:
         print(f"{n} tracks ...", file=sys.stderr, flush=True)
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", str(n)], check=True,
                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print_tables(meta, results)
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
+    print(render(meta, results))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Tagging throughput (x real time) and peak memory on a long file.
 
-    python benchmarks/bench_tag.py [--audio FILE] [--minutes 10] [--device cpu|cuda]
+    python benchmarks/bench_tag.py [--audio FILE] [--minutes 10] [--device cpu|cuda] [--json OUT]
 
 Without --audio it loops the demo renders (data/demo/make_demo.py output in
 corpus/demo) or, failing that, a synthetic chord-and-noise signal, into a
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb  # noqa: E402
 
 MODELS = ["MTT_musicnn", "MTT_vgg"]
 ROOT = Path(__file__).resolve().parent.parent  # so the children import this checkout
@@ -54,8 +56,6 @@ def make_long_file(path: Path, minutes: float, demo: Path) -> str:
 
 
 def child(model: str, audio: str, device: str) -> None:
-    import resource
-
     import torch
 
     from musichash.tagging import Tagger
@@ -68,7 +68,7 @@ def child(model: str, audio: str, device: str) -> None:
     if tagger.device.type == "cuda":
         torch.cuda.synchronize()
     tag_s = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({
         "model": model, "device": str(tagger.device), "load_s": load_s, "tag_s": tag_s,
         "duration_s": result.duration_s, "x_realtime": result.duration_s / tag_s,
@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--demo", type=Path, default=Path("corpus/demo"))
     ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--json", type=Path, help="write the figures as JSON too")
     ap.add_argument("--child", nargs=3, metavar=("MODEL", "AUDIO", "DEVICE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -102,17 +103,20 @@ def main() -> None:
                 check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"input: {what}; machine: {platform.machine()}, {platform.processor() or '?'}; commit {commit}\n")
-    print("| model | device | threads | audio | load | tagging | × real time | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['device']} | {r['threads']} | {r['duration_s'] / 60:.1f} min | {r['load_s']:.2f} s "
-            f"| {r['tag_s']:.1f} s | {r['x_realtime']:.1f}× | {r['peak_rss_mb']:.0f} MB |"
-        )
-    print()
-    print(json.dumps(rows))
+    d = {"meta": machine(), "input": what, "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(d, indent=1))
+    print(render(d))
+
+
+def render(d: dict) -> str:
+    lines = [f"Input: {d['input']}. Each model in a fresh process; load timed apart from tagging.\n",
+             "| model | device | threads | audio | load | tagging | × real time | peak RSS |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        lines.append(f"| {r['model']} | {r['device']} | {r['threads']} | {r['duration_s'] / 60:.1f} min | {r['load_s']:.2f} s "
+                     f"| {r['tag_s']:.1f} s | {r['x_realtime']:.1f}× | {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -260,28 +260,49 @@ def evaluate(a: argparse.Namespace) -> dict:
     return out
 
 
-def render(d: dict, other: dict | None = None) -> str:
-    """Markdown of evaluate()'s data; ``other``: {name: summary} of systems that answered the same queries."""
+def render_intro(d: dict) -> str:
+    lib = d["library"]
+    return (f"musichash: code model `{d['code_model']}`; library of {lib['tracks']} tracks (first "
+            f"{d['minutes_per_track']:g} min of each), {lib['hours']:.2f} h; held out (out-of-library clips): "
+            f"{', '.join(lib['held_out'])}.")
+
+
+def render_indexing(d: dict) -> str:
     lib, idx = d["library"], d["indexing"]
-    lines = [f"Code model `{d['code_model']}`. Library: {lib['tracks']} tracks (first {d['minutes_per_track']:g} min "
-             f"of each), {lib['hours']:.2f} h; held out: {', '.join(lib['held_out'])}. Query set `{d['query_set']['name']}`, "
-             f"{d['queries_per_cell']} queries per length x condition, seed {d['seed']}."]
+    lines = []
     if idx["x_real_time"]:
-        lines.append(f"Indexing: {idx['audio_s'] / 3600:.2f} h in {idx['wall_s']:.0f} s = **{idx['x_real_time']:.0f}x** "
-                     "real time end to end.")
+        lines.append(f"musichash indexing (`Library.index`, decode to codes and tags): {idx['audio_s'] / 3600:.2f} h "
+                     f"in {idx['wall_s']:.0f} s = **{idx['x_real_time']:.0f}x** real time end to end.")
     lines.append(f"Codes: {lib['code_bytes_per_hour'] / 1e3:.1f} KB per hour of audio ({lib['bits']}-bit, "
                  f"{lib['segments']:,} segments); the whole library folder (codes with times, SQLite, FAISS index) "
-                 f"{lib['folder_bytes_per_hour'] / 1e3:.0f} KB per hour.\n")
-    for k, run in d["runs"].items():
+                 f"{lib['folder_bytes_per_hour'] / 1e3:.0f} KB per hour.")
+    return " ".join(lines)
+
+
+def render_threshold(d: dict, k: str | None = None) -> str:
+    run = d["runs"][k or next(iter(d["runs"]))]
+    oks = [f"{b['length']:g} s {100 * b['ool_tnr']:.0f} %" for b in run["summary"]["by_length"] if b["ool_n"]]
+    return (threshold_table(run["threshold"], "model default", shipping=" (for shipping)")
+            + f"\n\nOut-of-library clips rejected at the model's threshold ({d['match_threshold']:.3f}), by length: "
+            + ", ".join(oks) + ".")
+
+
+def render_latency(d: dict) -> str:
+    lat = d["latency_ms"]
+    return (f"- musichash, warm 10 s query through `Library.search` (mel, model, kNN, vote, SQL), {lat['n']} clips "
+            f"against {d['library']['tracks']} tracks: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms.")
+
+
+def render(d: dict) -> str:
+    """Markdown of evaluate()'s data."""
+    q = d["query_set"]
+    lines = [render_intro(d), render_indexing(d) + "\n",
+             f"Query set `{q['name']}`, {d['queries_per_cell']} queries per length x condition, seed {d['seed']}.\n"]
+    for k in d["runs"]:
         if len(d["runs"]) > 1:
             lines.append(f"### k = {k} neighbours per query window\n")
-        lines.append(query_table({"musichash": run["summary"], **(other or {})}) + "\n")
-        lines.append(threshold_table(run["threshold"], "model default", shipping=" (for shipping)") + "\n")
-        oks = [f"{b['length']:g} s {100 * b['ool_tnr']:.0f} %" for b in run["summary"]["by_length"] if b["ool_n"]]
-        lines.append(f"Out-of-library clips rejected at the model's threshold ({d['match_threshold']:.3f}): {', '.join(oks)}.\n")
-    lat = d["latency_ms"]
-    lines.append(f"Warm 10 s query, end to end (mel, model, kNN, vote, SQL), {lat['n']} clips: p50 {lat['p50']:.0f} ms, "
-                 f"p99 {lat['p99']:.0f} ms.\n")
+        lines += [query_table({"musichash": d["runs"][k]["summary"]}) + "\n", render_threshold(d, k) + "\n"]
+    lines.append(render_latency(d) + "\n")
     if "dedup" in d:
         lines.append(render_dedup(d["dedup"]))
     return "\n".join(lines)
