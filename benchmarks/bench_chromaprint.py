@@ -49,6 +49,8 @@ from queries import (  # noqa: E402
     clip_id,
     cut_corpus,
     draw_queries,
+    pair_scores,
+    pairs_of,
     query_table,
     summarize,
     threshold_data,
@@ -189,7 +191,7 @@ def dedup(folder: Path, cache: Path, min_frac: float) -> dict:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     fps = {p.name: cached_fpcalc(p, cache) for p in files}
     families = families_of([p.name for p in files])
-    truth = {frozenset((a, b)) for s in families for a in s for b in s if a < b}
+    truth = pairs_of(families)
     names = sorted(fps)
     best: dict[frozenset, Alignment] = {}
     t0 = time.perf_counter()
@@ -198,13 +200,7 @@ def dedup(folder: Path, cache: Path, min_frac: float) -> dict:
             xq, xb = (fps[a], fps[b]) if len(fps[a]) <= len(fps[b]) else (fps[b], fps[a])
             best[frozenset((a, b))] = best_alignment(xq, xb, int(math.ceil(min_frac * len(xq))))
     t_pairs = time.perf_counter() - t0
-    sweep = []
-    for thr in DEDUP_SWEEP:
-        pred = {k for k, v in best.items() if v.ber < thr}
-        tp = len(pred & truth)
-        pr, rc = (tp / len(pred) if pred else 1.0), (tp / len(truth) if truth else 1.0)
-        sweep.append({"threshold": thr, "precision": pr, "recall": rc,
-                      "f1": 2 * pr * rc / (pr + rc) if pr + rc else 0.0, "predicted_pairs": len(pred)})
+    sweep = [{"threshold": thr, **pair_scores({k for k, v in best.items() if v.ber < thr}, truth)} for thr in DEDUP_SWEEP]
     speed = [best[k].ber for k in truth if any(".speed" in x for x in k)]
     other = [best[k].ber for k in truth if not any(".speed" in x for x in k)]
     false = sorted((v.ber, " + ".join(sorted(k))) for k, v in best.items() if k not in truth)[:3]

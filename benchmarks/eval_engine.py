@@ -45,6 +45,8 @@ from queries import (  # noqa: E402
     cut_corpus,
     draw_queries,
     excerpt,
+    pair_scores,
+    pairs_of,
     query_table,
     summarize,
     threshold_data,
@@ -169,29 +171,16 @@ def dedup_sweep(lib: Library, families: list[set[str]]) -> dict:
                                       self_id=t.id, duration_s=t.duration_s, threshold=0.0):
             key = frozenset((names[t.id], names[p.b]))
             best[key] = max(best.get(key, 0.0), p.score)
-    truth = {frozenset((a, b)) for s in families for a in s for b in s if a < b}
-    sweep = []
-    for thr in DEDUP_SWEEP:
-        pred = {k for k, v in best.items() if v >= thr}
-        tp = len(pred & truth)
-        pr, rc = (tp / len(pred) if pred else 1.0), (tp / len(truth) if truth else 1.0)
-        sweep.append({"threshold": thr, "precision": pr, "recall": rc,
-                      "f1": 2 * pr * rc / (pr + rc) if pr + rc else 0.0, "predicted_pairs": len(pred)})
+    truth = pairs_of(families)
+    sweep = [{"threshold": thr, **pair_scores({k for k, v in best.items() if v >= thr}, truth)} for thr in DEDUP_SWEEP]
     false = sorted((v, " + ".join(sorted(k))) for k, v in best.items() if k not in truth)[-3:]
     return {"sweep": sweep, "top_false": [[n, v] for v, n in reversed(false)]}
 
 
 def score_dedup(groups, families: list[set[str]]) -> dict:
-    def pairs(sets):
-        return {frozenset((a, b)) for s in sets for a in s for b in s if a < b}
-
-    truth = pairs(families)
-    pred = pairs([{Path(m.path).name for m in g.tracks} for g in groups])
-    tp = len(truth & pred)
-    p = tp / len(pred) if pred else 1.0
-    r = tp / len(truth) if truth else 1.0
-    f1 = 2 * p * r / (p + r) if p + r else 0.0
-    return {"precision": p, "recall": r, "f1": f1, "true_pairs": len(truth), "predicted_pairs": len(pred),
+    truth = pairs_of(families)
+    pred = pairs_of([{Path(m.path).name for m in g.tracks} for g in groups])
+    return {**pair_scores(pred, truth), "true_pairs": len(truth),
             "false_pairs": sorted(" + ".join(sorted(x)) for x in pred - truth),
             "missed_pairs": sorted(" + ".join(sorted(x)) for x in truth - pred)}
 

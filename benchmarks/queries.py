@@ -223,6 +223,19 @@ def query_table(systems: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def pairs_of(families: list[set[str]]) -> set[frozenset]:
+    """Every unordered pair of names within each family (dedup's ground truth or its groups)."""
+    return {frozenset((a, b)) for s in families for a in s for b in s if a < b}
+
+
+def pair_scores(pred: set[frozenset], truth: set[frozenset]) -> dict:
+    """Pair precision / recall / F1 of predicted duplicate pairs against the true ones."""
+    tp = len(pred & truth)
+    pr, rc = (tp / len(pred) if pred else 1.0), (tp / len(truth) if truth else 1.0)
+    return {"precision": pr, "recall": rc, "f1": 2 * pr * rc / (pr + rc) if pr + rc else 0.0,
+            "predicted_pairs": len(pred)}
+
+
 def threshold_data(outs: list[Outcome], fixed: float) -> dict:
     """TNR/TPR (match: score > t) at a fixed threshold, at one calibrated for 95 % TNR on half the
     out-of-library queries (rates on the other half), and at one calibrated on all of them."""
