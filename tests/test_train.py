@@ -112,3 +112,17 @@ def test_validation_counts_own_window_hits_and_flipped_bits():
     swapped = Features(clean, clean[np.roll(rows, 1)][:, None].repeat(2, axis=1), same.targets, same.item)
     assert validate(model, swapped, rows)["val_top1"] == 0
     assert validate(model, same, rows[:1]) == {}
+
+
+def test_training_reports_held_out_metrics_each_epoch(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 40  # four windows from each of ten files: file 9 is held out
+    clean = rng.standard_normal((n, 5, 4, 8)).astype(np.float16)
+    views = (clean[:, None] + 0.1 * rng.standard_normal((n, 2, 5, 4, 8))).astype(np.float16)
+    feats = Features(clean, views, rng.random((n, 3)).astype(np.float32), np.repeat(np.arange(10), 4).astype(np.int32),
+                     "unittest_vgg")
+    ckpt = train(feats, tmp_path / "run", TrainConfig(bits=16, epochs=2, batch=8, hidden=8, n_select=2), grid=(4, 2),
+                 multilabel=True)
+    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    assert [h["val_windows"] for h in meta["history"]] == [4, 4]
+    assert 0 <= meta["metrics"]["val_top1"] <= 1 and 0 <= meta["metrics"]["val_flips"] < 0.5

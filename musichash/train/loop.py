@@ -64,10 +64,10 @@ def train(
     ckpt, state_path = out / CHECKPOINT, out / STATE
     start = 0
     torch.manual_seed(cfg.seed)
-    val = feats.item % VAL_EVERY == VAL_EVERY - 1
-    if val.all() or not val.any():
-        val = np.zeros_like(val)
-    fit = np.flatnonzero(~val)
+    held = feats.item % VAL_EVERY == VAL_EVERY - 1
+    if held.all() or not held.any():
+        held = np.zeros_like(held)
+    fit = np.flatnonzero(~held)
     if resume and ckpt.is_file() and state_path.is_file():
         state = json.loads(state_path.read_text())
         if {k: v for k, v in state["config"].items() if k != "epochs"} != {k: v for k, v in asdict(cfg).items() if k != "epochs"}:
@@ -107,7 +107,7 @@ def train(
         record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 2), **{k: v / n for k, v in sums.items()}}
         history.append(record)
         model.eval()
-        record.update(validate(model, feats, np.flatnonzero(val)))
+        record.update(validate(model, feats, np.flatnonzero(held)))
         metrics = {k: v for k, v in record.items() if k.startswith("val_")}
         save_checkpoint(model, ckpt, {"registry_name": f"crnnh{cfg.bits}", "backbone": feats.backbone, **(meta or {}),
                                       "train": asdict(cfg),
