@@ -527,45 +527,45 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--views", type=click.IntRange(1), default=2, show_default=True, help="Augmented views per window in the cache.")
 @click.option("--max-minutes", type=click.FloatRange(0.1), default=3.0, show_default=True, help="Minutes used of each file.")
+@click.option("--select", type=click.Choice(["learned", "similarity"]), default="learned", show_default=True,
+              help="How CRNNH keeps 16 maps per layer: learned channel mixtures, or the channels most like the layer's mean.")
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Feature cache file to build or reuse (default: in --out); one cache serves every --bits.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out (the cache resumes by itself).")
 @json_option
 @quiet_option
 @reports_errors
-def train(data, layout, out, bits, epochs, views, max_minutes, seed, resume, as_json, quiet):
+def train(data, layout, out, bits, epochs, views, max_minutes, select, cache, seed, resume, as_json, quiet):
     """Train a CRNNH code model on DATA; backbone features are cached so epochs need no audio."""
-    from musichash.train.cache import CacheConfig, build_cache, load_cache
+    from musichash.train.cache import CacheConfig
     from musichash.train.data import load_dataset
-    from musichash.train.loop import TrainConfig, train as run
+    from musichash.train.loop import TrainConfig
+    from musichash.train.run import run_training
 
-    dataset = load_dataset(data, layout)
-    cache_cfg = CacheConfig(views=views, max_minutes=max_minutes, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / f"features-{cache_cfg.key()}.h5"
+    n_files = len(load_dataset(data, layout).files)
     say = (lambda msg: None) if (quiet or as_json) else (lambda msg: click.echo(msg, err=True))
-    with _bar(quiet, as_json)(total=len(dataset.files), unit="file", desc="features") as bar:
-        def step(msg):
-            if msg.startswith("skipped"):
-                say(msg)
-            bar.update(1)
-
-        build_cache(dataset, cache, cache_cfg, progress=step)
-    feats = load_cache(cache, dataset)
-    cfg = TrainConfig(bits=int(bits), epochs=epochs, seed=seed)
-    meta = {"backbone": cache_cfg.backbone, "data": dataset.summary(), "cache": cache.name, "windows": len(feats.clean)}
 
     def epoch_done(epoch, rec):
         say(f"epoch {epoch}/{epochs}: loss {rec['total']:.4f} (class {rec['classification']:.4f}, "
             f"quant {rec['quantization']:.4f}, balance {rec['balance']:.4f}, pair {rec['pairwise']:.4f}) {rec['seconds']:.1f} s"
             + (f"; held out: top-1 {rec['val_top1']:.1%}, {rec['val_flips']:.1%} of bits flipped" if "val_top1" in rec else ""))
 
-    ckpt = run(feats, out, cfg, grid=cache_cfg.grid, multilabel=dataset.layout != "classes", meta=meta, resume=resume,
-               progress=epoch_done)
+    with _bar(quiet, as_json)(total=n_files, unit="file", desc="features") as bar:
+        def file_done(msg):
+            if msg.startswith("skipped"):
+                say(msg)
+            bar.update(1)
+
+        report = run_training(data, layout, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed),
+                              TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select), cache=cache,
+                              resume=resume, file_done=file_done, epoch_done=epoch_done)
     if as_json:
-        emit({"checkpoint": str(ckpt), "windows": len(feats.clean), "files": len(dataset.files)})
+        emit({"checkpoint": str(report.checkpoint), "cache": str(report.cache), "windows": report.windows,
+              "files": report.files, "metrics": report.metrics})
     else:
-        click.echo(f"{ckpt}: CRNNH, {bits} bits, trained on {len(feats.clean)} windows of {len(dataset.files)} files; "
-                   f"use it with: musichash index --code-model {ckpt} ...")
+        click.echo(f"{report.checkpoint}: CRNNH, {bits} bits, trained on {report.windows} windows of {report.files} files; "
+                   f"use it with: musichash index --code-model {report.checkpoint} ...")
 
 
 def _duration(seconds: float) -> str:

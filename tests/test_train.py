@@ -89,10 +89,18 @@ def test_train_command_and_index_with_the_checkpoint(tmp_path):
     for s in range(2):
         write_song(music / f"s{s}.wav", seed=s, seconds=7)
     out = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["train", str(music), "--out", str(out), "--bits", "16", "--epochs", "2",
-                                 "--views", "1", "--max-minutes", "0.2", "--json"])
+    cache = tmp_path / "features.h5"
+    args = ["train", str(music), "--views", "1", "--max-minutes", "0.2", "--epochs", "2", "--cache", str(cache), "--json"]
+    r = CliRunner().invoke(cli, [*args, "--out", str(out), "--bits", "16"])
     assert r.exit_code == 0, r.output
     ckpt = json.loads(r.stdout)["checkpoint"]
+    assert json.loads(r.stdout)["cache"] == str(cache) and cache.is_file()
+    # a second bit count reuses the cache: nothing recomputed, nothing cached in its own folder
+    before = cache.stat().st_mtime_ns
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "run32"), "--bits", "32", "--select", "similarity"])
+    assert r.exit_code == 0, r.output
+    assert cache.stat().st_mtime_ns == before and not list((tmp_path / "run32").glob("features-*.h5"))
+    assert json.loads((tmp_path / "run32" / "crnnh.json").read_text())["config"]["select"] == "similarity"
     lib = tmp_path / "lib"
     r = CliRunner().invoke(cli, ["index", str(music), "--library", str(lib), "--code-model", ckpt, "--workers", "0", "--json"])
     assert r.exit_code == 0, r.output

@@ -78,6 +78,8 @@ def build_cache(
 ) -> Path:
     """Compute (or finish computing) the cache at ``path``; returns it. Files that cannot be decoded are skipped."""
     path = Path(path)
+    if _complete(path, cfg, len(dataset.files)):  # read-only: runs may share a finished cache
+        return path
     model = build_backbone(cfg.backbone)
     channels = backbone_channels(model)
     with h5py.File(path, "a") as h5:
@@ -110,6 +112,16 @@ def build_cache(
             if progress:
                 progress(f"{f.name}: {len(clean)} windows")
     return path
+
+
+def _complete(path: Path, cfg: CacheConfig, n_files: int) -> bool:
+    if not path.is_file():
+        return False
+    with h5py.File(path, "r") as h5:
+        if h5.attrs.get("config_key") != cfg.key() or h5.attrs.get("n_files") != n_files:
+            return False  # build_cache says why
+        files = h5.get("files", {})
+        return all(str(i) in files and files[str(i)].attrs.get("done", False) for i in range(n_files))
 
 
 def load_cache(path: str | Path, dataset: Dataset) -> Features:

@@ -31,7 +31,7 @@ class TrainConfig:
     lr: float = 1e-3
     hidden: int = 256
     n_select: int = 16
-    select: str = "similarity"
+    select: str = "learned"
     lambda_q: float = 0.1
     lambda_b: float = 0.1
     lambda_p: float = 1.0
