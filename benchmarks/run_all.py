@@ -8,11 +8,19 @@ Each piece runs as its own process (so its peak memory is its own) and writes
 JSON: eval_engine.py (musichash: indexing, a query set of degraded and
 out-of-library excerpts, warm latency, dedup), bench_chromaprint.py (the same
 queries and dedup files), bench_index.py (indexing stages and decoding
-workers), bench_tag.py (tagging) and bench_scale.py (search latency, recall,
-build cost, memory and scan rate against a numpy copy on synthetic libraries
-up to 1M tracks; --quick stops at 100k). The Markdown is assembled from that
-data by the scripts' own ``render`` functions, and plots.py draws the
-figures, so every number in the file comes from this run.
+workers), bench_tag.py (tagging throughput), bench_similarity.py (`musichash
+evaluate` on the corpus manifest: mAP@R, P@10, P@100 and P@r<=2 of float,
+LSH, ITQ, interim and --code-model codes, with 4 windows per file in --smoke,
+16 otherwise), bench_tagging_auc.py (per-tag ROC-AUC and PR-AUC of both
+taggers where the manifest's labels map to a tag) and bench_scale.py (search
+latency, recall, build cost, memory and scan rate against a numpy copy on
+synthetic libraries up to 1M tracks; --quick stops at 100k). Steps:
+
+    engine, chromaprint, index, tag, similarity, tagging, scale   (--steps picks some)
+
+The Markdown is assembled from that data by the scripts' own ``render``
+functions, and plots.py draws the figures, so every number in the file comes
+from this run.
 
 The evaluation corpus (benchmarks/corpus.py: Planet Blupi, Frozen Bubble
 and ten MIDI renders) is built in --corpus when its manifest is missing.
@@ -37,7 +45,9 @@ sys.path.insert(0, str(HERE))
 import bench_chromaprint  # noqa: E402
 import bench_index  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_similarity  # noqa: E402
 import bench_tag  # noqa: E402
+import bench_tagging_auc  # noqa: E402
 import eval_engine  # noqa: E402
 import plots  # noqa: E402
 from common import machine  # noqa: E402
@@ -58,12 +68,13 @@ class Profile:
     index_workers: tuple[int, ...]
     tag_minutes: float
     scale: tuple[str, ...]  # bench_scale.py's arguments
+    similarity_windows: int = 16  # musichash evaluate --windows
 
 
 PROFILES = {
     "smoke": Profile("quick", 1, 1.0, 2, 1, 5, 1, (0,), 0.5,
                      ("--sizes", "1000", "--queries", "2", "--budget-s", "1", "--min-queries", "4",
-                      "--kinds", "flat", "ivf", "--nprobe", "16", "--core-reps", "50")),
+                      "--kinds", "flat", "ivf", "--nprobe", "16", "--core-reps", "50"), similarity_windows=4),
     "quick": Profile("quick", 10, 5.0, 4, 4, 30, 3, (0,), 3.0,
                      # --multihash-max also drops the 2-thread flat runs past 10k tracks (~20 s at 100k)
                      ("--sizes", "1000", "10000", "100000", "--queries", "4", "--budget-s", "2", "--min-queries", "8",
@@ -72,7 +83,7 @@ PROFILES = {
     "full": Profile("full", 20, 5.0, 4, 8, 30, None, (0, 1), 10.0,
                     ("--sizes", "1000", "10000", "100000", "1000000")),
 }
-STEPS = ("engine", "chromaprint", "index", "tag", "scale")
+STEPS = ("engine", "chromaprint", "index", "tag", "similarity", "tagging", "scale")
 VERSIONS = ("torch", "faiss-cpu", "numpy", "librosa", "pedalboard", "av")
 
 
@@ -93,6 +104,12 @@ def step_args(name: str, p: Profile, a: argparse.Namespace, manifest: Path) -> l
         return ["bench_index.py", *map(str, files[: p.index_files]), "--workers", *map(str, p.index_workers)]
     if name == "tag":
         return ["bench_tag.py", "--minutes", str(p.tag_minutes), "--demo", str(ROOT / "corpus" / "demo")]
+    if name == "similarity":
+        return ["bench_similarity.py", str(manifest), "--windows", str(p.similarity_windows), "--seed", str(a.seed),
+                *(x for m in a.code_models for x in ("--code-model", m))]
+    if name == "tagging":  # the cuts of the engine step, all of them
+        return ["bench_tagging_auc.py", "--manifest", str(manifest), "--work", str(work), "--minutes-per-track",
+                str(p.minutes_per_track), "--held-out", str(p.held_out), "--seed", str(a.seed)]
     return ["bench_scale.py", *p.scale]
 
 
@@ -284,6 +301,11 @@ def render(run: dict, data: dict, figures: dict[str, Path], out: Path) -> str:
         md.append(bench_index.render(data["index"]) + "\n")
     if data.get("tag"):
         md.append(bench_tag.render(data["tag"]) + "\n")
+    if data.get("similarity"):
+        md += ["## Similarity on the corpus's labels (`musichash evaluate`)\n",
+               bench_similarity.render(data["similarity"]) + "\n"]
+    if data.get("tagging"):
+        md += ["## Tag quality where labels exist\n", bench_tagging_auc.render(data["tagging"]) + "\n"]
     if data.get("scale"):
         sc = data["scale"]
         md += ["## Search at scale (synthetic 64-bit codes)\n",
@@ -326,6 +348,8 @@ def main(argv=None) -> int:
     ap.add_argument("--figures", type=Path, default=HERE / "figures", help="where the PNGs go")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="run only these")
+    ap.add_argument("--code-model", dest="code_models", action="append", default=[], metavar="NAME_OR_CKPT",
+                    help="the similarity step also evaluates this code model (repeatable; default: the registry's)")
     ap.add_argument("--render-only", action="store_true", help="assemble the Markdown from the last run's JSON")
     a = ap.parse_args(argv)
     if not (a.profile or a.render_only):
