@@ -133,4 +133,18 @@ def test_training_reports_held_out_metrics_each_epoch(tmp_path):
                  multilabel=True)
     meta = json.loads(ckpt.with_suffix(".json").read_text())
     assert [h["val_windows"] for h in meta["history"]] == [4, 4]
-    assert 0 <= meta["metrics"]["val_top1"] <= 1 and 0 <= meta["metrics"]["val_flips"] < 0.5
+    assert 0 <= meta["metrics"]["val_top1"] <= meta["metrics"]["val_file_top1"] <= 1 and 0 <= meta["metrics"]["val_flips"] < 0.5
+
+
+def test_batch_order_keeps_runs_of_one_file():
+    from musichash.train.loop import batch_order
+
+    item = np.repeat(np.arange(4), [5, 9, 3, 8])
+    rows = np.arange(len(item))
+    order = batch_order(rows, item, np.random.default_rng(0), 4)
+    assert sorted(order.tolist()) == rows.tolist()  # every window once
+    runs = np.split(item[order], np.flatnonzero(np.diff(item[order])) + 1)
+    # each file is cut into as few runs of <= 4 as fit, 2 + 3 + 1 + 2, shuffled (with this seed no two runs of a file meet)
+    assert [len(r) for r in runs] == [3, 2, 3, 4, 3, 3, 3, 4]
+    random = batch_order(rows, item, np.random.default_rng(0), 0)
+    assert sorted(random.tolist()) == rows.tolist()

@@ -7,7 +7,7 @@ For one 3 s window the frozen backbone gives five maps, ``pool1`` (fine,
 2. keeps ``n_select`` channels per layer, the same ones for every window, in
    one of two ways (``select``):
 
-   - ``"similarity"`` (default): the channels whose maps are most similar
+   - ``"similarity"``: the channels whose maps are most similar
      (cosine) to the layer's mean response over channels, averaged over the
      training windows (:func:`rank_channels`), in rank order: the channels
      that carry the layer's dominant pattern. Ranked once, on the training
@@ -15,8 +15,11 @@ For one 3 s window the frozen backbone gives five maps, ``pool1`` (fine,
      through the same channels as the original (ranking each window on its
      own let a little noise reorder the channels and moved a third of the
      bits);
-   - ``"learned"``: ``n_select`` learned mixtures of the layer's channels
-     (a 1x1 convolution), trained with the rest;
+   - ``"learned"`` (what ``musichash train`` uses by default):
+     ``n_select`` learned mixtures of the layer's channels (a 1x1
+     convolution), trained with the rest; on held-out windows of the fit
+     corpus a degraded view found its own clean window 27 % of the time
+     with learned mixtures, 16 % with similarity-ranked channels;
 
 3. reads the layers as a sequence from fine to coarse (the "pyramid") with
    an LSTM, whose final hidden state

@@ -4,7 +4,8 @@ One file in ``VAL_EVERY`` (by index) is held out. After each epoch its
 degraded views are encoded and looked up among its clean windows by Hamming
 distance, as the engine looks up a query: ``val_top1`` is the share of views
 whose nearest clean window (ties counted against) is their own,
-``val_flips`` the mean share of bits a degradation flips. They go into the
+``val_file_top1`` the share whose nearest clean window is from their own
+file, ``val_flips`` the mean share of bits a degradation flips. They go into the
 checkpoint's history, so runs can be compared before any library is built.
 """
 
@@ -32,6 +33,10 @@ class TrainConfig:
     hidden: int = 256
     n_select: int = 16
     select: str = "learned"
+    #: windows of one file per batch (the rest of the batch: other files); 0 = batches drawn at random.
+    #: Other moments of the same track are then among each window's negatives, which keeps codes
+    #: telling positions in a track apart, as the engine's time-consistent vote needs
+    per_file: int = 8
     lambda_q: float = 0.1
     lambda_b: float = 0.1
     lambda_p: float = 1.0
@@ -88,7 +93,7 @@ def train(
     history = json.loads(state_path.read_text())["history"] if start else []
     for epoch in range(start, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])  # an epoch's batches do not depend on earlier epochs
-        order = fit[rng.permutation(n)]
+        order = batch_order(fit, feats.item, rng, cfg.per_file)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         for b in range(0, n - 1, cfg.batch):
@@ -119,6 +124,17 @@ def train(
     return ckpt
 
 
+def batch_order(rows: np.ndarray, item: np.ndarray, rng: np.random.Generator, per_file: int) -> np.ndarray:
+    """An epoch's order of ``rows``: shuffled, in runs of up to ``per_file`` windows of one file (0: no runs)."""
+    order = rows[rng.permutation(len(rows))]
+    if per_file <= 0:
+        return order
+    order = order[np.argsort(item[order], kind="stable")]  # by file, shuffled within
+    cuts = np.flatnonzero(np.diff(item[order])) + 1
+    runs = [run for group in np.split(order, cuts) for run in np.array_split(group, -(-len(group) // per_file))]
+    return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
+
+
 @torch.inference_mode()
 def validate(model: CRNNH, feats: Features, rows: np.ndarray) -> dict:
     """``val_top1`` and ``val_flips`` (module docstring) over the held-out windows ``rows``; {} when none."""
@@ -130,13 +146,15 @@ def validate(model: CRNNH, feats: Features, rows: np.ndarray) -> dict:
                           for i in range(0, len(x), 512)])
 
     clean = codes(feats.clean[rows])
-    hits, flips, total = 0, 0.0, 0
+    hits, file_hits, flips, total = 0, 0, 0.0, 0
+    item = torch.from_numpy(feats.item[rows].astype(np.int64))
     for v in range(feats.views.shape[1]):
         view = codes(feats.views[rows, v])
         dist = (view.shape[1] - view @ clean.T) / 2  # Hamming distance of +-1 codes, [n, n]
         own = dist.diagonal()
         others = dist + torch.diag(torch.full_like(own, float("inf")))
         hits += int((own < others.min(dim=1).values).sum())
+        file_hits += int((item[dist.argmin(dim=1)] == item).sum())
         flips += float(own.mean()) / view.shape[1] * len(rows)
         total += len(rows)
-    return {"val_top1": round(hits / total, 4), "val_flips": round(flips / total, 4), "val_windows": len(rows)}
+    return {"val_top1": round(hits / total, 4), "val_file_top1": round(file_hits / total, 4), "val_flips": round(flips / total, 4), "val_windows": len(rows)}
