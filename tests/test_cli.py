@@ -45,20 +45,20 @@ def test_models_json(runner):
     assert result.exit_code == 0
     rows = json.loads(result.output)["models"]
     taggers = ["MTT_musicnn", "MTT_vgg", "MSD_musicnn", "MSD_vgg"]
-    codes = [f"interim_vgg_itq{b}" for b in (16, 32, 48, 64, 128)]
+    codes = [f"interim_vgg_itq{b}" for b in (16, 32, 48, 64, 128)] + [f"crnnh{b}" for b in (16, 32, 48, 64, 128)]
     assert [r["name"] for r in rows] == taggers + codes
     # one default per kind: the tagger for `tag`, the code model for new libraries
     assert [r["name"] for r in rows if r["default"]] == ["MTT_musicnn", "interim_vgg_itq64"]
     assert all(r["kind"] == "tagger" and r["bits"] is None for r in rows[:4])
-    assert [(r["kind"], r["bits"]) for r in rows[4:]] == [("hash", b) for b in (16, 32, 48, 64, 128)]
+    assert [(r["kind"], r["bits"]) for r in rows[4:]] == [("hash", b) for b in (16, 32, 48, 64, 128)] * 2
 
 
 def test_models_table_marks_the_default(runner):
     lines = runner.invoke(cli, ["models"]).output.splitlines()
     assert lines[0].startswith("* MTT_musicnn ")
     assert lines[7].startswith("* interim_vgg_itq64 ") and "hash" in lines[7]
-    assert len(lines) == 9
-    assert len(runner.invoke(cli, ["models", "--all"]).output.splitlines()) == 13
+    assert len(lines) == 14 and lines[-1].startswith("  crnnh128 ")
+    assert len(runner.invoke(cli, ["models", "--all"]).output.splitlines()) == 18
 
 
 def test_tag_json_lines(runner, song):
@@ -114,8 +114,8 @@ def test_unknown_model(runner, song):
     assert result.exit_code == 1
     assert result.stderr == (
         "Error: unknown model 'nope'; choose one of: MTT_musicnn, MTT_vgg, MSD_musicnn, MSD_vgg, "
-        "interim_vgg_itq16, interim_vgg_itq32, interim_vgg_itq48, interim_vgg_itq64, interim_vgg_itq128 "
-        "(see `musichash models`)\n"
+        "interim_vgg_itq16, interim_vgg_itq32, interim_vgg_itq48, interim_vgg_itq64, interim_vgg_itq128, "
+        "crnnh16, crnnh32, crnnh48, crnnh64, crnnh128 (see `musichash models`)\n"
     )
 
 

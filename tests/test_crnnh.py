@@ -161,3 +161,21 @@ def test_checkpoint_round_trip(tmp_path):
 
         save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
         load_checkpoint(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("bits", [16, 32, 48, 64, 128])
+def test_shipped_crnnh_models_load_and_encode(bits):
+    import json
+    from importlib import resources
+
+    from musichash.audio import log_mel
+    from musichash.indexer.encoder import CodeModel
+
+    model = CodeModel(f"crnnh{bits}")
+    t = np.arange(16000 * 6) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 2 * t))).astype(np.float32)
+    enc = model.encode(log_mel(wave))
+    assert enc.codes.shape[1] == bits // 8 and enc.codes.dtype == np.uint8 and len(enc.codes) == len(enc.times) > 1
+    meta = json.loads(resources.files("musichash.models").joinpath(f"weights/crnnh{bits}.json").read_text())
+    assert meta["registry_name"] == f"crnnh{bits}" and meta["config"]["bits"] == bits and meta["backbone"] == "MTT_vgg"
+    assert meta["data"]["files"] == 74 and 0 < meta["metrics"]["val_top1"] <= 1  # the fit corpus; held-out figures

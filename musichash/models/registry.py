@@ -25,6 +25,16 @@ DEFAULT_TAGGER = "MTT_musicnn"
 DEFAULT_CODE_MODEL = "interim_vgg_itq64"
 #: bit lengths of the shipped interim code models
 INTERIM_BITS = (16, 32, 48, 64, 128)
+#: bit lengths of the shipped CRNNH code models (data/code_models/train_crnnh.sh)
+CRNNH_BITS = (16, 32, 48, 64, 128)
+
+
+#: match and dedup thresholds of the shipped CRNNH models. None yet: they use the engine's defaults.
+#: Fitted on the fit corpus, as the interim ones were, they came out at 0.182 and 0.4, but the
+#: CRNNH models were trained on that music and score it higher than music they never heard (on the
+#: evaluation corpus dedup at 0.4 has pair F1 0.48, at the default 0.2 0.86): calibrating them
+#: needs music outside their training set (BENCHMARKS.md, "CRNNH code models")
+CRNNH_THRESHOLDS: dict[int, dict] = {}
 
 
 class ModelError(MusichashError):
@@ -88,6 +98,15 @@ REGISTRY: dict[str, ModelSpec] = {
                 config={"match_threshold": 0.219} if bits == 64 else {},
             )
             for bits in INTERIM_BITS
+        ),
+        *(
+            ModelSpec(
+                f"crnnh{bits}", "hash", "crnnh", "MTT",
+                f"CRNNH: MTT_vgg pool1-5 pyramid, LSTM, {bits}-bit hash layer, trained on allowed music",
+                weights=f"crnnh{bits}.safetensors", bits=bits, backbone="MTT_vgg",
+                config=CRNNH_THRESHOLDS.get(bits, {}),
+            )
+            for bits in CRNNH_BITS
         ),
         ModelSpec(
             "unittest_vgg", "tagger", "vgg", "MTT", "tiny random VGG for tests",

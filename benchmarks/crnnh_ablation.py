@@ -1,0 +1,92 @@
+"""CRNNH head settings compared on one feature cache, by the training loop's held-out metrics.
+
+Trains one 64-bit CRNNH per variant from a finished ``musichash train``
+feature cache (same data, seeds and epochs) and prints, per variant, the
+last epoch's held-out figures (``musichash.train.loop``: one file in ten
+held out): how often a degraded view's code finds its own clean window
+(``val_top1``) or a window of its own file (``val_file_top1``) nearest
+among the held-out windows, and the share of bits a degradation flips. The
+shipped interim binariser is scored on the same windows for reference (its
+pool5 input is read back from the cache's resized pool5 maps, which is
+exact: bilinear up-sampling keeps the edge rows).
+
+    musichash train /tmp/corpus_fit --out /tmp/crnnh64 --epochs 1 --cache /tmp/crnnh_cache.h5
+    python benchmarks/crnnh_ablation.py --data /tmp/corpus_fit --cache /tmp/crnnh_cache.h5 --out /tmp/ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musichash.indexer.encoder import _load_binarizer
+from musichash.models.registry import get_spec
+from musichash.train.cache import Features, load_cache
+from musichash.train.data import load_dataset
+from musichash.train.loop import VAL_EVERY, TrainConfig, train
+
+VARIANTS = {
+    "similarity-ranked channels, random batches": {"select": "similarity", "per_file": 0},
+    "learned mixtures, random batches": {"select": "learned", "per_file": 0},
+    "learned mixtures, 32 maps per layer, random batches": {"select": "learned", "per_file": 0, "n_select": 32},
+    "learned mixtures, lambda_p 3, random batches": {"select": "learned", "per_file": 0, "lambda_p": 3.0},
+    "learned mixtures, runs of 8 windows per file (shipped)": {"select": "learned", "per_file": 8},
+}
+
+
+def interim_scores(feats: Features, rows: np.ndarray, bits: int = 64) -> dict:
+    """The interim binariser's held-out figures, computed like ``loop.validate``."""
+    b = _load_binarizer(get_spec(f"interim_vgg_itq{bits}"), None)
+    w = feats.clean.shape[3] // 8  # grid (8, W): pool5 rows 0 and 1 are grid rows 0 and 7
+
+    def codes(x):
+        p5 = x[:, 4].astype(np.float32)
+        feat = np.stack([p5[:, :, 0], p5[:, :, 7 * w]], axis=2).reshape(len(x), -1)
+        return torch.from_numpy(np.where(b.project(feat) > 0, 1.0, -1.0)).float()
+
+    clean, item = codes(feats.clean[rows]), torch.from_numpy(feats.item[rows].astype(np.int64))
+    hits = file_hits = total = 0
+    flips = 0.0
+    for v in range(feats.views.shape[1]):
+        q = codes(feats.views[rows, v])
+        d = (bits - q @ clean.T) / 2
+        own = d.diagonal().clone()
+        file_hits += int((item[d.argmin(dim=1)] == item).sum())
+        d.fill_diagonal_(float("inf"))
+        hits += int((own < d.min(dim=1).values).sum())
+        flips += float(own.sum()) / bits
+        total += len(rows)
+    return {"val_top1": hits / total, "val_file_top1": file_hits / total, "val_flips": flips / total}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="the folder the cache was built from (unlabelled layout)")
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--epochs", type=int, default=30)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    feats = load_cache(args.cache, load_dataset(args.data, "unlabelled"))
+    rows = np.flatnonzero(feats.item % VAL_EVERY == VAL_EVERY - 1)
+    results = {"interim_vgg_itq64 (reference)": interim_scores(feats, rows)}
+    for i, (name, kw) in enumerate(VARIANTS.items()):
+        ckpt = train(feats, args.out / f"v{i}", TrainConfig(bits=64, epochs=args.epochs, **kw), grid=(8, 4), multilabel=True,
+                     meta={"backbone": feats.backbone})
+        results[name] = json.loads(ckpt.with_suffix(".json").read_text())["metrics"]
+        print(f"done: {name}", flush=True)
+    print(f"\n{len(rows)} held-out windows of {len(np.unique(feats.item[rows]))} files, 2 degraded views each; "
+          f"{len(feats.clean) - len(rows)} training windows, {args.epochs} epochs, 64 bits\n")
+    print("| code | view finds its own window | view finds its own file | bits flipped |")
+    print("|---|---|---|---|")
+    for name, m in results.items():
+        print(f"| {name} | {m['val_top1']:.1%} | {m['val_file_top1']:.1%} | {m['val_flips']:.1%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
