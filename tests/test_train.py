@@ -64,6 +64,10 @@ def test_cache_shapes_targets_and_resume(classes, tmp_path):
     assert again == []  # every file done: nothing recomputed
     with pytest.raises(ValueError, match="other settings"):
         build_cache(ds, path, CacheConfig(backbone="unittest_vgg", views=1))
+    # as many files, but others (or the same in another order): the cache's windows are by file index
+    (classes / "jazz" / "jazz4.wav").rename(classes / "jazz" / "jazz5.wav")
+    with pytest.raises(ValueError, match="other settings or data"):
+        build_cache(load_dataset(classes, "unlabelled"), path, TINY)
 
 
 def test_training_falls_and_resumes(classes, tmp_path):

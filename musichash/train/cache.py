@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,16 +79,17 @@ def build_cache(
 ) -> Path:
     """Compute (or finish computing) the cache at ``path``; returns it. Files that cannot be decoded are skipped."""
     path = Path(path)
-    if _complete(path, cfg, len(dataset.files)):  # read-only: runs may share a finished cache
+    if _complete(path, cfg, dataset):  # read-only: runs may share a finished cache
         return path
     model = build_backbone(cfg.backbone)
     channels = backbone_channels(model)
     with h5py.File(path, "a") as h5:
-        if h5.attrs.get("config_key", cfg.key()) != cfg.key() or h5.attrs.get("n_files", len(dataset.files)) != len(dataset.files):
+        if not _same_data(h5, cfg, dataset, fresh=True):
             raise ValueError(f"{path} was built with other settings or data; delete it or use another --cache")
         h5.attrs["config_key"] = cfg.key()
         h5.attrs["config"] = json.dumps(asdict(cfg))
         h5.attrs["n_files"] = len(dataset.files)
+        h5.attrs["files_key"] = files_key(dataset)
         h5.attrs["names"] = json.dumps(list(dataset.names))
         files = h5.require_group("files")
         for i, f in enumerate(dataset.files):
@@ -114,14 +116,31 @@ def build_cache(
     return path
 
 
-def _complete(path: Path, cfg: CacheConfig, n_files: int) -> bool:
+def files_key(dataset: Dataset) -> str:
+    """The files in cache order, relative to their common folder, hashed: a cache holds windows by file index."""
+    root = Path(os.path.commonpath([str(f) for f in dataset.files])) if dataset.files else Path()
+    root = root.parent if len(dataset.files) == 1 else root
+    names = [str(Path(f).relative_to(root)) for f in dataset.files]
+    return hashlib.sha1(json.dumps(names).encode()).hexdigest()[:12]
+
+
+def _same_data(h5: h5py.File, cfg: CacheConfig, dataset: Dataset, *, fresh: bool = False) -> bool:
+    """Settings and files match (``fresh``: an empty file matches too; a cache from before files_key: by count)."""
+    attrs = h5.attrs
+    if "config_key" not in attrs:
+        return fresh
+    return (attrs["config_key"] == cfg.key() and attrs.get("n_files") == len(dataset.files)
+            and attrs.get("files_key", files_key(dataset)) == files_key(dataset))
+
+
+def _complete(path: Path, cfg: CacheConfig, dataset: Dataset) -> bool:
     if not path.is_file():
         return False
     with h5py.File(path, "r") as h5:
-        if h5.attrs.get("config_key") != cfg.key() or h5.attrs.get("n_files") != n_files:
+        if not _same_data(h5, cfg, dataset):
             return False  # build_cache says why
         files = h5.get("files", {})
-        return all(str(i) in files and files[str(i)].attrs.get("done", False) for i in range(n_files))
+        return all(str(i) in files and files[str(i)].attrs.get("done", False) for i in range(len(dataset.files)))
 
 
 def load_cache(path: str | Path, dataset: Dataset) -> Features:
