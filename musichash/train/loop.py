@@ -114,9 +114,8 @@ def train(
         model.eval()
         record.update(validate(model, feats, np.flatnonzero(held)))
         metrics = {k: v for k, v in record.items() if k.startswith("val_")}
-        save_checkpoint(model, ckpt, {"registry_name": f"crnnh{cfg.bits}", "backbone": feats.backbone, **(meta or {}),
-                                      "train": asdict(cfg),
-                                      "metrics": metrics, "history": history})
+        info = {"registry_name": f"crnnh{cfg.bits}", "backbone": feats.backbone, **(meta or {})}
+        save_checkpoint(model, ckpt, {**info, "train": asdict(cfg), "metrics": metrics, "history": history})
         state_path.write_text(json.dumps({"epoch": epoch + 1, "config": asdict(cfg), "history": history}))
         model.train()
         if progress:
@@ -137,7 +136,7 @@ def batch_order(rows: np.ndarray, item: np.ndarray, rng: np.random.Generator, pe
 
 @torch.inference_mode()
 def validate(model: CRNNH, feats: Features, rows: np.ndarray) -> dict:
-    """``val_top1`` and ``val_flips`` (module docstring) over the held-out windows ``rows``; {} when none."""
+    """``val_top1``, ``val_file_top1`` and ``val_flips`` (module docstring) over the held-out windows ``rows``; {} when none."""
     if len(rows) < 2:
         return {}
 
