@@ -543,7 +543,7 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, cache, se
     from musichash.train.loop import TrainConfig
     from musichash.train.run import run_training
 
-    n_files = len(load_dataset(data, layout).files)
+    dataset = load_dataset(data, layout)
     say = (lambda msg: None) if (quiet or as_json) else (lambda msg: click.echo(msg, err=True))
 
     def epoch_done(epoch, rec):
@@ -551,13 +551,13 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, cache, se
             f"quant {rec['quantization']:.4f}, balance {rec['balance']:.4f}, pair {rec['pairwise']:.4f}) {rec['seconds']:.1f} s"
             + (f"; held out: top-1 {rec['val_top1']:.1%}, {rec['val_flips']:.1%} of bits flipped" if "val_top1" in rec else ""))
 
-    with _bar(quiet, as_json)(total=n_files, unit="file", desc="features") as bar:
+    with _bar(quiet, as_json)(total=len(dataset.files), unit="file", desc="features") as bar:
         def file_done(msg):
             if msg.startswith("skipped"):
                 say(msg)
             bar.update(1)
 
-        report = run_training(data, layout, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed),
+        report = run_training(dataset, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed),
                               TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select), cache=cache,
                               resume=resume, file_done=file_done, epoch_done=epoch_done)
     if as_json:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musichash.train.cache import CacheConfig, build_cache, load_cache
-from musichash.train.data import load_dataset
+from musichash.train.data import Dataset
 from musichash.train.loop import TrainConfig, train
 
 
@@ -22,8 +22,7 @@ class TrainReport:
 
 
 def run_training(
-    data: str | Path,
-    layout: str,
+    dataset: Dataset,
     out: str | Path,
     cache_cfg: CacheConfig,
     train_cfg: TrainConfig,
@@ -33,13 +32,12 @@ def run_training(
     file_done: Callable[[str], None] | None = None,
     epoch_done: Callable[[int, dict], None] | None = None,
 ) -> TrainReport:
-    """Train into ``out``; the cache is ``cache`` or ``out/features-<settings>.h5``.
+    """Train on ``dataset`` (``data.load_dataset``) into ``out``; the cache is ``cache`` or ``out/features-<settings>.h5``.
 
     One cache serves runs of every bit count and head setting: it depends only
     on the data and ``cache_cfg``. ``file_done`` gets a line per cached file
     (starting with ``skipped`` for a file that could not be decoded).
     """
-    dataset = load_dataset(data, layout)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache is not None else out / f"features-{cache_cfg.key()}.h5"
