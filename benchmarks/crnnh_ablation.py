@@ -27,7 +27,7 @@ from musichash.indexer.encoder import _load_binarizer
 from musichash.models.registry import get_spec
 from musichash.train.cache import Features, load_cache
 from musichash.train.data import load_dataset
-from musichash.train.loop import VAL_EVERY, TrainConfig, train
+from musichash.train.loop import VAL_EVERY, TrainConfig, train, validate_codes
 
 VARIANTS = {
     "similarity-ranked channels, random batches": {"select": "similarity", "per_file": 0},
@@ -39,7 +39,7 @@ VARIANTS = {
 
 
 def interim_scores(feats: Features, rows: np.ndarray, bits: int = 64) -> dict:
-    """The interim binariser's held-out figures, computed like ``loop.validate``."""
+    """The interim binariser's held-out figures, by the training loop's own ``validate_codes``."""
     b = _load_binarizer(get_spec(f"interim_vgg_itq{bits}"), None)
     w = feats.clean.shape[3] // 8  # grid (8, W): pool5 rows 0 and 1 are grid rows 0 and 7
 
@@ -48,19 +48,7 @@ def interim_scores(feats: Features, rows: np.ndarray, bits: int = 64) -> dict:
         feat = np.stack([p5[:, :, 0], p5[:, :, 7 * w]], axis=2).reshape(len(x), -1)
         return torch.from_numpy(np.where(b.project(feat) > 0, 1.0, -1.0)).float()
 
-    clean, item = codes(feats.clean[rows]), torch.from_numpy(feats.item[rows].astype(np.int64))
-    hits = file_hits = total = 0
-    flips = 0.0
-    for v in range(feats.views.shape[1]):
-        q = codes(feats.views[rows, v])
-        d = (bits - q @ clean.T) / 2
-        own = d.diagonal().clone()
-        file_hits += int((item[d.argmin(dim=1)] == item).sum())
-        d.fill_diagonal_(float("inf"))
-        hits += int((own < d.min(dim=1).values).sum())
-        flips += float(own.sum()) / bits
-        total += len(rows)
-    return {"val_top1": hits / total, "val_file_top1": file_hits / total, "val_flips": flips / total}
+    return validate_codes(codes, feats, rows)
 
 
 def main(argv=None) -> int:

@@ -129,8 +129,8 @@ def _same_data(h5: h5py.File, cfg: CacheConfig, dataset: Dataset, *, fresh: bool
     attrs = h5.attrs
     if "config_key" not in attrs:
         return fresh
-    return (attrs["config_key"] == cfg.key() and attrs.get("n_files") == len(dataset.files)
-            and attrs.get("files_key", files_key(dataset)) == files_key(dataset))
+    key = files_key(dataset)
+    return attrs["config_key"] == cfg.key() and attrs.get("n_files") == len(dataset.files) and attrs.get("files_key", key) == key
 
 
 def _complete(path: Path, cfg: CacheConfig, dataset: Dataset) -> bool:

@@ -134,16 +134,21 @@ def batch_order(rows: np.ndarray, item: np.ndarray, rng: np.random.Generator, pe
     return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
 
 
-@torch.inference_mode()
 def validate(model: CRNNH, feats: Features, rows: np.ndarray) -> dict:
     """``val_top1``, ``val_file_top1`` and ``val_flips`` (module docstring) over the held-out windows ``rows``; {} when none."""
-    if len(rows) < 2:
-        return {}
 
     def codes(x: np.ndarray) -> torch.Tensor:
         return torch.cat([model.forward_resized(torch.from_numpy(x[i : i + 512].astype(np.float32))).codes
                           for i in range(0, len(x), 512)])
 
+    return validate_codes(codes, feats, rows)
+
+
+@torch.inference_mode()
+def validate_codes(codes: Callable[[np.ndarray], torch.Tensor], feats: Features, rows: np.ndarray) -> dict:
+    """:func:`validate` for any code: ``codes`` maps cached windows ``float16 [n, L, C, H*W]`` to +-1 ``float [n, bits]``."""
+    if len(rows) < 2:
+        return {}
     clean = codes(feats.clean[rows])
     hits, file_hits, flips, total = 0, 0, 0.0, 0
     item = torch.from_numpy(feats.item[rows].astype(np.int64))
@@ -156,4 +161,5 @@ def validate(model: CRNNH, feats: Features, rows: np.ndarray) -> dict:
         file_hits += int((item[dist.argmin(dim=1)] == item).sum())
         flips += float(own.mean()) / view.shape[1] * len(rows)
         total += len(rows)
-    return {"val_top1": round(hits / total, 4), "val_file_top1": round(file_hits / total, 4), "val_flips": round(flips / total, 4), "val_windows": len(rows)}
+    return {"val_top1": round(hits / total, 4), "val_file_top1": round(file_hits / total, 4), "val_flips": round(flips / total, 4),
+            "val_windows": len(rows)}
