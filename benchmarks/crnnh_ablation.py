@@ -27,7 +27,7 @@ from musichash.indexer.encoder import _load_binarizer
 from musichash.models.registry import get_spec
 from musichash.train.cache import Features, load_cache
 from musichash.train.data import load_dataset
-from musichash.train.loop import VAL_EVERY, TrainConfig, train, validate_codes
+from musichash.train.loop import VAL_EVERY, TrainConfig, teacher_features, train, validate_codes
 
 VARIANTS = {
     "similarity-ranked channels, random batches": {"select": "similarity", "per_file": 0},
@@ -38,17 +38,22 @@ VARIANTS = {
 }
 
 
-def interim_scores(feats: Features, rows: np.ndarray, bits: int = 64) -> dict:
-    """The interim binariser's held-out figures, by the training loop's own ``validate_codes``."""
+def interim_codes(bits: int = 64):
+    """The shipped interim binariser as a function of cached windows (float16 [n, L, C, H*W]) to +-1 codes.
+
+    Its pool5 input is read back from the cache's resized pool5 maps (``teacher_features``), which is exact.
+    """
     b = _load_binarizer(get_spec(f"interim_vgg_itq{bits}"), None)
-    w = feats.clean.shape[3] // 8  # grid (8, W): pool5 rows 0 and 1 are grid rows 0 and 7
 
     def codes(x):
-        p5 = x[:, 4].astype(np.float32)
-        feat = np.stack([p5[:, :, 0], p5[:, :, 7 * w]], axis=2).reshape(len(x), -1)
-        return torch.from_numpy(np.where(b.project(feat) > 0, 1.0, -1.0)).float()
+        return torch.from_numpy(np.where(b.project(teacher_features(x)) > 0, 1.0, -1.0)).float()
 
-    return validate_codes(codes, feats, rows)
+    return codes
+
+
+def interim_scores(feats: Features, rows: np.ndarray, bits: int = 64) -> dict:
+    """The interim binariser's held-out figures, by the training loop's own ``validate_codes``."""
+    return validate_codes(interim_codes(bits), feats, rows)
 
 
 def main(argv=None) -> int:

@@ -529,6 +529,9 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @click.option("--max-minutes", type=click.FloatRange(0.1), default=3.0, show_default=True, help="Minutes used of each file.")
 @click.option("--select", type=click.Choice(["learned", "similarity"]), default="learned", show_default=True,
               help="How CRNNH keeps 16 maps per layer: learned channel mixtures, or the channels most like the layer's mean.")
+@click.option("--similarity", "lambda_s", type=click.FloatRange(0), default=None,
+              help="Weight of the term that makes Hamming neighbours the backbone's neighbours "
+                   "(default: the shipped models' 20; 0: off).")
 @click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Feature cache file to build or reuse (default: in --out); one cache serves every --bits.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -536,7 +539,7 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @json_option
 @quiet_option
 @reports_errors
-def train(data, layout, out, bits, epochs, views, max_minutes, select, cache, seed, resume, as_json, quiet):
+def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s, cache, seed, resume, as_json, quiet):
     """Train a CRNNH code model on DATA; backbone features are cached so epochs need no audio."""
     from musichash.train.cache import CacheConfig
     from musichash.train.data import load_dataset
@@ -548,7 +551,8 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, cache, se
 
     def epoch_done(epoch, rec):
         say(f"epoch {epoch}/{epochs}: loss {rec['total']:.4f} (class {rec['classification']:.4f}, "
-            f"quant {rec['quantization']:.4f}, balance {rec['balance']:.4f}, pair {rec['pairwise']:.4f}) {rec['seconds']:.1f} s"
+            f"quant {rec['quantization']:.4f}, balance {rec['balance']:.4f}, pair {rec['pairwise']:.4f}, "
+            f"similarity {rec['similarity']:.4f}) {rec['seconds']:.1f} s"
             + (f"; held out: top-1 {rec['val_top1']:.1%}, {rec['val_flips']:.1%} of bits flipped" if "val_top1" in rec else ""))
 
     with _bar(quiet, as_json)(total=len(dataset.files), unit="file", desc="features") as bar:
@@ -558,8 +562,9 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, cache, se
             bar.update(1)
 
         report = run_training(dataset, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed),
-                              TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select), cache=cache,
-                              resume=resume, file_done=file_done, epoch_done=epoch_done)
+                              TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select,
+                                          **({} if lambda_s is None else {"lambda_s": lambda_s})),
+                              cache=cache, resume=resume, file_done=file_done, epoch_done=epoch_done)
     if as_json:
         emit({"checkpoint": str(report.checkpoint), "cache": str(report.cache), "windows": report.windows,
               "files": report.files, "metrics": report.metrics})

@@ -12,6 +12,7 @@ from musichash.models.crnnh import (
     quantization_loss,
     rank_channels,
     resize_maps,
+    similarity_loss,
 )
 
 SHAPES = {"pool1": (92, 48), "pool2": (46, 24), "pool3": (23, 12), "pool4": (11, 6), "pool5": (2, 1)}
@@ -100,6 +101,64 @@ def test_quantization_and_pairwise_terms():
     assert quantization_loss(torch.full((4, 8), 0.5)) == pytest.approx(0.25)
     a = torch.randn(8, 16)
     assert pairwise_loss(a, a) < pairwise_loss(a, torch.randn(8, 16))
+
+
+def test_similarity_term_is_zero_when_code_agreement_equals_teacher_cosine():
+    codes = torch.tensor([[1.0, 1, 1, 1], [1, 1, -1, -1], [1, -1, 1, -1]])  # inner products / 4: 0 off the diagonal
+    teacher = torch.eye(3) * 5  # orthogonal: cosines 0 off the diagonal; the scale does not matter
+    assert similarity_loss(codes, teacher) == 0
+    # the same codes against a teacher that calls items 0 and 1 identical: 2 of the 6 off-diagonal pairs miss by 1
+    teacher = torch.tensor([[1.0, 0, 0], [1, 0, 0], [0, 0, 1]])
+    assert similarity_loss(codes, teacher).item() == pytest.approx(2 / 6)
+    assert similarity_loss(codes[:1], teacher[:1]) == 0  # one item: no pairs
+
+
+def test_similarity_term_neighbour_order_and_groups():
+    codes = torch.tensor([[1.0, 1, 1, 1], [1, 1, -1, -1], [1, -1, 1, -1], [1, 1, 1, -1]])
+    a = codes @ codes.T / 4
+    # the codes themselves as teacher: the same neighbours in the same order, KL 0
+    assert similarity_loss(codes, codes, temperature=0.1).item() == pytest.approx(0, abs=1e-6)
+    # item 3's codes agree equally with items 0, 1 and 2 (0.5 each); this teacher puts item 0 nearest
+    teacher = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0.2]])
+    assert similarity_loss(codes, teacher, temperature=0.1).item() > 0.1
+    # groups: only pairs across groups count (pairs 0-2, 0-3, 1-2, 1-3 of 0 0 1 1)
+    group = torch.tensor([0, 0, 1, 1])
+    c = torch.nn.functional.normalize(teacher, dim=1) @ torch.nn.functional.normalize(teacher, dim=1).T
+    cross = [(0, 2), (0, 3), (1, 2), (1, 3)]
+    want = sum((a[i, j] - c[i, j]) ** 2 for i, j in cross) / len(cross)
+    assert similarity_loss(codes, teacher, group=group).item() == pytest.approx(want.item())
+    assert similarity_loss(codes, teacher, group=torch.zeros(4, dtype=torch.long)) == 0  # no pair across groups
+
+
+def test_pairwise_negatives_within_a_group_only():
+    a, b = torch.randn(6, 16), torch.randn(6, 16)
+    pull = (a - b).pow(2).mean()
+    # every item alone in its group: no negatives, InfoNCE is 0 and only the pull remains
+    assert pairwise_loss(a, b, group=torch.arange(6)).item() == pytest.approx(pull.item())
+    assert pairwise_loss(a, b, group=torch.zeros(6, dtype=torch.long)).item() == pytest.approx(pairwise_loss(a, b).item())
+
+
+def test_similarity_term_pulls_codes_towards_the_teachers_neighbours():
+    torch.manual_seed(0)
+    n = 48
+    teacher = torch.randn(4, 32)[torch.arange(n) % 4] + 0.1 * torch.randn(n, 32)  # four clusters of teacher features
+    maps = fake_maps(n, seed=5)  # the maps carry the clusters only through the teacher's target
+    maps = {k: v + teacher[:, :4, None, None] for k, v in maps.items()}
+    model = CRNNH(bits=16, n_classes=2, grid=(4, 2), n_select=2, hidden=16, channels=4, select="learned")
+    loss_fn = CRNNHLoss(lambda_q=0.0, lambda_b=0.0, lambda_p=0.0, lambda_s=1.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = loss_fn(model(maps), torch.zeros(n, 2), teacher=teacher).similarity.item()
+    for _ in range(60):
+        opt.zero_grad()
+        parts = loss_fn(model(maps), torch.zeros(n, 2), teacher=teacher)
+        parts.total.backward()
+        opt.step()
+    assert parts.similarity.item() < 0.75 * before
+    with torch.no_grad():
+        codes = model.eval()(maps).codes
+    same = (torch.arange(n)[:, None] % 4 == torch.arange(n)[None] % 4).float()
+    agree = codes @ codes.T / 16
+    assert (agree * same).sum() / same.sum() > (agree * (1 - same)).sum() / (1 - same).sum() + 0.3
 
 
 def test_tiny_config_trains_with_falling_loss():

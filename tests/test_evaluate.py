@@ -187,6 +187,11 @@ def test_manifest_layout(tmp_path):
     assert ds.names == ("composer=bach", "instrument_family=choir", "mood=calm", "mood=dark", "soundtrack=x")
     assert ds.targets.tolist() == [[1, 1, 0, 0, 0], [0, 0, 1, 1, 1]]
     assert [guess_layout(m), guess_layout(tmp_path), guess_layout(tmp_path / "t.csv")] == ["manifest", "classes", "csv"]
+    plain = load_dataset(m, "unlabelled")  # the manifest's files without their labels (train on a listed subset)
+    assert (plain.layout, plain.files, plain.names, plain.targets) == ("unlabelled", ds.files, (), None)
+    with pytest.raises(DatasetError) as e:
+        load_dataset(tmp_path / "two.wav", "unlabelled")
+    assert str(e.value) == f"{tmp_path / 'two.wav'}: not a folder; the unlabelled layout needs a folder of audio files or a .jsonl manifest"
 
     m.write_text('{"path": "gone.wav", "labels": {}}\n')
     with pytest.raises(DatasetError) as e:

@@ -101,10 +101,13 @@ def test_train_command_and_index_with_the_checkpoint(tmp_path):
     assert json.loads(r.stdout)["cache"] == str(cache) and cache.is_file()
     # a second bit count reuses the cache: nothing recomputed, nothing cached in its own folder
     before = cache.stat().st_mtime_ns
-    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "run32"), "--bits", "32", "--select", "similarity"])
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "run32"), "--bits", "32", "--select", "similarity",
+                                 "--similarity", "0"])
     assert r.exit_code == 0, r.output
     assert cache.stat().st_mtime_ns == before and not list((tmp_path / "run32").glob("features-*.h5"))
-    assert json.loads((tmp_path / "run32" / "crnnh.json").read_text())["config"]["select"] == "similarity"
+    meta32 = json.loads((tmp_path / "run32" / "crnnh.json").read_text())
+    assert meta32["config"]["select"] == "similarity" and meta32["train"]["lambda_s"] == 0
+    assert json.loads((out / "crnnh.json").read_text())["train"]["lambda_s"] == TrainConfig.lambda_s == 20
     lib = tmp_path / "lib"
     r = CliRunner().invoke(cli, ["index", str(music), "--library", str(lib), "--code-model", ckpt, "--workers", "0", "--json"])
     assert r.exit_code == 0, r.output
@@ -138,6 +141,34 @@ def test_training_reports_held_out_metrics_each_epoch(tmp_path):
     meta = json.loads(ckpt.with_suffix(".json").read_text())
     assert [h["val_windows"] for h in meta["history"]] == [4, 4]
     assert 0 <= meta["metrics"]["val_top1"] <= meta["metrics"]["val_file_top1"] <= 1 and 0 <= meta["metrics"]["val_flips"] < 0.5
+
+
+def test_teacher_features_are_exactly_pool5():
+    from musichash.models.crnnh import resize_maps
+    from musichash.train.loop import teacher_features
+
+    g = torch.Generator().manual_seed(0)
+    maps = {f"pool{i}": torch.randn(3, 6, 2, 1, generator=g) for i in range(1, 6)}
+    got = teacher_features(resize_maps(maps, (8, 4), 6).numpy().astype(np.float16))
+    want = maps["pool5"].flatten(1).numpy()  # channel by channel, both rows each
+    assert got.shape == (3, 12)
+    np.testing.assert_allclose(got, want.astype(np.float16), rtol=0, atol=0)
+
+
+def test_training_with_the_similarity_term_records_it(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 40
+    clean = rng.standard_normal((n, 5, 4, 8)).astype(np.float16)
+    views = (clean[:, None] + 0.1 * rng.standard_normal((n, 2, 5, 4, 8))).astype(np.float16)
+    feats = Features(clean, views, rng.random((n, 3)).astype(np.float32), np.repeat(np.arange(10), 4).astype(np.int32))
+    cfg = TrainConfig(bits=16, epochs=2, batch=8, hidden=8, n_select=2, lambda_s=5.0, per_file=0)
+    ckpt = train(feats, tmp_path / "run", cfg, grid=(4, 2), multilabel=True)
+    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    assert meta["train"]["lambda_s"] == 5.0
+    assert all(h["similarity"] > 0 for h in meta["history"])
+    off = train(feats, tmp_path / "off", TrainConfig(bits=16, epochs=1, batch=8, hidden=8, n_select=2, lambda_s=0.0),
+                grid=(4, 2), multilabel=True)
+    assert json.loads(off.with_suffix(".json").read_text())["history"][0]["similarity"] == 0
 
 
 def test_batch_order_keeps_runs_of_one_file():

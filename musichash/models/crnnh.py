@@ -32,7 +32,12 @@ targets, softmax cross-entropy on class indices) + ``lambda_q`` * quantization
 error ``||h - sign(h)||^2 / bits`` + ``lambda_b`` * bit balance (bit means
 near 0, bits decorrelated) + ``lambda_p`` * a pairwise term pulling two
 augmented views of the same audio together (and, through an InfoNCE term
-over the batch, apart from other audio).
+over the batch, apart from other audio) + ``lambda_s`` * a similarity term:
+the codes' normalised inner products ``h_i . h_j / bits`` over the batch
+match the cosine similarities of a float teacher feature of the same
+windows (the backbone's centred ``pool5``), so that Hamming neighbours are
+the backbone's neighbours and the codes serve similarity search, not only
+the lookup of the same audio.
 """
 
 from __future__ import annotations
@@ -164,9 +169,11 @@ class LossParts:
     quantization: torch.Tensor
     balance: torch.Tensor
     pairwise: torch.Tensor
+    similarity: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "classification", "quantization", "balance", "pairwise")}
+        names = ("total", "classification", "quantization", "balance", "pairwise", "similarity")
+        return {k: float(getattr(self, k).detach()) for k in names}
 
 
 def quantization_loss(h: torch.Tensor) -> torch.Tensor:
@@ -185,20 +192,54 @@ def balance_loss(h: torch.Tensor) -> torch.Tensor:
     return mu.pow(2).mean() + (c - eye).pow(2).mean()
 
 
-def pairwise_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def pairwise_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.2, group: torch.Tensor | None = None) -> torch.Tensor:
     """Two views of the same items (row i of a and of b): pull together, push from the batch.
 
     ``mean ||a - b||^2 / bits`` plus an InfoNCE term on cosine similarities,
-    symmetrised; a, b: float [B, bits].
+    symmetrised; a, b: float [B, bits]. With ``group`` (long [B], e.g. the
+    source file), an item's negatives are only the items of its own group:
+    other moments of the same track are pushed away, other tracks are left
+    to the similarity term.
     """
     pull = (a - b).pow(2).mean()
     if a.shape[0] < 2:
         return pull
     za, zb = F.normalize(a, dim=1), F.normalize(b, dim=1)
     logits = za @ zb.T / temperature
+    if group is not None:
+        logits = logits.masked_fill(group[:, None] != group[None], float("-inf"))
     target = torch.arange(a.shape[0], device=a.device)
     nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     return pull + nce
+
+
+def similarity_loss(h: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.0,
+                    group: torch.Tensor | None = None) -> torch.Tensor:
+    """The codes' agreements ``a_ij = h_i . h_j / bits`` against the teacher's cosines ``c_ij``, over pairs i != j.
+
+    ``temperature`` 0: ``mean (a_ij - c_ij)^2``, the values themselves;
+    above 0: the mean over rows i of ``KL(softmax_j(c_ij / T) || softmax_j(a_ij / T))``,
+    only the order of each item's neighbours (which leaves the pairwise term
+    free to set how far apart they are). h: float [B, bits] (relaxed codes);
+    teacher: float [B, D], already centred. With ``group`` (long [B], the
+    source file), only pairs from different groups count: how windows of one
+    track relate is left to the pairwise term.
+    """
+    n = h.shape[0]
+    pair = ~torch.eye(n, dtype=torch.bool, device=h.device)
+    if group is not None:
+        pair &= group[:, None] != group[None]
+    rows = pair.any(dim=1)
+    if not rows.any():
+        return h.new_zeros(())
+    t = F.normalize(teacher.float(), dim=1)
+    a, c = h @ h.T / h.shape[1], t @ t.T
+    if temperature <= 0:
+        return (a - c)[pair].pow(2).mean()
+    a = (a / temperature).masked_fill(~pair, float("-inf"))[rows]
+    c = (c / temperature).masked_fill(~pair, float("-inf"))[rows]
+    p, log_q = F.softmax(c, dim=1), F.log_softmax(a, dim=1)
+    return torch.where(p > 0, p * (torch.log(p.clamp_min(1e-30)) - log_q), 0.0).sum(dim=1).mean()
 
 
 @dataclass(frozen=True)
@@ -207,9 +248,13 @@ class CRNNHLoss:
     lambda_b: float = 0.1
     lambda_p: float = 1.0
     multilabel: bool = True
+    lambda_s: float = 0.0
+    temperature_s: float = 0.0
 
-    def __call__(self, out: CRNNHOutput, target: torch.Tensor, view: CRNNHOutput | None = None) -> LossParts:
-        """target: float [B, n_classes] in [0, 1] (multilabel / soft) or long [B] (classes)."""
+    def __call__(self, out: CRNNHOutput, target: torch.Tensor, view: CRNNHOutput | None = None,
+                 teacher: torch.Tensor | None = None, group: torch.Tensor | None = None) -> LossParts:
+        """target: float [B, n_classes] in [0, 1] (multilabel / soft) or long [B] (classes); teacher: float [B, D]
+        (centred); group: long [B], the pairwise term's negatives only within a group (:func:`pairwise_loss`)."""
         if self.multilabel:
             cls = F.binary_cross_entropy_with_logits(out.logits, target.float())
         else:
@@ -217,9 +262,10 @@ class CRNNHLoss:
         h = out.relaxed if view is None else torch.cat([out.relaxed, view.relaxed])
         q = quantization_loss(h)
         b = balance_loss(h)
-        p = pairwise_loss(out.relaxed, view.relaxed) if view is not None else h.new_zeros(())
-        total = cls + self.lambda_q * q + self.lambda_b * b + self.lambda_p * p
-        return LossParts(total, cls, q, b, p)
+        p = pairwise_loss(out.relaxed, view.relaxed, group=group) if view is not None else h.new_zeros(())
+        s = similarity_loss(out.relaxed, teacher, self.temperature_s, group) if teacher is not None and self.lambda_s else h.new_zeros(())
+        total = cls + self.lambda_q * q + self.lambda_b * b + self.lambda_p * p + self.lambda_s * s
+        return LossParts(total, cls, q, b, p, s)
 
 
 # ------------------------------------------------------------------ checkpoints

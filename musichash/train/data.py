@@ -8,9 +8,10 @@
   ``labels``, e.g. ``{"composer": "bach", "instrument_family": "choir"}``;
   every ``key=value`` pair is one label (multi-label; a list value gives one
   label per element);
-- ``unlabelled``: a folder of music; the targets are the pretrained tagger's
-  tag probabilities of each window (soft, filled in by the feature cache),
-  and positives are augmented views of the same window.
+- ``unlabelled``: a folder of music, or the files of a manifest (its labels
+  ignored); the targets are the pretrained tagger's tag probabilities of
+  each window (soft, filled in by the feature cache), and positives are
+  augmented views of the same window.
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def load_dataset(source: str | Path, layout: str) -> Dataset:
         return _from_csv(source)
     if layout == "manifest":
         return _from_manifest(source)
+    if layout == "unlabelled" and source.suffix.lower() == ".jsonl" and source.is_file():
+        return Dataset("unlabelled", _from_manifest(source).files, (), None, True)  # its files, without their labels
     if not source.is_dir():
-        raise DatasetError(f"{source}: not a folder; the {layout} layout needs a folder of audio files")
+        also = " or a .jsonl manifest" if layout == "unlabelled" else ""
+        raise DatasetError(f"{source}: not a folder; the {layout} layout needs a folder of audio files{also}")
     if layout == "classes":
         return _from_classes(source)
     files, _ = scan([source])

@@ -40,6 +40,14 @@ class TrainConfig:
     lambda_q: float = 0.1
     lambda_b: float = 0.1
     lambda_p: float = 1.0
+    #: weight of the similarity term (codes' inner products match the teacher's cosines, ``teacher_features``);
+    #: 20 balances similarity search against query by example (benchmarks/crnnh_similarity.py)
+    lambda_s: float = 20.0
+    #: 0: the similarity term matches values; > 0: only each window's order of neighbours (``similarity_loss``)
+    temperature_s: float = 0.0
+    #: the pairwise term's negatives: "batch" (every other window of the batch) or "file" (only
+    #: other windows of the same file; other files are left to the similarity term)
+    negatives: str = "batch"
     seed: int = 0
 
 
@@ -87,7 +95,12 @@ def train(
             model.set_selection(rank_channels(torch.from_numpy(feats.clean[sample].astype(np.float32))))
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    loss_fn = CRNNHLoss(cfg.lambda_q, cfg.lambda_b, cfg.lambda_p, multilabel=multilabel)
+    loss_fn = CRNNHLoss(cfg.lambda_q, cfg.lambda_b, cfg.lambda_p, multilabel=multilabel, lambda_s=cfg.lambda_s,
+                        temperature_s=cfg.temperature_s)
+    teacher = None
+    if cfg.lambda_s:
+        teacher = torch.from_numpy(teacher_features(feats.clean))
+        teacher -= teacher[fit].mean(dim=0)
     n = len(fit)
     targets = torch.from_numpy(feats.targets) if multilabel else torch.from_numpy(feats.targets.argmax(1))
     history = json.loads(state_path.read_text())["history"] if start else []
@@ -103,7 +116,9 @@ def train(
             v = rng.integers(feats.views.shape[1], size=len(idx))
             clean = torch.from_numpy(feats.clean[idx].astype(np.float32))
             view = torch.from_numpy(feats.views[idx, v].astype(np.float32))
-            parts = loss_fn(model.forward_resized(clean), targets[idx], model.forward_resized(view))
+            group = torch.from_numpy(feats.item[idx].astype(np.int64)) if cfg.negatives == "file" else None
+            parts = loss_fn(model.forward_resized(clean), targets[idx], model.forward_resized(view),
+                            None if teacher is None else teacher[idx], group)
             opt.zero_grad()
             parts.total.backward()
             opt.step()
@@ -121,6 +136,18 @@ def train(
         if progress:
             progress(epoch + 1, record)
     return ckpt
+
+
+def teacher_features(x: np.ndarray) -> np.ndarray:
+    """The float teacher of cached windows ``float16 [n, L, C, H*W]``: the last layer's first and last grid rows, ``float32 [n, 2C]``.
+
+    For MTT_vgg the last layer is ``pool5``, ``[C, 2, 1]`` before resizing, and
+    bilinear up-sampling keeps its two rows as the grid's edge rows, so this
+    is exactly ``pool5.flatten(1)`` (channel by channel, both rows each), the
+    feature the interim binariser and ``musichash evaluate``'s float reference read.
+    """
+    last = x[:, -1].astype(np.float32)
+    return np.stack([last[:, :, 0], last[:, :, -1]], axis=2).reshape(len(x), -1)
 
 
 def batch_order(rows: np.ndarray, item: np.ndarray, rng: np.random.Generator, per_file: int) -> np.ndarray:
