@@ -3,7 +3,7 @@
 The fit corpus's manifest labels its files (soundtrack; composer and
 instrument family). One file in three (by cache index: the files of
 ``data/code_models/split_fit.py``'s ``calibration.jsonl``) is held out; each
-variant trains a 64-bit CRNNH on the other files from the same finished
+variant trains a CRNNH (``--bits``, 64 by default) on the other files from the same finished
 feature cache, and is scored on up to 16 evenly spaced clean windows of each
 held-out file:
 
@@ -13,7 +13,7 @@ held-out file:
 - ``view->window``: ``val_top1`` of the training loop's ``validate_codes`` on
   all held-out windows (a degraded view's code finds its own clean window).
 
-Float (cosine on centred pool5), LSH-64 and ITQ-64 (fitted on the scored
+Float (cosine on centred pool5), LSH and ITQ of as many bits (fitted on the scored
 windows, as ``musichash evaluate`` fits them) and the shipped interim code
 (fitted on the whole fit corpus, so in-sample here) are scored on the same windows.
 
@@ -68,6 +68,8 @@ VARIANTS = {
     "tags, runs of 8, negatives and neighbour order (T 0.1, lambda_s 1) split by file":
         {"lambda_s": 1.0, "temperature_s": 0.1, "negatives": "file"},
     "labels, runs of 8, negatives and lambda_s 30 split by file": {"lambda_s": 30.0, "negatives": "file", "_targets": "labels"},
+    "labels, runs of 8, lambda_s 40": {"lambda_s": 40.0, "_targets": "labels"},
+    "labels, runs of 8, lambda_s 80": {"lambda_s": 80.0, "_targets": "labels"},
 }
 
 
@@ -93,6 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", required=True)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--bits", type=int, default=64, choices=(16, 32, 48, 64, 128))
     ap.add_argument("--only", nargs="*", help="variant numbers to run (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -109,11 +112,11 @@ def main(argv=None) -> int:
     x -= x.mean(axis=0)
     results = {"float (pool5, cosine)": score(x, lab, item, tiebreak=tiebreak).map_at_r}
     for kind in ("lsh", "itq"):
-        codes = Binarizer.fit(x, 64, kind=kind, seed=0, feature="pool5").encode(x)
-        results[f"{kind}-64 (fitted on the scored windows)"] = score(codes, lab, item, tiebreak=tiebreak).map_at_r
+        codes = Binarizer.fit(x, args.bits, kind=kind, seed=0, feature="pool5").encode(x)
+        results[f"{kind}-{args.bits} (fitted on the scored windows)"] = score(codes, lab, item, tiebreak=tiebreak).map_at_r
     all_held = np.flatnonzero(held)
-    interim = interim_codes(64)
-    name = "interim_vgg_itq64 (shipped; fitted on all of the fit corpus, held-out files included)"
+    interim = interim_codes(args.bits)
+    name = f"interim_vgg_itq{args.bits} (shipped; fitted on all of the fit corpus, held-out files included)"
     results[name] = score(np.packbits(interim(feats.clean[rows]).numpy() > 0, axis=1), lab, item, tiebreak=tiebreak).map_at_r
     qbe = {name: validate_codes(interim, feats, all_held)["val_top1"]}
     for i, (name, kw) in enumerate(VARIANTS.items()):
@@ -126,7 +129,8 @@ def main(argv=None) -> int:
             lt = labels[feats.item[fit]].astype(np.float32)
             t = lt if targets == "labels" else np.concatenate([t, lt], axis=1)
         sub = replace(feats, clean=feats.clean[fit], views=feats.views[fit], targets=t, item=feats.item[fit])
-        ckpt = train(sub, args.out / f"s{i}", TrainConfig(bits=64, epochs=args.epochs, **kw), grid=(8, 4), multilabel=True,
+        run = args.out / (f"s{i}" if args.bits == 64 else f"s{i}-{args.bits}")
+        ckpt = train(sub, run, TrainConfig(bits=args.bits, epochs=args.epochs, **kw), grid=(8, 4), multilabel=True,
                      resume=True)
         model = load_checkpoint(ckpt)
 
@@ -141,7 +145,7 @@ def main(argv=None) -> int:
         print(f"done: {name}: mAP@R {results[name]:.3f}, view->window {qbe[name]:.1%}", flush=True)
     m = score(x, lab, item, tiebreak=tiebreak)
     print(f"\n{len(held_files)} held-out files ({len(rows)} scored windows, {m.queries} queries, labels {', '.join(names)}); "
-          f"{len(np.unique(feats.item[fit]))} training files, {len(fit)} windows, {args.epochs} epochs, 64 bits\n")
+          f"{len(np.unique(feats.item[fit]))} training files, {len(fit)} windows, {args.epochs} epochs, {args.bits} bits\n")
     print("| code | mAP@R | view finds its own window |")
     print("|---|---|---|")
     for name, r in results.items():

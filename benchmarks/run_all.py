@@ -10,7 +10,7 @@ out-of-library excerpts, warm latency, dedup), bench_chromaprint.py (the same
 queries and dedup files), bench_index.py (indexing stages and decoding
 workers), bench_tag.py (tagging throughput), bench_similarity.py (`musichash
 evaluate` on the corpus manifest: mAP@R, P@10, P@100 and P@r<=2 of float,
-LSH, ITQ, interim and --code-model codes, with 4 windows per file in --smoke,
+LSH, ITQ, interim and CRNNH codes (crnnh16/32/64, or --code-model's), with 4 windows per file in --smoke,
 16 otherwise), bench_tagging_auc.py (per-tag ROC-AUC and PR-AUC of both
 taggers where the manifest's labels map to a tag) and bench_scale.py (search
 latency, recall, build cost, memory and scan rate against a numpy copy on
@@ -84,6 +84,8 @@ PROFILES = {
                     ("--sizes", "1000", "10000", "100000", "1000000")),
 }
 STEPS = ("engine", "chromaprint", "index", "tag", "similarity", "tagging", "scale")
+#: the similarity step's code models unless --code-model names others: CRNNH at each bit count evaluated
+SIMILARITY_MODELS = ("crnnh16", "crnnh32", "crnnh64")
 VERSIONS = ("torch", "faiss-cpu", "numpy", "librosa", "pedalboard", "av")
 
 
@@ -106,7 +108,7 @@ def step_args(name: str, p: Profile, a: argparse.Namespace, manifest: Path) -> l
         return ["bench_tag.py", "--minutes", str(p.tag_minutes), "--demo", str(ROOT / "corpus" / "demo")]
     if name == "similarity":
         return ["bench_similarity.py", str(manifest), "--windows", str(p.similarity_windows), "--seed", str(a.seed),
-                *(x for m in a.code_models for x in ("--code-model", m))]
+                *(x for m in a.code_models or SIMILARITY_MODELS for x in ("--code-model", m))]
     if name == "tagging":  # the cuts of the engine step, all of them
         return ["bench_tagging_auc.py", "--manifest", str(manifest), "--work", str(work), "--minutes-per-track",
                 str(p.minutes_per_track), "--held-out", str(p.held_out), "--seed", str(a.seed)]
@@ -349,7 +351,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="run only these")
     ap.add_argument("--code-model", dest="code_models", action="append", default=[], metavar="NAME_OR_CKPT",
-                    help="the similarity step also evaluates this code model (repeatable; default: the registry's)")
+                    help="the similarity step evaluates this code model (repeatable; default: crnnh16, crnnh32, crnnh64)")
     ap.add_argument("--render-only", action="store_true", help="assemble the Markdown from the last run's JSON")
     a = ap.parse_args(argv)
     if not (a.profile or a.render_only):

@@ -175,6 +175,7 @@ def library_options(f):
 
 def _open(library: Path | None, db_url: str | None, *, write: bool = False, device: str = "auto", code_model: str | None = None):
     from musichash.library import Library
+    from musichash.models.registry import superseded_by
 
     lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model)
     report = lib.store.repair_report
@@ -186,6 +187,10 @@ def _open(library: Path | None, db_url: str | None, *, write: bool = False, devi
             + "); `musichash index` completes it",
             err=True,
         )
+    newer = superseded_by(lib.code_model)
+    if newer:
+        click.echo(f"Note: {lib.folder} holds interim codes ({lib.code_model}); the default is now CRNNH ({newer}), "
+                   f"better at finding clips: to use it, index the music again into a new --library", err=True)
     return lib
 
 

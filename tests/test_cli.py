@@ -48,7 +48,7 @@ def test_models_json(runner):
     codes = [f"interim_vgg_itq{b}" for b in (16, 32, 48, 64, 128)] + [f"crnnh{b}" for b in (16, 32, 48, 64, 128)]
     assert [r["name"] for r in rows] == taggers + codes
     # one default per kind: the tagger for `tag`, the code model for new libraries
-    assert [r["name"] for r in rows if r["default"]] == ["MTT_musicnn", "interim_vgg_itq64"]
+    assert [r["name"] for r in rows if r["default"]] == ["MTT_musicnn", "crnnh64"]
     assert all(r["kind"] == "tagger" and r["bits"] is None for r in rows[:4])
     assert [(r["kind"], r["bits"]) for r in rows[4:]] == [("hash", b) for b in (16, 32, 48, 64, 128)] * 2
 
@@ -56,7 +56,7 @@ def test_models_json(runner):
 def test_models_table_marks_the_default(runner):
     lines = runner.invoke(cli, ["models"]).output.splitlines()
     assert lines[0].startswith("* MTT_musicnn ")
-    assert lines[7].startswith("* interim_vgg_itq64 ") and "hash" in lines[7]
+    assert lines[12].startswith("* crnnh64 ") and "hash" in lines[12] and lines[7].startswith("  interim_vgg_itq64 ")
     assert len(lines) == 14 and lines[-1].startswith("  crnnh128 ")
     assert len(runner.invoke(cli, ["models", "--all"]).output.splitlines()) == 18
 

@@ -116,6 +116,18 @@ def test_code_model_mismatch(built):
     )
 
 
+def test_a_library_of_interim_codes_is_told_to_reindex(tmp_path, built):
+    lib = tmp_path / "lib"
+    Library.open(lib, write=True, code_model="interim_vgg_itq64").close()
+    result = run("stats", "--library", lib, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["code_model"] == "interim_vgg_itq64"
+    assert result.stderr == (
+        f"Note: {lib} holds interim codes (interim_vgg_itq64); the default is now CRNNH (crnnh64), better at finding "
+        "clips: to use it, index the music again into a new --library\n"
+    )
+    assert run("stats", "--library", built[1]).stderr == ""  # any other code model: no note
+
+
 def test_dedup_outputs(built):
     _, lib, _ = built
     result = run("dedup", "--library", lib, "--json")

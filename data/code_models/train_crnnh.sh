@@ -1,12 +1,15 @@
 #!/bin/sh
 # Train the shipped CRNNH code models, musichash/models/weights/crnnh{16,32,48,64,128}.safetensors
-# (+ .json: data summary, settings, per-epoch losses and held-out metrics), on the fit corpus.
+# (+ .json: data summary, settings, per-epoch losses and held-out metrics), on two thirds of the
+# fit corpus (train.jsonl, labelled by soundtrack, composer and instrument family), and run the
+# engine on the other third (calibration.jsonl, music the models never heard) to fit crnnh64's
+# match and dedup thresholds (registry.CRNNH_THRESHOLDS; see data/code_models/README.md).
 #
 #   sh data/code_models/train_crnnh.sh [FIT_CORPUS] [WORK]
 #
 # FIT_CORPUS (default /tmp/corpus_fit) is built when missing, with the evaluation corpus
 # (/tmp/corpus_fit's scores must not overlap it): see data/code_models/README.md for the packages.
-# One feature cache (about 500 MB, ~12 min on 2 cores) serves all five bit counts (~2 min each).
+# One feature cache (about 350 MB, ~9 min on 2 cores) serves all five bit counts (~2 min each).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -21,10 +24,15 @@ if [ ! -f "$corpus/manifest.jsonl" ]; then
         --packages pushover-data tomatoes-data xmoto-data extremetuxracer-data openclonk-data \
         --exclude-scores-of /tmp/corpus_full/manifest.jsonl
 fi
+python "$here/split_fit.py" "$corpus"
 mkdir -p "$work"
 for bits in 64 16 32 48 128; do
-    musichash train "$corpus" --layout unlabelled --out "$work/crnnh$bits" --bits "$bits" --epochs 30 \
-        --select learned --views 2 --max-minutes 3 --seed 0 --cache "$work/features.h5"
+    musichash train "$corpus/train.jsonl" --layout manifest --out "$work/crnnh$bits" --bits "$bits" --epochs 30 \
+        --select learned --similarity 20 --views 2 --max-minutes 3 --seed 0 --cache "$work/features.h5"
     cp "$work/crnnh$bits/crnnh.safetensors" "$weights/crnnh$bits.safetensors"
     cp "$work/crnnh$bits/crnnh.json" "$weights/crnnh$bits.json"
 done
+python "$root/benchmarks/eval_engine.py" --manifest "$corpus/calibration.jsonl" --work "$work/calibration" \
+    --code-model crnnh64 --minutes-per-track 3 --held-out 6 --query-set core --queries 20 --dedup-tracks 8 \
+    --json "$work/calibration.json" > "$work/calibration.md"
+echo "thresholds: see $work/calibration.md (match: calibrated on all out-of-library queries; dedup: best F1)"

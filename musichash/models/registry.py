@@ -22,19 +22,26 @@ from musichash.models.backbones import VGG, Musicnn, _Backbone
 
 WEIGHTS_PACKAGE = "musichash.models"
 DEFAULT_TAGGER = "MTT_musicnn"
-DEFAULT_CODE_MODEL = "interim_vgg_itq64"
+DEFAULT_CODE_MODEL = "crnnh64"
 #: bit lengths of the shipped interim code models
 INTERIM_BITS = (16, 32, 48, 64, 128)
 #: bit lengths of the shipped CRNNH code models (data/code_models/train_crnnh.sh)
 CRNNH_BITS = (16, 32, 48, 64, 128)
 
 
-#: match and dedup thresholds of the shipped CRNNH models. None yet: they use the engine's defaults.
-#: Fitted on the fit corpus, as the interim ones were, they came out at 0.182 and 0.4, but the
-#: CRNNH models were trained on that music and score it higher than music they never heard (on the
-#: evaluation corpus dedup at 0.4 has pair F1 0.48, at the default 0.2 0.86): calibrating them
-#: needs music outside their training set (BENCHMARKS.md, "CRNNH code models")
-CRNNH_THRESHOLDS: dict[int, dict] = {}
+#: match and dedup thresholds of the shipped CRNNH models, fitted by data/code_models/train_crnnh.sh on
+#: the third of the fit corpus the models were not trained on (calibration.jsonl): match rejects 95 %
+#: of out-of-library clips there; dedup 0.2 is the middle of the best-F1 plateau (0.15-0.25, F1 0.994).
+#: Only crnnh64, the default, is calibrated; the other sizes use the engine's defaults
+CRNNH_THRESHOLDS: dict[int, dict] = {64: {"match_threshold": 0.388, "dedup_threshold": 0.2}}
+
+
+def superseded_by(code_model: str) -> str | None:
+    """The CRNNH model that replaces an interim code model of the same size (None for any other model)."""
+    for bits in INTERIM_BITS:
+        if code_model == f"interim_vgg_itq{bits}" and bits in CRNNH_BITS:
+            return f"crnnh{bits}"
+    return None
 
 
 class ModelError(MusichashError):
@@ -90,8 +97,7 @@ REGISTRY: dict[str, ModelSpec] = {
         *(
             ModelSpec(
                 f"interim_vgg_itq{bits}", "hash", "binarizer", "MTT",
-                f"interim codes: MTT_vgg pool5 features, {bits}-bit noise-robust LDA + ITQ fitted on allowed music"
-                + ("; default code model" if bits == 64 else ""),
+                f"interim codes: MTT_vgg pool5 features, {bits}-bit noise-robust LDA + ITQ fitted on allowed music",
                 weights=f"interim_vgg_itq{bits}.safetensors", bits=bits, backbone="MTT_vgg", feature="pool5",
                 # match threshold: 95 % of out-of-library clips rejected on the fit corpus
                 # (benchmarks/eval_engine.py, BENCHMARKS.md); only the 64-bit model is calibrated
@@ -102,7 +108,8 @@ REGISTRY: dict[str, ModelSpec] = {
         *(
             ModelSpec(
                 f"crnnh{bits}", "hash", "crnnh", "MTT",
-                f"CRNNH: MTT_vgg pool1-5 pyramid, LSTM, {bits}-bit hash layer, trained on allowed music",
+                f"CRNNH: MTT_vgg pool1-5 pyramid, LSTM, {bits}-bit hash layer, trained on allowed music"
+                + ("; default code model" if bits == 64 else ""),
                 weights=f"crnnh{bits}.safetensors", bits=bits, backbone="MTT_vgg",
                 config=CRNNH_THRESHOLDS.get(bits, {}),
             )
