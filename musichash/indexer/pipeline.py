@@ -254,7 +254,7 @@ def default_workers() -> int:
     """Decoding processes: none on 2 cores or fewer, else one per 4 cores (at most 4).
 
     Decoding, resampling and the mel take about a sixth of the CPU time the
-    VGG backbone does (BENCHMARKS.md), so one worker feeds a CPU model on up
+    VGG backbone does (benchmarks/HISTORY.md), so one worker feeds a CPU model on up
     to ~16 cores. On 2 cores a worker only competes with the model's
     threads: measured 30x real time with one worker against 51x without.
     """

@@ -100,7 +100,7 @@ REGISTRY: dict[str, ModelSpec] = {
                 f"interim codes: MTT_vgg pool5 features, {bits}-bit noise-robust LDA + ITQ fitted on allowed music",
                 weights=f"interim_vgg_itq{bits}.safetensors", bits=bits, backbone="MTT_vgg", feature="pool5",
                 # match threshold: 95 % of out-of-library clips rejected on the fit corpus
-                # (benchmarks/eval_engine.py, BENCHMARKS.md); only the 64-bit model is calibrated
+                # (benchmarks/eval_engine.py, benchmarks/HISTORY.md); only the 64-bit model is calibrated
                 config={"match_threshold": 0.219} if bits == 64 else {},
             )
             for bits in INTERIM_BITS

@@ -57,7 +57,7 @@ class SearchIndex:
 
 
 #: below this many segments (about 5k tracks of 4 min) an exact flat scan answers a
-#: 10 s query in under ~30 ms; above it IVF does (BENCHMARKS.md, search at scale)
+#: 10 s query in under ~30 ms; above it IVF does (benchmarks/HISTORY.md, search at scale)
 AUTO_IVF_SEGMENTS = 1_000_000
 
 

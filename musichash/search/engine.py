@@ -21,14 +21,14 @@ DEFAULT_K = 10
 #: a query window's weight is shared among the tracks it hits within this many
 #: bits of its best hit. On the fit corpus it raised the share of in-library
 #: clips found and matched at 95 % true-negative rate from 14 % to 49 %, with
-#: top-1 unchanged (BENCHMARKS.md): generic textures stop adding up to a match
+#: top-1 unchanged (benchmarks/HISTORY.md): generic textures stop adding up to a match
 DEFAULT_SHARE_SLACK = 2
 #: per window in dedup: the track's own neighbouring segments take some of the slots
 DEDUP_K = 20
 #: a pair of tracks is one recording when this fraction of one track's
 #: windows line up with the other at one offset (and rate). 0.2 gave the best
 #: pair F1 (0.91, with the hit cut-off below) on the fit corpus's dedup set with the interim codes
-#: (BENCHMARKS.md); weighted scores did worse (0.89 at best) because trimmed
+#: (benchmarks/HISTORY.md); weighted scores did worse (0.89 at best) because trimmed
 #: or padded copies sit up to half a segment hop off the grid
 DEFAULT_DEDUP_THRESHOLD = 0.2
 #: dedup tolerates small speed changes only (a 5 % faster file is a different edit)

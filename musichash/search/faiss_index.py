@@ -74,7 +74,7 @@ class IndexConfig:
 
     ``nlist=None`` picks the power of two nearest ``sqrt(n)`` at build time
     (at most ``n / 39`` so every list gets enough training codes); more lists
-    cost build time quadratically for little speed (BENCHMARKS.md, search at
+    cost build time quadratically for little speed (benchmarks/HISTORY.md, search at
     scale).  ``nprobe`` 64 keeps the right track first as often as exact
     search on 100k tracks, at 17 ms per 10 s query.  ``nhash=None`` cuts
     the code into 16-bit chunks; ``hash_bits=None`` uses ``bits // nhash``.
