@@ -169,6 +169,8 @@ def test_training_with_the_similarity_term_records_it(tmp_path):
     off = train(feats, tmp_path / "off", TrainConfig(bits=16, epochs=1, batch=8, hidden=8, n_select=2, lambda_s=0.0),
                 grid=(4, 2), multilabel=True)
     assert json.loads(off.with_suffix(".json").read_text())["history"][0]["similarity"] == 0
+    with pytest.raises(ValueError, match="negatives must be one of batch, file, got 'track'"):
+        train(feats, tmp_path / "bad", TrainConfig(bits=16, epochs=1, negatives="track"), grid=(4, 2), multilabel=True)
 
 
 def test_batch_order_keeps_runs_of_one_file():

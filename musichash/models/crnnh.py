@@ -254,7 +254,8 @@ class CRNNHLoss:
     def __call__(self, out: CRNNHOutput, target: torch.Tensor, view: CRNNHOutput | None = None,
                  teacher: torch.Tensor | None = None, group: torch.Tensor | None = None) -> LossParts:
         """target: float [B, n_classes] in [0, 1] (multilabel / soft) or long [B] (classes); teacher: float [B, D]
-        (centred); group: long [B], the pairwise term's negatives only within a group (:func:`pairwise_loss`)."""
+        (centred); group: long [B], the pairwise term's negatives within a group and the similarity term's pairs
+        across groups only (:func:`pairwise_loss`, :func:`similarity_loss`)."""
         if self.multilabel:
             cls = F.binary_cross_entropy_with_logits(out.logits, target.float())
         else:
@@ -263,7 +264,9 @@ class CRNNHLoss:
         q = quantization_loss(h)
         b = balance_loss(h)
         p = pairwise_loss(out.relaxed, view.relaxed, group=group) if view is not None else h.new_zeros(())
-        s = similarity_loss(out.relaxed, teacher, self.temperature_s, group) if teacher is not None and self.lambda_s else h.new_zeros(())
+        s = h.new_zeros(())
+        if teacher is not None and self.lambda_s:
+            s = similarity_loss(out.relaxed, teacher, self.temperature_s, group)
         total = cls + self.lambda_q * q + self.lambda_b * b + self.lambda_p * p + self.lambda_s * s
         return LossParts(total, cls, q, b, p, s)
 

@@ -52,6 +52,7 @@ class TrainConfig:
 
 
 VAL_EVERY = 10
+NEGATIVES = ("batch", "file")
 CHECKPOINT = "crnnh.safetensors"
 STATE = "train_state.json"
 
@@ -72,6 +73,8 @@ def train(
     With ``resume``, training continues from the last finished epoch in
     ``out`` (weights and the RNG stream; the optimiser restarts its moments).
     """
+    if cfg.negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}, got {cfg.negatives!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt, state_path = out / CHECKPOINT, out / STATE
