@@ -24,6 +24,7 @@ windows, as ``musichash evaluate`` fits them) and the shipped interim code
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import replace
@@ -35,9 +36,9 @@ import torch
 from musichash.evaluate import score, tie_order
 from musichash.indexer.binarize import Binarizer
 from musichash.models.crnnh import load_checkpoint
-from musichash.train.cache import Features, load_cache
-from musichash.train.data import load_dataset
-from musichash.train.loop import TrainConfig, teacher_features, train, validate_codes
+from musichash.train.cache import load_cache
+from musichash.train.data import Dataset, load_dataset
+from musichash.train.loop import TrainConfig, cached_codes, teacher_features, train, validate_codes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crnnh_ablation import interim_codes  # noqa: E402  (benchmarks/crnnh_ablation.py)
@@ -73,9 +74,8 @@ VARIANTS = {
 }
 
 
-def labels_by_item(data: Path, feats: Features) -> tuple[np.ndarray, list[str]]:
-    """bool [n_files, C]: the manifest's labels of each cache file index (the unlabelled layout's order)."""
-    plain = load_dataset(data, "unlabelled")
+def labels_by_item(data: Path, plain: Dataset) -> tuple[np.ndarray, list[str]]:
+    """bool [n_files, C]: the manifest's labels of each cache file index (``plain``: the unlabelled layout of ``data``)."""
     labelled = load_dataset(data / "manifest.jsonl", "manifest")
     row = {p.resolve(): i for i, p in enumerate(labelled.files)}
     return np.stack([labelled.targets[row[p.resolve()]] >= 0.5 for p in plain.files]), list(labelled.names)
@@ -99,8 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="variant numbers to run (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    feats = load_cache(args.cache, load_dataset(args.data, "unlabelled"))
-    labels, names = labels_by_item(args.data, feats)
+    plain = load_dataset(args.data, "unlabelled")
+    feats = load_cache(args.cache, plain)
+    labels, names = labels_by_item(args.data, plain)
     files = np.unique(feats.item)
     held_files = files[files % HOLD == HOLD - 1]
     held = np.isin(feats.item, held_files)
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
     tiebreak = tie_order(len(rows), 0)
     x = teacher_features(feats.clean[rows])
     x -= x.mean(axis=0)
-    results = {"float (pool5, cosine)": score(x, lab, item, tiebreak=tiebreak).map_at_r}
+    ref = score(x, lab, item, tiebreak=tiebreak)
+    results = {"float (pool5, cosine)": ref.map_at_r}
     for kind in ("lsh", "itq"):
         codes = Binarizer.fit(x, args.bits, kind=kind, seed=0, feature="pool5").encode(x)
         results[f"{kind}-{args.bits} (fitted on the scored windows)"] = score(codes, lab, item, tiebreak=tiebreak).map_at_r
@@ -132,19 +134,12 @@ def main(argv=None) -> int:
         run = args.out / (f"s{i}" if args.bits == 64 else f"s{i}-{args.bits}")
         ckpt = train(sub, run, TrainConfig(bits=args.bits, epochs=args.epochs, **kw), grid=(8, 4), multilabel=True,
                      resume=True)
-        model = load_checkpoint(ckpt)
-
-        @torch.inference_mode()
-        def codes(z, model=model):
-            return torch.cat([model.forward_resized(torch.from_numpy(z[j : j + 512].astype(np.float32))).codes
-                              for j in range(0, len(z), 512)])
-
+        codes = functools.partial(cached_codes, load_checkpoint(ckpt))
         packed = np.packbits(codes(feats.clean[rows]).numpy() > 0, axis=1)
         results[name] = score(packed, lab, item, tiebreak=tiebreak).map_at_r
         qbe[name] = validate_codes(codes, feats, all_held)["val_top1"]
         print(f"done: {name}: mAP@R {results[name]:.3f}, view->window {qbe[name]:.1%}", flush=True)
-    m = score(x, lab, item, tiebreak=tiebreak)
-    print(f"\n{len(held_files)} held-out files ({len(rows)} scored windows, {m.queries} queries, labels {', '.join(names)}); "
+    print(f"\n{len(held_files)} held-out files ({len(rows)} scored windows, {ref.queries} queries, labels {', '.join(names)}); "
           f"{len(np.unique(feats.item[fit]))} training files, {len(fit)} windows, {args.epochs} epochs, {args.bits} bits\n")
     print("| code | mAP@R | view finds its own window |")
     print("|---|---|---|")

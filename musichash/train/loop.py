@@ -167,11 +167,14 @@ def batch_order(rows: np.ndarray, item: np.ndarray, rng: np.random.Generator, pe
 def validate(model: CRNNH, feats: Features, rows: np.ndarray) -> dict:
     """``val_top1``, ``val_file_top1`` and ``val_flips`` (module docstring) over the held-out windows ``rows``; {} when none."""
 
-    def codes(x: np.ndarray) -> torch.Tensor:
-        return torch.cat([model.forward_resized(torch.from_numpy(x[i : i + 512].astype(np.float32))).codes
-                          for i in range(0, len(x), 512)])
+    return validate_codes(lambda x: cached_codes(model, x), feats, rows)
 
-    return validate_codes(codes, feats, rows)
+
+@torch.inference_mode()
+def cached_codes(model: CRNNH, x: np.ndarray, chunk: int = 512) -> torch.Tensor:
+    """+-1 codes ``float [n, bits]`` of cached windows ``float16 [n, L, C, H*W]``, ``chunk`` at a time."""
+    return torch.cat([model.forward_resized(torch.from_numpy(x[i : i + chunk].astype(np.float32))).codes
+                      for i in range(0, len(x), chunk)])
 
 
 @torch.inference_mode()
