@@ -185,3 +185,27 @@ def test_batch_order_keeps_runs_of_one_file():
     assert [len(r) for r in runs] == [3, 2, 3, 4, 3, 3, 3, 4]
     random = batch_order(rows, item, np.random.default_rng(0), 0)
     assert sorted(random.tolist()) == rows.tolist()
+
+
+def test_split_fit_sends_every_third_file_to_calibration(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "data" / "code_models" / "split_fit.py"
+    spec = importlib.util.spec_from_file_location("split_fit", path)
+    split_fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(split_fit)
+    names = [f"f{i}.wav" for i in (5, 1, 4, 0, 6, 3, 2)]  # the manifest's order is not the split's
+    rows = [{"path": n, "labels": {"soundtrack": "a" if n < "f4" else "b"}} for n in names]
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert split_fit.main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.endswith("manifest.jsonl: 5 files to train.jsonl, 2 to calibration.jsonl\n")
+    cal = load_dataset(tmp_path / "calibration.jsonl", "manifest")
+    train_part = load_dataset(tmp_path / "train.jsonl", "manifest")
+    assert [f.name for f in cal.files] == ["f2.wav", "f5.wav"]  # the 3rd and 6th in path order
+    assert [f.name for f in train_part.files] == ["f0.wav", "f1.wav", "f3.wav", "f4.wav", "f6.wav"]
+    assert train_part.names == ("soundtrack=a", "soundtrack=b")
+    with pytest.raises(SystemExit, match="no such manifest"):
+        split_fit.main([str(tmp_path / "nowhere")])
