@@ -36,12 +36,13 @@ CRNNH_BITS = (16, 32, 48, 64, 128)
 CRNNH_THRESHOLDS: dict[int, dict] = {64: {"match_threshold": 0.388, "dedup_threshold": 0.2}}
 
 
+#: interim code model -> the CRNNH model of the same size that replaces it
+SUPERSEDED = {f"interim_vgg_itq{bits}": f"crnnh{bits}" for bits in INTERIM_BITS if bits in CRNNH_BITS}
+
+
 def superseded_by(code_model: str) -> str | None:
-    """The CRNNH model that replaces an interim code model of the same size (None for any other model)."""
-    for bits in INTERIM_BITS:
-        if code_model == f"interim_vgg_itq{bits}" and bits in CRNNH_BITS:
-            return f"crnnh{bits}"
-    return None
+    """The CRNNH model that replaces an interim code model (None for any other model)."""
+    return SUPERSEDED.get(code_model)
 
 
 class ModelError(MusichashError):
