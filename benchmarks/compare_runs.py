@@ -1,0 +1,206 @@
+"""Compare two run_all.py runs figure by figure: does a rerun reproduce BENCHMARKS.md?
+
+    python benchmarks/compare_runs.py /tmp/mhb-full/results /tmp/mhb-rerun/results --out benchmarks/RERUN.md
+
+Each argument is a run's ``results`` folder (the JSON that run_all.py writes
+under --work). The headline figures of both runs are read side by side and
+sorted into two kinds:
+
+* **quality** (hit rates, rejection, dedup F1, mAP@R, ROC-AUC, bytes per hour):
+  the queries, libraries and models are seeded, so a rerun should give the
+  same number; within noise means an absolute difference of at most
+  --quality-tol (default 0.005, half a percentage point);
+* **cost** (throughput, latency, scan rate, peak memory): within noise means a
+  relative difference of at most --speed-tol (default 0.20), the spread we see
+  between repeated timings on this shared 2-core machine.
+
+The exit code is 0 when every figure is within noise, 1 otherwise, so a
+regeneration can be checked by a script as well as read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+QUALITY, SPEED = "quality", "cost"
+
+
+@dataclass(frozen=True)
+class Figure:
+    step: str
+    name: str
+    kind: str  # QUALITY or SPEED
+    a: float | None
+    b: float | None
+
+    def diff(self) -> float | None:
+        if self.a is None or self.b is None:
+            return None
+        if self.kind == QUALITY:
+            return self.b - self.a
+        return (self.b - self.a) / self.a if self.a else None
+
+    def within(self, quality_tol: float, speed_tol: float) -> bool:
+        d = self.diff()
+        return d is not None and abs(d) <= (quality_tol if self.kind == QUALITY else speed_tol)
+
+
+def _get(d: dict, path: str):
+    for key in path.split("."):
+        if isinstance(d, list):
+            d = d[int(key)]
+        elif isinstance(d, dict) and key in d:
+            d = d[key]
+        else:
+            return None
+    return d
+
+
+def _engine(r: dict) -> Iterator[tuple[str, str, object]]:
+    run = r["runs"][str(max(int(k) for k in r["runs"]))]
+    for row in run["summary"]["by_length"]:
+        yield f"top-1, {row['length']:g} s", QUALITY, row["top1"]
+        yield f"top-10, {row['length']:g} s", QUALITY, row["top10"]
+    yield "out-of-library rejected at the shipped threshold", QUALITY, _get(run, "threshold.fixed_all.tnr")
+    yield "in-library matched at the shipped threshold", QUALITY, _get(run, "threshold.fixed_all.tpr")
+    yield "in-library matched at 95 % rejection", QUALITY, _get(run, "threshold.all.tpr")
+    yield "dedup F1 at the shipped threshold", QUALITY, _get(r, "dedup.f1")
+    yield "dedup best F1 of the sweep", QUALITY, max((s["f1"] for s in _get(r, "dedup.sweep") or []), default=None)
+    yield "code bytes per hour", QUALITY, _get(r, "library.code_bytes_per_hour")
+    yield "indexing x real time", SPEED, _get(r, "indexing.x_real_time")
+    yield "warm 10 s query p50 ms", SPEED, _get(r, "latency_ms.p50")
+    yield "warm 10 s query p99 ms", SPEED, _get(r, "latency_ms.p99")
+    yield "peak RSS MB", SPEED, _get(r, "peak_rss_mb")
+
+
+def _chromaprint(r: dict) -> Iterator[tuple[str, str, object]]:
+    for row in r["summary"]["by_length"]:
+        yield f"top-1, {row['length']:g} s", QUALITY, row["top1"]
+    yield "out-of-library rejected at BER 0.35", QUALITY, _get(r, "threshold.fixed_all.tnr")
+    yield "in-library matched at 95 % rejection", QUALITY, _get(r, "threshold.all.tpr")
+    yield "dedup best F1 of the sweep", QUALITY, max((s["f1"] for s in _get(r, "dedup.sweep") or []), default=None)
+    yield "fingerprinting x real time", SPEED, _get(r, "fingerprinting.x_real_time")
+    for length, lat in sorted((r.get("latency_ms") or {}).items(), key=lambda kv: float(kv[0])):
+        yield f"query {float(length):g} s p50 ms", SPEED, lat["p50"]
+
+
+def _index(r: dict) -> Iterator[tuple[str, str, object]]:
+    for stage in ("decode_x", "mel_x", "model_x"):
+        yield f"stage {stage[:-2]} x real time", SPEED, _get(r, f"stages.{stage}")
+    for row in r.get("index", []):
+        yield f"index, {row['workers']} decoding workers, x real time", SPEED, row["x_real_time"]
+
+
+def _tag(r: dict) -> Iterator[tuple[str, str, object]]:
+    for row in r.get("rows", []):
+        yield f"{row['model']} x real time", SPEED, row["x_realtime"]
+
+
+def _similarity(r: dict) -> Iterator[tuple[str, str, object]]:
+    for m in _get(r, "report.methods") or []:
+        yield f"mAP@R {m['method']}", QUALITY, m["map_at_r"]
+
+
+def _tagging(r: dict) -> Iterator[tuple[str, str, object]]:
+    for model, macro in (r.get("macro") or {}).items():
+        yield f"{model} macro ROC-AUC", QUALITY, macro["roc_auc"]
+
+
+def _scale(r: dict) -> Iterator[tuple[str, str, object]]:
+    yield "numpy copy GB/s", SPEED, _get(r, "meta.copy_gbps")
+    for row in r.get("results", []):
+        n = f"{row['n_tracks']:,} tracks"
+        yield f"{n}: search core p50 ms", SPEED, _get(row, "core.single_p50_ms")
+        yield f"{n}: search core batched, 2 threads, us/query", SPEED, _get(row, "core.batch2_us_per_q")
+        for run in row.get("runs", []):
+            yield f"{n}: {run['variant']} query p50 ms", SPEED, run["p50_ms"]
+            if run.get("recall") is not None:
+                yield f"{n}: {run['variant']} recall", QUALITY, run["recall"]
+
+
+STEPS: dict[str, Callable[[dict], Iterator[tuple[str, str, object]]]] = {
+    "engine": _engine, "chromaprint": _chromaprint, "index": _index, "tag": _tag,
+    "similarity": _similarity, "tagging": _tagging, "scale": _scale,
+}
+
+
+def _load(folder: Path, step: str) -> dict | None:
+    f = folder / f"{step}.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def figures(a: Path, b: Path) -> list[Figure]:
+    out = []
+    for step, read in STEPS.items():
+        ra, rb = _load(a, step), _load(b, step)
+        fa = {name: (kind, v) for name, kind, v in read(ra)} if ra else {}
+        fb = {name: (kind, v) for name, kind, v in read(rb)} if rb else {}
+        for name in [*fa, *(n for n in fb if n not in fa)]:
+            kind = (fa.get(name) or fb.get(name))[0]
+            va, vb = (fa.get(name) or (kind, None))[1], (fb.get(name) or (kind, None))[1]
+            out.append(Figure(step, name, kind, None if va is None else float(va), None if vb is None else float(vb)))
+    return out
+
+
+def _commit(folder: Path) -> str:
+    run = _load(folder, "run") or {}
+    return f"{_get(run, 'meta.commit') or '?'}, {_get(run, 'meta.date') or '?'}"
+
+
+def render(figs: list[Figure], a: Path, b: Path, quality_tol: float, speed_tol: float) -> str:
+    ok = [f.within(quality_tol, speed_tol) for f in figs]
+    lines = [
+        "# Rerun check",
+        "",
+        f"A: `{a}` ({_commit(a)})  ",
+        f"B: `{b}` ({_commit(b)})",
+        "",
+        f"Within noise: quality figures differ by at most {quality_tol} (absolute), speed figures by at most "
+        f"{speed_tol:.0%} (relative). **{sum(ok)} of {len(figs)} figures are within noise**; "
+        f"{sum(f.kind == QUALITY and f.diff() == 0 for f in figs)} of {sum(f.kind == QUALITY for f in figs)} "
+        "quality figures are identical.",
+        "",
+        "| step | figure | kind | A | B | difference | within noise |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f, good in zip(figs, ok):
+        d = f.diff()
+        ds = "n/a" if d is None else (f"{d:+.4f}" if f.kind == QUALITY else f"{d:+.1%}")
+        va = "missing" if f.a is None else f"{f.a:.4g}"
+        vb = "missing" if f.b is None else f"{f.b:.4g}"
+        lines.append(f"| {f.step} | {f.name} | {f.kind} | {va} | {vb} | {ds} | {'yes' if good else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("a", type=Path, help="the first run's results folder")
+    ap.add_argument("b", type=Path, help="the rerun's results folder")
+    ap.add_argument("--quality-tol", type=float, default=0.005)
+    ap.add_argument("--speed-tol", type=float, default=0.20)
+    ap.add_argument("--out", type=Path, help="write the Markdown here (default: stdout)")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = ap.parse_args(argv)
+    for folder in (args.a, args.b):
+        if not (folder / "run.json").exists():
+            ap.error(f"{folder}: no run.json; pass a run_all.py --work folder's results/")
+    figs = figures(args.a, args.b)
+    text = render(figs, args.a, args.b, args.quality_tol, args.speed_tol)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    if args.json:
+        args.json.write_text(json.dumps([{**asdict(f), "diff": f.diff(),
+                                          "within": f.within(args.quality_tol, args.speed_tol)} for f in figs],
+                                         indent=1))
+    return 0 if all(f.within(args.quality_tol, args.speed_tol) for f in figs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

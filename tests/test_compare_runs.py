@@ -1,0 +1,81 @@
+"""benchmarks/compare_runs.py: which figures of two runs agree within noise, and the exit code."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "compare_runs.py"
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("benchmarks_compare_runs", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+
+
+def _run(folder: Path, *, top1: float, latency: float, gbps: float) -> Path:
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"meta": {"commit": "abc1234", "date": "2026-11-21 10:00 UTC"}}))
+    engine = {
+        "runs": {"10": {"summary": {"by_length": [{"length": 5.0, "top1": top1, "top10": 1.0}]},
+                        "threshold": {"fixed_all": {"tnr": 0.8, "tpr": 0.3}, "all": {"tpr": 0.02}}}},
+        "dedup": {"f1": 0.9, "sweep": [{"f1": 0.9}, {"f1": 0.95}]},
+        "library": {"code_bytes_per_hour": 22000.0},
+        "indexing": {"x_real_time": 46.0},
+        "latency_ms": {"p50": latency, "p99": 2 * latency},
+        "peak_rss_mb": 1400.0,
+    }
+    (folder / "engine.json").write_text(json.dumps(engine))
+    (folder / "scale.json").write_text(json.dumps({"meta": {"copy_gbps": gbps}, "results": []}))
+    return folder
+
+
+def test_figures_pair_up_and_classify(compare, tmp_path):
+    a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
+    b = _run(tmp_path / "b", top1=0.85, latency=110.0, gbps=10.0)
+    figs = {f.name: f for f in compare.figures(a, b)}
+    assert figs["top-1, 5 s"].kind == compare.QUALITY and figs["top-1, 5 s"].diff() == 0.0
+    assert figs["warm 10 s query p50 ms"].kind == compare.SPEED
+    assert figs["warm 10 s query p50 ms"].diff() == pytest.approx(0.10)
+    assert figs["dedup best F1 of the sweep"].a == 0.95
+    assert all(f.within(0.005, 0.20) for f in figs.values())
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "**13 of 13 figures are within noise**" in text
+    assert "| engine | top-1, 5 s | quality | 0.85 | 0.85 | +0.0000 | yes |" in text
+
+
+@pytest.mark.parametrize("b_args, bad", [
+    ({"top1": 0.80, "latency": 100.0, "gbps": 10.0}, ["top-1, 5 s"]),  # 5 points off: not noise
+    ({"top1": 0.85, "latency": 130.0, "gbps": 10.0},  # 30 % slower
+     ["warm 10 s query p50 ms", "warm 10 s query p99 ms"]),
+])
+def test_a_figure_outside_noise_fails_the_run(compare, tmp_path, b_args, bad):
+    a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
+    b = _run(tmp_path / "b", **b_args)
+    out = tmp_path / "r.json"
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "r.md"), "--json", str(out)]) == 1
+    assert [f["name"] for f in json.loads(out.read_text()) if not f["within"]] == bad
+
+
+def test_a_figure_missing_from_one_run_is_not_within_noise(compare, tmp_path):
+    a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
+    b = _run(tmp_path / "b", top1=0.85, latency=100.0, gbps=10.0)
+    (b / "scale.json").unlink()
+    figs = {f.name: f for f in compare.figures(a, b)}
+    assert figs["numpy copy GB/s"].b is None and not figs["numpy copy GB/s"].within(0.005, 0.20)
+
+
+def test_a_folder_without_run_json_is_refused(compare, tmp_path, capsys):
+    a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
+    with pytest.raises(SystemExit) as e:
+        compare.main([str(a), str(tmp_path)])
+    assert e.value.code == 2
+    assert f"{tmp_path}: no run.json" in capsys.readouterr().err
