@@ -1,6 +1,6 @@
 """Indexing throughput: where the time goes, and `Library.index` end to end with and without decoding workers.
 
-    python benchmarks/bench_index.py FILE_OR_FOLDER... [--workers 0 1] [--code-model interim_vgg_itq64] [--json OUT]
+    python benchmarks/bench_index.py FILE_OR_FOLDER... [--workers 0 1] [--code-model crnnh64] [--json OUT]
 
 Stages are timed on the first file: decode + resample to 16 kHz, log-mel,
 and the code model (VGG windows every 1.28 s, codes). Then each ``--workers``
@@ -23,6 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, peak_rss_mb  # noqa: E402
+
+from musichash.models import DEFAULT_CODE_MODEL  # noqa: E402
 
 
 def stages(path: Path, code_model: str) -> dict:
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--code-model", default="interim_vgg_itq64")
+    ap.add_argument("--code-model", default=DEFAULT_CODE_MODEL, help="default: the engine's (%(default)s)")
     ap.add_argument("--json", type=Path, help="write the figures as JSON too")
     ap.add_argument("--child", choices=["stages", "index"], help=argparse.SUPPRESS)
     ap.add_argument("--child-workers", type=int, default=0, help=argparse.SUPPRESS)
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
 
 def render(d: dict) -> str:
     s = d["stages"]
-    lines = [f"Stages on {Path(s['file']).name} ({s['audio_s'] / 60:.1f} min, torch {s['threads']} threads): "
+    lines = [f"Code model `{d['code_model']}`. Stages on {Path(s['file']).name} ({s['audio_s'] / 60:.1f} min, "
+             f"torch {s['threads']} threads): "
              f"decode + resample {s['decode_x']:.0f}x, mel {s['mel_x']:.0f}x, code model {s['model_x']:.0f}x real time.\n",
              f"`Library.index` of {d['files']} file{'s' if d['files'] > 1 else ''}, each setting in a fresh process:\n",
              "| decoding workers | audio | wall | x real time | peak RSS |", "|---|---|---|---|---|"]
