@@ -111,35 +111,6 @@ def test_flat_equals_brute_force(bits):
     assert (I[unique] == Ie[unique]).all()
 
 
-@pytest.mark.parametrize("nq", [1, 2])
-def test_few_queries_on_a_large_flat_index_scan_in_shards_exactly(nq, monkeypatch, tmp_path):
-    import musichash.search.faiss_index as fi
-
-    ds = SyntheticCodes.make(64, nb=1000, nq=nq)
-    ids = np.arange(len(ds.xb), dtype=np.int64) * 7 + 3
-    monkeypatch.setattr(fi, "SHARD_MIN_CODES", 100)
-    faiss.omp_set_num_threads(3)  # three uneven shards of 333/333/334 codes
-    calls = []
-    real = BinaryIndex._sharded_search
-    monkeypatch.setattr(BinaryIndex, "_sharded_search", lambda self, *a: calls.append(a) or real(self, *a))
-    built = BinaryIndex.build(ds.xb[:900], ids[:900], config=IndexConfig("flat", 64), device="cpu")
-    built.add(ds.xb[900:], ids[900:])  # the shards must see codes added after the build
-    built.save(tmp_path / "x.idx")
-    De, Ie = hamming_knn(ds.xq, ds.xb, 10)
-    dist = hamming_distances(ds.xq, ds.xb)
-    unique = (dist[:, None, :] == De[:, :, None]).sum(-1) == 1
-    for index in (built, BinaryIndex.load(tmp_path / "x.idx", device="cpu")):
-        D, I = index.search(ds.xq, 10)
-        assert (D == De).all()
-        assert (I[unique] == ids[Ie][unique]).all()
-        assert_valid(index, ds, D, I, ids)
-    assert len(calls) == 2
-    # k larger than a shard, or as many queries as threads: FAISS's own scan
-    index.search(ds.xq, 400)
-    index.search(np.repeat(ds.xq, 3, axis=0), 10)
-    assert len(calls) == 2
-
-
 def test_build_infers_flat_config_from_code_width(ds64):
     index = BinaryIndex.build(ds64.xb, device="cpu")
     assert (index.kind, index.bits, index.ntotal, index.device) == ("flat", 64, 2000, "cpu")

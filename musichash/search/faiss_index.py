@@ -30,8 +30,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +58,6 @@ DEVICES = ("auto", "cpu", "cuda")
 # FAISS pads with INT32_MAX (flat) or INT32_MIN (hnsw); one value for all kinds
 # keeps "smaller is better" sorting correct.
 MISSING_DISTANCE = np.iinfo(np.int32).max
-
-#: a flat CPU index at least this large answers fewer queries than it has
-#: threads by scanning one shard per thread: FAISS spreads a batch over its
-#: queries, so a single query would otherwise scan on one core. At 1M 64-bit
-#: codes that takes one query from 1.2 ms to ~0.6 ms on 2 cores (BENCHMARKS.md,
-#: search core); below ~256k codes the thread hand-off costs more than it saves.
-SHARD_MIN_CODES = 1 << 18
 
 # IVF k-means wants about 39 training points per list; fewer only adds noise.
 _MIN_POINTS_PER_LIST = 39
@@ -304,19 +295,6 @@ def _config_of(sub: faiss.IndexBinary) -> IndexConfig:
     return IndexConfig(kind, bits)
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
-_POOL_LOCK = threading.Lock()
-
-
-def _shard_pool(threads: int) -> ThreadPoolExecutor:
-    """One process-wide pool for sharded scans, replaced by a larger one when more threads are asked for."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] < threads:
-            _POOL = (threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="musichash-scan"))
-        return _POOL[1]
-
-
 class BinaryIndex:
     """A FAISS binary index over packed codes with caller-chosen int64 ids.
 
@@ -513,34 +491,11 @@ class BinaryIndex:
                 np.full((nq, k), MISSING_DISTANCE, dtype=np.int32),
                 np.full((nq, k), -1, dtype=np.int64),
             )
-        threads = faiss.omp_get_max_threads()
-        if (self.device == "cpu" and self.kind == "flat" and nq < threads
-                and self.ntotal >= SHARD_MIN_CODES and k <= self.ntotal // threads):
-            return self._sharded_search(xq, k, threads)
         D, I = self._index.search(xq, k)
         D = D.astype(np.int32)
         I = I.astype(np.int64)
         D[I < 0] = MISSING_DISTANCE
         return D, I
-
-    def _sharded_search(self, xq: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact flat search of a few queries, one contiguous shard of the codes per thread.
-
-        FAISS releases the GIL while it scans, so the shards run in parallel.
-        Each shard gives its own k best; the merge keeps the k best of all,
-        ties to the earlier stored code. ``k <= ntotal // threads``.
-        """
-        n, width = self.ntotal, self.bits // 8
-        # Views of the index's own arrays, valid until the next add.
-        xb = faiss.rev_swig_ptr(self._cpu_flat().xb.data(), n * width).reshape(n, width)
-        ids = faiss.rev_swig_ptr(self._index.id_map.data(), n)
-        bounds = np.linspace(0, n, threads + 1).astype(np.int64)
-        parts = list(_shard_pool(threads).map(
-            lambda lo_hi: faiss.knn_hamming(xq, xb[lo_hi[0] : lo_hi[1]], k), zip(bounds[:-1], bounds[1:])))
-        D = np.concatenate([d for d, _ in parts], axis=1).astype(np.int32)
-        pos = np.concatenate([i + lo for (_, i), lo in zip(parts, bounds[:-1])], axis=1)
-        order = np.lexsort((pos, D), axis=-1)[:, :k]
-        return np.take_along_axis(D, order, axis=1), ids[np.take_along_axis(pos, order, axis=1)].astype(np.int64)
 
     def range_search(
         self, xq: np.ndarray, radius: int
