@@ -27,8 +27,7 @@ Per library size, in a fresh child process (so peak RSS is its own):
   p50/p99 latency, recall@k against flat, top-1 track accuracy, and how often
   an out-of-library clip scores above the default match threshold;
 - the search core: one track-level code against all track codes (flat),
-  single (on one thread, and on two, where the engine scans a shard per
-  thread) and batched, as a scan rate to compare with a numpy copy;
+  single and batched, as a scan rate to compare with a numpy copy;
 - build time, index bytes and memory.
 
 Everything runs on one OpenMP thread unless named (``--threads``): on a
@@ -61,7 +60,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, peak_rss_mb  # noqa: E402
 
-from musichash.search.faiss_index import SHARD_MIN_CODES, BinaryIndex, IndexConfig  # noqa: E402
+from musichash.search.faiss_index import BinaryIndex, IndexConfig  # noqa: E402
 from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, SegmentHits, vote  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,13 +292,6 @@ def search_core(lib: Library, rng: np.random.Generator, reps: int) -> dict:
     out["single_p50_ms"] = float(np.percentile(single, 50) * 1e3)
     out["single_p99_ms"] = float(np.percentile(single, 99) * 1e3)
     out["single_gbps"] = float(xb.nbytes / np.percentile(single, 50) / 1e9)
-    # Two threads: from SHARD_MIN_CODES codes up, one query scans a shard per thread.
-    faiss.omp_set_num_threads(2)
-    index.search(xq[:1], K)
-    single2 = np.array([_timed(lambda i=i: index.search(xq[i % 1024 : i % 1024 + 1], K)) for i in range(reps)])
-    out["single2_p50_ms"] = float(np.percentile(single2, 50) * 1e3)
-    out["single2_p99_ms"] = float(np.percentile(single2, 99) * 1e3)
-    out["single2_sharded"] = bool(index.ntotal >= SHARD_MIN_CODES)
     for threads in (1, 2):
         faiss.omp_set_num_threads(threads)
         nq = 256
@@ -420,15 +412,13 @@ def render(meta: dict, results: list[dict], header: bool = True) -> str:
                          f"| {o['p50_ms']:.1f} | {o['p99_ms']:.1f} | {o['search_p50_ms']:.1f} | {rec} | {top} "
                          f"| {_pct(o['acc']['ool'])} |")
     lines.append("\nSearch core: one track code against every track code, flat, k=10:\n")
-    lines.append("| tracks | codes | single p50 ms | single p99 ms | scan GB/s | single, 2 threads: p50 ms "
-                 "| p99 ms | batched µs/query, 1 thread | batched µs/query, 2 threads |")
-    lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("| tracks | codes | single p50 ms | single p99 ms | scan GB/s | batched µs/query, 1 thread "
+                 "| batched µs/query, 2 threads |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         c = r["core"]
-        two = (f"{c['single2_p50_ms']:.3f}{'' if c['single2_sharded'] else ' (one shard)'} | {c['single2_p99_ms']:.3f}"
-               if "single2_p50_ms" in c else "– | –")
         lines.append(f"| {r['n_tracks']:,} | {c['bytes'] / 1e6:.3f} MB | {c['single_p50_ms']:.3f} | {c['single_p99_ms']:.3f} "
-                     f"| {c['single_gbps']:.1f} | {two} | {c['batch1_us_per_q']:.1f} | {c['batch2_us_per_q']:.1f} |")
+                     f"| {c['single_gbps']:.1f} | {c['batch1_us_per_q']:.1f} | {c['batch2_us_per_q']:.1f} |")
     lines.append("\nSegment-level flat scan, one 10 s query (28 windows, one pass over the codes per 32 windows):\n")
     lines.append("| tracks | segments | codes | threads | search p50 ms | GB/s read | GB/s compared |")
     lines.append("|---:|---:|---:|---:|---:|---:|---:|")

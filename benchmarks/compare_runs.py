@@ -116,8 +116,6 @@ def _scale(r: dict) -> Iterator[tuple[str, str, object]]:
     for row in r.get("results", []):
         n = f"{row['n_tracks']:,} tracks"
         yield f"{n}: search core p50 ms", SPEED, _get(row, "core.single_p50_ms")
-        if _get(row, "core.single2_p50_ms") is not None:
-            yield f"{n}: search core, 2 threads, p50 ms", SPEED, _get(row, "core.single2_p50_ms")
         yield f"{n}: search core batched, 2 threads, us/query", SPEED, _get(row, "core.batch2_us_per_q")
         for run in row.get("runs", []):
             yield f"{n}: {run['variant']} query p50 ms", SPEED, run["p50_ms"]
