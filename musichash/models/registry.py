@@ -199,7 +199,12 @@ def build_backbone(name: str, device: str | torch.device = "cpu") -> _Backbone:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise ModelError(f"weights {spec.weights} do not fit model {name}: {e}") from e
-    return model.eval().to(device)
+    model = model.eval().to(device)
+    if spec.arch == "vgg":
+        # NHWC convolutions: the VGG trunk runs 1.5x faster on the CPU (65x -> 103x real time,
+        # logits within 1e-5, the same codes); musicnn's tall thin kernels run slower that way
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def resolve_device(device: str | None = None) -> torch.device:
