@@ -84,6 +84,16 @@ def test_building_a_model_leaves_the_global_rng_alone():
     torch.testing.assert_close(torch.rand(3), expected)
 
 
+def test_vgg_convolutions_are_channels_last_and_agree_with_nchw():
+    net = build_backbone("unittest_vgg")
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in net.convs)
+    x = torch.randn(2, WINDOW_FRAMES, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        nhwc = net(x).logits
+        nchw = net.to(memory_format=torch.contiguous_format)(x).logits
+    torch.testing.assert_close(nhwc, nchw, atol=1e-5, rtol=0)
+
+
 def test_unknown_model_names_the_choices():
     with pytest.raises(ModelError, match="unknown model 'nope'; choose one of: MTT_musicnn"):
         get_spec("nope")
