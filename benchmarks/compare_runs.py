@@ -11,7 +11,7 @@ sorted into two kinds:
   same number; within noise means an absolute difference of at most
   --quality-tol (default 0.005, half a percentage point);
 * **cost** (throughput, latency, scan rate, peak memory): within noise means a
-  relative difference of at most --speed-tol (default 0.20), the spread we see
+  relative difference of at most --cost-tol (default 0.20), the spread we see
   between repeated timings on this shared 2-core machine.
 
 The exit code is 0 when every figure is within noise, 1 otherwise, so a
@@ -27,14 +27,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-QUALITY, SPEED = "quality", "cost"
+QUALITY, COST = "quality", "cost"
 
 
 @dataclass(frozen=True)
 class Figure:
     step: str
     name: str
-    kind: str  # QUALITY or SPEED
+    kind: str  # QUALITY or COST
     a: float | None
     b: float | None
 
@@ -45,9 +45,9 @@ class Figure:
             return self.b - self.a
         return (self.b - self.a) / self.a if self.a else None
 
-    def within(self, quality_tol: float, speed_tol: float) -> bool:
+    def within(self, quality_tol: float, cost_tol: float) -> bool:
         d = self.diff()
-        return d is not None and abs(d) <= (quality_tol if self.kind == QUALITY else speed_tol)
+        return d is not None and abs(d) <= (quality_tol if self.kind == QUALITY else cost_tol)
 
 
 def _get(d: dict, path: str):
@@ -72,10 +72,10 @@ def _engine(r: dict) -> Iterator[tuple[str, str, object]]:
     yield "dedup F1 at the shipped threshold", QUALITY, _get(r, "dedup.f1")
     yield "dedup best F1 of the sweep", QUALITY, max((s["f1"] for s in _get(r, "dedup.sweep") or []), default=None)
     yield "code bytes per hour", QUALITY, _get(r, "library.code_bytes_per_hour")
-    yield "indexing x real time", SPEED, _get(r, "indexing.x_real_time")
-    yield "warm 10 s query p50 ms", SPEED, _get(r, "latency_ms.p50")
-    yield "warm 10 s query p99 ms", SPEED, _get(r, "latency_ms.p99")
-    yield "peak RSS MB", SPEED, _get(r, "peak_rss_mb")
+    yield "indexing x real time", COST, _get(r, "indexing.x_real_time")
+    yield "warm 10 s query p50 ms", COST, _get(r, "latency_ms.p50")
+    yield "warm 10 s query p99 ms", COST, _get(r, "latency_ms.p99")
+    yield "peak RSS MB", COST, _get(r, "peak_rss_mb")
 
 
 def _chromaprint(r: dict) -> Iterator[tuple[str, str, object]]:
@@ -84,21 +84,21 @@ def _chromaprint(r: dict) -> Iterator[tuple[str, str, object]]:
     yield "out-of-library rejected at BER 0.35", QUALITY, _get(r, "threshold.fixed_all.tnr")
     yield "in-library matched at 95 % rejection", QUALITY, _get(r, "threshold.all.tpr")
     yield "dedup best F1 of the sweep", QUALITY, max((s["f1"] for s in _get(r, "dedup.sweep") or []), default=None)
-    yield "fingerprinting x real time", SPEED, _get(r, "fingerprinting.x_real_time")
+    yield "fingerprinting x real time", COST, _get(r, "fingerprinting.x_real_time")
     for length, lat in sorted((r.get("latency_ms") or {}).items(), key=lambda kv: float(kv[0])):
-        yield f"query {float(length):g} s p50 ms", SPEED, lat["p50"]
+        yield f"query {float(length):g} s p50 ms", COST, lat["p50"]
 
 
 def _index(r: dict) -> Iterator[tuple[str, str, object]]:
     for stage in ("decode_x", "mel_x", "model_x"):
-        yield f"stage {stage[:-2]} x real time", SPEED, _get(r, f"stages.{stage}")
+        yield f"stage {stage[:-2]} x real time", COST, _get(r, f"stages.{stage}")
     for row in r.get("index", []):
-        yield f"index, {row['workers']} decoding workers, x real time", SPEED, row["x_real_time"]
+        yield f"index, {row['workers']} decoding workers, x real time", COST, row["x_real_time"]
 
 
 def _tag(r: dict) -> Iterator[tuple[str, str, object]]:
     for row in r.get("rows", []):
-        yield f"{row['model']} x real time", SPEED, row["x_realtime"]
+        yield f"{row['model']} x real time", COST, row["x_realtime"]
 
 
 def _similarity(r: dict) -> Iterator[tuple[str, str, object]]:
@@ -112,13 +112,13 @@ def _tagging(r: dict) -> Iterator[tuple[str, str, object]]:
 
 
 def _scale(r: dict) -> Iterator[tuple[str, str, object]]:
-    yield "numpy copy GB/s", SPEED, _get(r, "meta.copy_gbps")
+    yield "numpy copy GB/s", COST, _get(r, "meta.copy_gbps")
     for row in r.get("results", []):
         n = f"{row['n_tracks']:,} tracks"
-        yield f"{n}: search core p50 ms", SPEED, _get(row, "core.single_p50_ms")
-        yield f"{n}: search core batched, 2 threads, us/query", SPEED, _get(row, "core.batch2_us_per_q")
+        yield f"{n}: search core p50 ms", COST, _get(row, "core.single_p50_ms")
+        yield f"{n}: search core batched, 2 threads, us/query", COST, _get(row, "core.batch2_us_per_q")
         for run in row.get("runs", []):
-            yield f"{n}: {run['variant']} query p50 ms", SPEED, run["p50_ms"]
+            yield f"{n}: {run['variant']} query p50 ms", COST, run["p50_ms"]
             if run.get("recall") is not None:
                 yield f"{n}: {run['variant']} recall", QUALITY, run["recall"]
 
@@ -152,16 +152,16 @@ def _commit(folder: Path) -> str:
     return f"{_get(run, 'meta.commit') or '?'}, {_get(run, 'meta.date') or '?'}"
 
 
-def render(figs: list[Figure], a: Path, b: Path, quality_tol: float, speed_tol: float) -> str:
-    ok = [f.within(quality_tol, speed_tol) for f in figs]
+def render(figs: list[Figure], a: Path, b: Path, quality_tol: float, cost_tol: float) -> str:
+    ok = [f.within(quality_tol, cost_tol) for f in figs]
     lines = [
         "# Rerun check",
         "",
         f"A: `{a}` ({_commit(a)})  ",
         f"B: `{b}` ({_commit(b)})",
         "",
-        f"Within noise: quality figures differ by at most {quality_tol} (absolute), speed figures by at most "
-        f"{speed_tol:.0%} (relative). **{sum(ok)} of {len(figs)} figures are within noise**; "
+        f"Within noise: quality figures differ by at most {quality_tol} (absolute), cost figures by at most "
+        f"{cost_tol:.0%} (relative). **{sum(ok)} of {len(figs)} figures are within noise**; "
         f"{sum(f.kind == QUALITY and f.diff() == 0 for f in figs)} of {sum(f.kind == QUALITY for f in figs)} "
         "quality figures are identical.",
         "",
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("a", type=Path, help="the first run's results folder")
     ap.add_argument("b", type=Path, help="the rerun's results folder")
     ap.add_argument("--quality-tol", type=float, default=0.005)
-    ap.add_argument("--speed-tol", type=float, default=0.20)
+    ap.add_argument("--cost-tol", type=float, default=0.20)
     ap.add_argument("--out", type=Path, help="write the Markdown here (default: stdout)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args(argv)
@@ -190,16 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         if not (folder / "run.json").exists():
             ap.error(f"{folder}: no run.json; pass a run_all.py --work folder's results/")
     figs = figures(args.a, args.b)
-    text = render(figs, args.a, args.b, args.quality_tol, args.speed_tol)
+    text = render(figs, args.a, args.b, args.quality_tol, args.cost_tol)
     if args.out:
         args.out.write_text(text)
     else:
         sys.stdout.write(text)
     if args.json:
         args.json.write_text(json.dumps([{**asdict(f), "diff": f.diff(),
-                                          "within": f.within(args.quality_tol, args.speed_tol)} for f in figs],
+                                          "within": f.within(args.quality_tol, args.cost_tol)} for f in figs],
                                          indent=1))
-    return 0 if all(f.within(args.quality_tol, args.speed_tol) for f in figs) else 1
+    return 0 if all(f.within(args.quality_tol, args.cost_tol) for f in figs) else 1
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def test_figures_pair_up_and_classify(compare, tmp_path):
     b = _run(tmp_path / "b", top1=0.85, latency=110.0, gbps=10.0)
     figs = {f.name: f for f in compare.figures(a, b)}
     assert figs["top-1, 5 s"].kind == compare.QUALITY and figs["top-1, 5 s"].diff() == 0.0
-    assert figs["warm 10 s query p50 ms"].kind == compare.SPEED
+    assert figs["warm 10 s query p50 ms"].kind == compare.COST
     assert figs["warm 10 s query p50 ms"].diff() == pytest.approx(0.10)
     assert figs["dedup best F1 of the sweep"].a == 0.95
     assert all(f.within(0.005, 0.20) for f in figs.values())

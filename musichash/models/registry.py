@@ -201,8 +201,9 @@ def build_backbone(name: str, device: str | torch.device = "cpu") -> _Backbone:
             raise ModelError(f"weights {spec.weights} do not fit model {name}: {e}") from e
     model = model.eval().to(device)
     if spec.arch == "vgg":
-        # NHWC convolutions: the VGG trunk runs 1.5x faster on the CPU (65x -> 103x real time,
-        # logits within 1e-5, the same codes); musicnn's tall thin kernels run slower that way
+        # NHWC convolutions: on 2 CPU cores indexing with crnnh64 went from 48x to 56x real time and a
+        # warm 10 s query from 152 to 131 ms (benchmarks/HISTORY.md, "Channels-last VGG"), logits
+        # within 1e-5, the same codes; musicnn's tall thin kernels run slower that way
         model = model.to(memory_format=torch.channels_last)
     return model
 
