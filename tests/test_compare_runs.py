@@ -1,23 +1,17 @@
 """benchmarks/compare_runs.py: which figures of two runs agree within noise, and the exit code."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
-
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "compare_runs.py"
+from scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("benchmarks_compare_runs", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield load_script("benchmarks/compare_runs.py", "benchmarks_compare_runs")
+    sys.modules.pop("benchmarks_compare_runs", None)
 
 
 def _run(folder: Path, *, top1: float, latency: float, gbps: float) -> Path:

@@ -1,24 +1,18 @@
 """benchmarks/corpus.py: deny list, manifest round trip, idempotent collection (no apt, no rendering)."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "corpus.py"
+from scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    spec = importlib.util.spec_from_file_location("benchmarks_corpus", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield load_script("benchmarks/corpus.py", "benchmarks_corpus")
+    sys.modules.pop("benchmarks_corpus", None)
 
 
 @pytest.mark.parametrize(

@@ -188,13 +188,9 @@ def test_batch_order_keeps_runs_of_one_file():
 
 
 def test_split_fit_sends_every_third_file_to_calibration(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
+    from scripts import load_script
 
-    path = Path(__file__).resolve().parent.parent / "data" / "code_models" / "split_fit.py"
-    spec = importlib.util.spec_from_file_location("split_fit", path)
-    split_fit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(split_fit)
+    split_fit = load_script("data/code_models/split_fit.py", "split_fit")
     names = [f"f{i}.wav" for i in (5, 1, 4, 0, 6, 3, 2)]  # the manifest's order is not the split's
     rows = [{"path": n, "labels": {"soundtrack": "a" if n < "f4" else "b"}} for n in names]
     for n in names:
