@@ -33,6 +33,7 @@ from queries import pair_scores  # noqa: E402
 
 from musichash.library import Library  # noqa: E402
 from musichash.search import engine  # noqa: E402
+from musichash.search.faiss_index import hamming_distances  # noqa: E402
 from musichash.search.vote import SegmentHits, vote  # noqa: E402
 
 SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
@@ -47,12 +48,12 @@ def recording(name: str) -> str:
     return stem
 
 
-def coverage(ua: np.ndarray, ta: np.ndarray, ub: np.ndarray, tb: np.ndarray, bits: int, cut: float) -> float:
+def coverage(xa: np.ndarray, ta: np.ndarray, xb: np.ndarray, tb: np.ndarray, bits: int, cut: float) -> float:
     """Fraction of a's windows in the best (offset, rate) group of b, from all pairs within cut * bits.
 
-    ua, ub: float32 [n, bits] unpacked codes (0/1); ta, tb: float [n] window starts.
+    xa, xb: uint8 [n, bits/8] segment codes; ta, tb: float [n] window starts.
     """
-    dist = np.rint(ua @ (1 - ub).T + (1 - ua) @ ub.T).astype(np.int64)  # Hamming distances [na, nb], exact in float32
+    dist = hamming_distances(xa, xb)
     qi, bi = np.nonzero(dist <= cut * bits)
     if not len(qi):
         return 0.0
@@ -74,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     tracks = list(lib.store.tracks("ok"))
     names = {t.id: Path(t.path).name for t in tracks}
     codes = {t.id: lib.store.get_codes(t.id) for t in tracks}
-    unpacked = {i: np.unpackbits(c.segment_codes, axis=1).astype(np.float32) for i, c in codes.items()}
     truth = {frozenset((names[a], names[b])) for a, b in itertools.combinations(codes, 2)
              if recording(names[a]) == recording(names[b])}
 
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         best: dict[frozenset, float] = {}
         for a, b in itertools.permutations(codes, 2):
             key = frozenset((names[a], names[b]))
-            c = coverage(unpacked[a], codes[a].segment_times, unpacked[b], codes[b].segment_times, bits, cut)
+            c = coverage(codes[a].segment_codes, codes[a].segment_times, codes[b].segment_codes,
+                         codes[b].segment_times, bits, cut)
             best[key] = max(best.get(key, 0.0), c)
         pos = np.array([v for k, v in best.items() if k in truth])
         neg = sorted(((v, sorted(k)) for k, v in best.items() if k not in truth), reverse=True)
