@@ -137,16 +137,19 @@ def _load(folder: Path, step: str) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
+def _read(folder: Path, step: str) -> dict[str, tuple[str, float | None]]:
+    """A run's figures of one step: name -> (kind, value); empty when the step did not run."""
+    r = _load(folder, step)
+    return {name: (kind, None if v is None else float(v)) for name, kind, v in STEPS[step](r)} if r else {}
+
+
 def figures(a: Path, b: Path) -> list[Figure]:
     out = []
-    for step, read in STEPS.items():
-        ra, rb = _load(a, step), _load(b, step)
-        fa = {name: (kind, v) for name, kind, v in read(ra)} if ra else {}
-        fb = {name: (kind, v) for name, kind, v in read(rb)} if rb else {}
-        for name in [*fa, *(n for n in fb if n not in fa)]:
-            kind = (fa.get(name) or fb.get(name))[0]
-            va, vb = (fa.get(name) or (kind, None))[1], (fb.get(name) or (kind, None))[1]
-            out.append(Figure(step, name, kind, None if va is None else float(va), None if vb is None else float(vb)))
+    for step in STEPS:
+        fa, fb = _read(a, step), _read(b, step)
+        for name in {**fa, **fb}:  # a's figures in order, then any only b has
+            kind = (fa.get(name) or fb[name])[0]
+            out.append(Figure(step, name, kind, fa.get(name, (kind, None))[1], fb.get(name, (kind, None))[1]))
     return out
 
 
