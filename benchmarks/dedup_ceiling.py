@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
+from eval_engine import DEDUP_VARIANTS  # noqa: E402
 from queries import pair_scores  # noqa: E402
 
 from musichash.library import Library  # noqa: E402
@@ -43,7 +44,7 @@ def recording(name: str) -> str:
     """``STEM.VARIANT.EXT`` and ``STEM.flac`` -> ``STEM``; an arrangement is its own recording."""
     parts = name.split(".")
     stem = ".".join(parts[:-1])
-    for variant in ("gain-6_trim_fade", "pad3_fadein", "mp3_64k", "speed1.02"):
+    for variant in DEDUP_VARIANTS:
         stem = stem.removesuffix("." + variant)
     return stem
 

@@ -59,6 +59,8 @@ from musichash.library import Clip, Library  # noqa: E402
 from musichash.search import engine  # noqa: E402
 
 DEDUP_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+#: the copies of each original in the dedup set, named STEM.VARIANT.EXT (dedup_ceiling.py reads them back)
+DEDUP_VARIANTS = ("mp3_64k", "gain-6_trim_fade", "pad3_fadein", "speed1.02")
 
 
 def _vote_settings(k: int | str) -> tuple[int, int | None]:
@@ -103,12 +105,12 @@ def dedup_set(lib_files: list[Path], manifest: Path, out: Path, k: int, seed: in
     for f in picks:
         y = load_audio(f, duration_s=180.0) if sf.info(str(f)).duration > 181 else load_audio(f)
         dur = len(y) / SAMPLE_RATE
-        variants = {  # name -> (degradations, file type)
-            "mp3_64k": ([augment.mp3(64)], "mp3"),
-            "gain-6_trim_fade": ([augment.gain(-6.0), augment.crop(2.0, dur - 7.0), augment.fade(1.0, 3.0)], "ogg"),
-            "pad3_fadein": ([augment.pad_silence(3.0, 1.0), augment.fade(0.5, 0.0)], "wav"),
-            "speed1.02": ([augment.speed(1.02)], "flac"),
-        }
+        variants = dict(zip(DEDUP_VARIANTS, [  # name -> (degradations, file type)
+            ([augment.mp3(64)], "mp3"),
+            ([augment.gain(-6.0), augment.crop(2.0, dur - 7.0), augment.fade(1.0, 3.0)], "ogg"),
+            ([augment.pad_silence(3.0, 1.0), augment.fade(0.5, 0.0)], "wav"),
+            ([augment.speed(1.02)], "flac"),
+        ], strict=True))
         stem = f.stem
         orig = out / f"{stem}.flac"
         sf.write(str(orig), y, SAMPLE_RATE)
