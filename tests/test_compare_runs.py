@@ -73,3 +73,26 @@ def test_a_folder_without_run_json_is_refused(compare, tmp_path, capsys):
         compare.main([str(a), str(tmp_path)])
     assert e.value.code == 2
     assert f"{tmp_path}: no run.json" in capsys.readouterr().err
+
+
+def _scale_run(folder: Path, core_rounds: list[float]) -> Path:
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"meta": {"commit": "abc1234", "date": "2026-11-21 10:00 UTC"}}))
+    row = {"n_tracks": 1_000_000, "core": {"single_p50_ms": sorted(core_rounds)[len(core_rounds) // 2],
+                                           "single_rounds_ms": core_rounds, "batch2_us_per_q": 5.0}, "runs": []}
+    (folder / "scale.json").write_text(json.dumps({"meta": {"copy_gbps": 10.0}, "results": [row]}))
+    return folder
+
+
+@pytest.mark.parametrize("b_rounds, within", [
+    ([1.1, 2.2, 2.3], True),   # medians 2.3x apart, but A's rounds saw B's speed: the bimodal machine
+    ([2.2, 2.3, 2.4], False),  # every round of B slower than every round of A: a real change
+])
+def test_latencies_timed_in_rounds_agree_when_their_ranges_overlap(compare, tmp_path, b_rounds, within):
+    a = _scale_run(tmp_path / "a", [0.9, 1.0, 2.1])
+    b = _scale_run(tmp_path / "b", b_rounds)
+    [core] = [f for f in compare.figures(a, b) if f.name == "1,000,000 tracks: search core p50 ms"]
+    assert core.a_range == (0.9, 2.1) and core.b_range == (min(b_rounds), max(b_rounds))
+    assert abs(core.diff()) > 0.20 and core.within(0.005, 0.20) is within
+    compare.main([str(a), str(b), "--out", str(tmp_path / "r.md")])
+    assert f"| 1 (0.9–2.1) | {sorted(b_rounds)[1]:.4g} ({min(b_rounds):.4g}–{max(b_rounds):.4g}) |" in (tmp_path / "r.md").read_text()
