@@ -160,9 +160,9 @@ def _read(folder: Path, step: str) -> dict[str, tuple[str, float | None, tuple[f
     return out
 
 
-def figures(a: Path, b: Path) -> list[Figure]:
+def figures(a: Path, b: Path, steps: tuple[str, ...] = tuple(STEPS)) -> list[Figure]:
     out = []
-    for step in STEPS:
+    for step in steps:
         fa, fb = _read(a, step), _read(b, step)
         for name in {**fa, **fb}:  # a's figures in order, then any only b has
             kind = (fa.get(name) or fb[name])[0]
@@ -216,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-tol", type=float, default=0.20)
     ap.add_argument("--out", type=Path, help="write the Markdown here (default: stdout)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    ap.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS),
+                    help="compare only these steps (a rerun of some steps: run_all.py --steps ...)")
     args = ap.parse_args(argv)
     for folder in (args.a, args.b):
         if not (folder / "run.json").exists():
             ap.error(f"{folder}: no run.json; pass a run_all.py --work folder's results/")
-    figs = figures(args.a, args.b)
+    figs = figures(args.a, args.b, tuple(args.steps))
     text = render(figs, args.a, args.b, args.quality_tol, args.cost_tol)
     if args.out:
         args.out.write_text(text)

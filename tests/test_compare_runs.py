@@ -96,3 +96,12 @@ def test_latencies_timed_in_rounds_agree_when_their_ranges_overlap(compare, tmp_
     assert abs(core.diff()) > 0.20 and core.within(0.005, 0.20) is within
     compare.main([str(a), str(b), "--out", str(tmp_path / "r.md")])
     assert f"| 1 (0.9–2.1) | {sorted(b_rounds)[1]:.4g} ({min(b_rounds):.4g}–{max(b_rounds):.4g}) |" in (tmp_path / "r.md").read_text()
+
+
+def test_steps_limit_the_comparison_to_a_partial_rerun(compare, tmp_path):
+    a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
+    b = _scale_run(tmp_path / "b", [1.0])  # only the scale step was run again
+    (b / "scale.json").write_text((a / "scale.json").read_text())
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "r.md")]) == 1  # the engine's figures are missing
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "r.md"), "--steps", "scale"]) == 0
+    assert "**1 of 1 figures are within noise**" in (tmp_path / "r.md").read_text()
