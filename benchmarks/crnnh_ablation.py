@@ -12,6 +12,12 @@ exact: bilinear up-sampling keeps the edge rows).
 
     musichash train /tmp/corpus_fit --out /tmp/crnnh64 --epochs 1 --cache /tmp/crnnh_cache.h5
     python benchmarks/crnnh_ablation.py --data /tmp/corpus_fit --cache /tmp/crnnh_cache.h5 --out /tmp/ablation
+
+``--variants segment`` compares settings of the clip-finding head that makes
+segment codes (no similarity term) on the recipe's cache instead:
+
+    python benchmarks/crnnh_ablation.py --data /tmp/corpus_fit/train.jsonl --layout manifest \
+        --cache /tmp/crnnh_train/features.h5 --out /tmp/ablation_seg --variants segment
 """
 
 from __future__ import annotations
@@ -37,6 +43,17 @@ VARIANTS = {
     "learned mixtures, runs of 8 windows per file (shipped)": {"select": "learned", "per_file": 8},
 }
 
+#: the segment (clip-finding) head: labels as targets, no similarity term
+SEGMENT_VARIANTS = {
+    "similarity term 20 (the track head)": {"lambda_s": 20.0},
+    "no similarity term": {"lambda_s": 0.0},
+    "no similarity term, 60 epochs": {"lambda_s": 0.0, "epochs": 60},
+    "no similarity term, lambda_p 3": {"lambda_s": 0.0, "lambda_p": 3.0},
+    "no similarity term, runs of 16": {"lambda_s": 0.0, "per_file": 16},
+    "no similarity term, hidden 512": {"lambda_s": 0.0, "hidden": 512},
+    "no similarity term, lambda_q 0.3": {"lambda_s": 0.0, "lambda_q": 0.3},
+}
+
 
 def interim_codes(bits: int = 64):
     """The shipped interim binariser as a function of cached windows (float16 [n, L, C, H*W]) to +-1 codes.
@@ -58,17 +75,21 @@ def interim_scores(feats: Features, rows: np.ndarray, bits: int = 64) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="the folder the cache was built from (unlabelled layout)")
+    ap.add_argument("--data", required=True, help="the data the cache was built from")
+    ap.add_argument("--layout", default="unlabelled", help="the data's layout (musichash train --layout)")
+    ap.add_argument("--variants", choices=("head", "segment"), default="head")
     ap.add_argument("--cache", required=True)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--epochs", type=int, default=30)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    feats = load_cache(args.cache, load_dataset(args.data, "unlabelled"))
+    dataset = load_dataset(args.data, args.layout)
+    feats = load_cache(args.cache, dataset)
     rows = np.flatnonzero(feats.item % VAL_EVERY == VAL_EVERY - 1)
     results = {"interim_vgg_itq64 (reference)": interim_scores(feats, rows)}
-    for i, (name, kw) in enumerate(VARIANTS.items()):
-        ckpt = train(feats, args.out / f"v{i}", TrainConfig(bits=64, epochs=args.epochs, **kw), grid=(8, 4), multilabel=True,
+    for i, (name, kw) in enumerate((VARIANTS if args.variants == "head" else SEGMENT_VARIANTS).items()):
+        cfg = TrainConfig(bits=64, **{"epochs": args.epochs, **kw})
+        ckpt = train(feats, args.out / f"v{i}", cfg, grid=(8, 4), multilabel=dataset.layout != "classes",
                      meta={"backbone": feats.backbone})
         results[name] = json.loads(ckpt.with_suffix(".json").read_text())["metrics"]
         print(f"done: {name}", flush=True)
