@@ -27,8 +27,9 @@ from musichash.audio import AudioError, iter_audio_blocks, iter_mel_blocks, log_
 from musichash.errors import MusichashError
 from musichash.indexer.encoder import LIBRARY_HOP, QUERY_HOP, CodeModel, Encoded
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
-from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, Track
-from musichash.models import DEFAULT_CODE_MODEL, get_spec, tag_names
+from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, ModelMismatchError, Track
+from musichash.models import DEFAULT_CODE_MODEL, ModelError, get_spec, tag_names
+from musichash.models.registry import weights_digest
 from musichash.search import engine
 from musichash.search.cache import SearchIndex, load_or_build, read_config, write_config
 from musichash.search.faiss_index import IndexConfig
@@ -71,6 +72,31 @@ def default_folder() -> Path:
     return Path(data) / "musichash"
 
 
+def _check_digest(folder: Path, store: LibraryStore) -> None:
+    """Refuse a library whose codes other weights of its code model made (retrained under the same name).
+
+    Libraries record the digest of their model's weights since CRNNH models got
+    a segment head; one without it and a model that has one holds codes of the
+    older single head. A model whose checkpoint has vanished is not checked
+    here: ``stats`` and ``remove`` still work, and encoding says what is missing.
+    """
+    try:
+        spec = get_spec(store.code_model)
+        current = weights_digest(spec)
+    except ModelError:
+        return
+    fix = "index the music again into a new library: musichash index --library NEW PATH..."
+    if store.code_digest is None and spec.segment_weights is not None:
+        raise ModelMismatchError(
+            f"{folder}: its codes come from an earlier {store.code_model}, from before its segment codes had their own head; {fix}"
+        )
+    if store.code_digest is not None and store.code_digest != current:
+        raise ModelMismatchError(
+            f"{folder}: its codes were made by other weights of {store.code_model} (digest {store.code_digest}) "
+            f"than this musichash's ({current}); {fix}"
+        )
+
+
 class Library:
     """A library folder (see DESIGN.md). Open it with :meth:`open`, preferably as a context manager."""
 
@@ -93,22 +119,34 @@ class Library:
         """Open (``write=True``: create if needed, and lock) the library in ``folder``.
 
         ``code_model`` picks the model of a new library (default
-        ``interim_vgg_itq64``); for an existing one it must match.
+        ``DEFAULT_CODE_MODEL``); for an existing one it must match, and so must
+        the digest of its weights (codes of retrained weights are never mixed).
         """
         folder = Path(folder).expanduser() if folder is not None else default_folder()
-        bits = None
         if code_model is not None:
             spec = get_spec(code_model)
             if spec.kind != "hash":
                 raise LibraryError(f"{code_model} is a {spec.kind} model; a library needs a code model (kind 'hash')")
-            code_model, bits = spec.name, spec.bits  # a checkpoint path is recorded absolute
+            code_model = spec.name  # a checkpoint path is recorded absolute
         elif write and not (folder / "library.db").exists() and db_url is None:
-            code_model, bits = DEFAULT_CODE_MODEL, get_spec(DEFAULT_CODE_MODEL).bits
+            code_model = DEFAULT_CODE_MODEL
+
+        def open_store(name: str | None) -> LibraryStore:
+            spec = get_spec(name) if name is not None else None
+            return LibraryStore.open(
+                folder, db_url, write=write, code_model=name, bits=spec.bits if spec else None,
+                code_digest=weights_digest(spec) if spec else None,
+            )
+
         try:
-            store = LibraryStore.open(folder, db_url, write=write, code_model=code_model, bits=bits)
+            store = open_store(code_model)
         except ValueError:  # an empty external database and no model named
-            code_model, bits = DEFAULT_CODE_MODEL, get_spec(DEFAULT_CODE_MODEL).bits
-            store = LibraryStore.open(folder, db_url, write=write, code_model=code_model, bits=bits)
+            store = open_store(DEFAULT_CODE_MODEL)
+        try:
+            _check_digest(folder, store)
+        except BaseException:
+            store.close()
+            raise
         return cls(store, device)
 
     def close(self) -> None:

@@ -240,3 +240,9 @@ def test_shipped_crnnh_models_load_and_encode(bits):
     # two thirds of the fit corpus, labelled; trained with the similarity term; held-out figures
     assert meta["data"]["files"] == 50 and meta["data"]["layout"] == "manifest" and meta["train"]["lambda_s"] == 20
     assert 0 < meta["metrics"]["val_top1"] <= 1
+    # the segment head: same data and settings, no similarity term, so it finds its own window more often
+    seg = json.loads(resources.files("musichash.models").joinpath(f"weights/crnnh{bits}_segments.json").read_text())
+    assert seg["config"]["bits"] == bits and seg["data"] == meta["data"] and seg["train"]["lambda_s"] == 0
+    assert {k: v for k, v in seg["train"].items() if k != "lambda_s"} == {k: v for k, v in meta["train"].items() if k != "lambda_s"}
+    assert seg["metrics"]["val_top1"] > meta["metrics"]["val_top1"]
+    assert model.segment_head is not model.head

@@ -233,3 +233,83 @@ def test_crnnh_plugs_in_by_model_name(music, tmp_path):
         assert np.array_equal(again.codes, stored.segment_codes) and np.array_equal(again.track_code, stored.track_code)
         [r] = lib.search([music / "song2.wav"])
         assert r.error is None and len(r.results) >= 1
+
+
+def _tiny_head(path, seed, bits=32):
+    """A seeded tiny CRNNH checkpoint that fits unittest_vgg's maps and the 50 MTT tags."""
+    import torch
+
+    from musichash.models.crnnh import CRNNH, save_checkpoint
+
+    torch.manual_seed(seed)
+    model = CRNNH(bits, 50, grid=(4, 2), n_select=2, hidden=8, channels=4).eval()
+    save_checkpoint(model, path, {"registry_name": "tiny"})
+    return str(path)
+
+
+def _register(monkeypatch, name, weights, segment_weights=None, bits=32):
+    from musichash.models.registry import REGISTRY, ModelSpec
+
+    spec = ModelSpec(name, "hash", "crnnh", "MTT", "test", weights=weights, segment_weights=segment_weights,
+                     bits=bits, backbone="unittest_vgg", test_only=True)
+    monkeypatch.setitem(REGISTRY, name, spec)
+
+
+def test_two_heads_segment_codes_from_one_track_code_from_the_other(music, tmp_path, monkeypatch):
+    """A model with a segment head: its segment codes are that head's, its track code the other head's."""
+    from musichash.audio import load_audio, log_mel
+    from musichash.indexer.encoder import CodeModel
+    from musichash.models import ModelError
+
+    track, seg = _tiny_head(tmp_path / "track.safetensors", 1), _tiny_head(tmp_path / "seg.safetensors", 2)
+    _register(monkeypatch, "t_split", track, seg)
+    _register(monkeypatch, "t_track", track)
+    _register(monkeypatch, "t_seg", seg)
+    mel = log_mel(load_audio(music / "song1.wav"))
+    split, only_track, only_seg = (CodeModel(n).encode(mel) for n in ("t_split", "t_track", "t_seg"))
+    assert np.array_equal(split.codes, only_seg.codes) and np.array_equal(split.track_code, only_track.track_code)
+    assert not np.array_equal(split.codes, only_track.codes)  # the heads really differ
+    assert np.array_equal(split.tags, only_track.tags) and np.array_equal(split.times, only_seg.times)
+    _register(monkeypatch, "t_bad", track, _tiny_head(tmp_path / "seg16.safetensors", 3, bits=16))
+    with pytest.raises(ModelError, match="seg16.safetensors holds a 16-bit CRNNH head, t_bad needs 32"):
+        CodeModel("t_bad")
+
+
+def test_library_refuses_codes_of_retrained_weights(music, tmp_path, monkeypatch):
+    """Weights retrained under the same model name: the library says so instead of mixing codes."""
+    track, seg = tmp_path / "track.safetensors", tmp_path / "seg.safetensors"
+    _register(monkeypatch, "t_split", _tiny_head(track, 1), _tiny_head(seg, 2))
+    with Library.open(tmp_path / "lib", write=True, code_model="t_split") as lib:
+        lib.index([music / "song1.wav"], workers=0)
+    with Library.open(tmp_path / "lib") as lib:  # unchanged weights open, by name or not
+        assert lib.stats().n_tracks == 1
+    shutil.copy(seg, tmp_path / "kept.safetensors")
+    _tiny_head(seg, 5)  # the segment head retrained in place
+    for kw in ({}, {"write": True}, {"code_model": "t_split"}):
+        with pytest.raises(ModelMismatchError, match=r"lib: its codes were made by other weights of t_split \(digest [0-9a-f]{16}\) "
+                           r"than this musichash's \([0-9a-f]{16}\); index the music again into a new library"):
+            Library.open(tmp_path / "lib", **kw)
+    shutil.copy(tmp_path / "kept.safetensors", seg)  # the same weights again: the library opens
+    with Library.open(tmp_path / "lib", write=True) as lib:
+        assert lib.stats().n_tracks == 1
+
+
+def test_library_from_before_segment_heads_is_refused(music, tmp_path, monkeypatch):
+    """No digest recorded (made before heads were split): a split model refuses it, a one-head model still opens it."""
+    import sqlalchemy as sa
+
+    track, seg = _tiny_head(tmp_path / "track.safetensors", 1), _tiny_head(tmp_path / "seg.safetensors", 2)
+    for name, segment_weights in (("t_split", seg), ("t_one", None)):
+        _register(monkeypatch, name, track, segment_weights)
+        folder = tmp_path / name
+        with Library.open(folder, write=True, code_model=name) as lib:
+            lib.index([music / "song1.wav"], workers=0)
+        engine = sa.create_engine(f"sqlite:///{folder / 'library.db'}")
+        with engine.begin() as c:
+            assert c.execute(sa.text("DELETE FROM meta WHERE key = 'code_digest'")).rowcount == 1
+        engine.dispose()
+    with pytest.raises(ModelMismatchError, match=r"t_split: its codes come from an earlier t_split, from before its segment "
+                       r"codes had their own head; index the music again into a new library"):
+        Library.open(tmp_path / "t_split")
+    with Library.open(tmp_path / "t_one") as lib:
+        assert lib.stats().n_tracks == 1

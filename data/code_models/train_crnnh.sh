@@ -1,6 +1,7 @@
 #!/bin/sh
-# Train the shipped CRNNH code models, musichash/models/weights/crnnh{16,32,48,64,128}.safetensors
-# (+ .json: data summary, settings, per-epoch losses and held-out metrics), on two thirds of the
+# Train the shipped CRNNH code models' two heads, musichash/models/weights/crnnh{16,32,48,64,128}.safetensors
+# (track codes: with the similarity term) and crnnh{bits}_segments.safetensors (segment codes: without it,
+# only finding clips), each with a .json (data summary, settings, per-epoch losses and held-out metrics), on two thirds of the
 # fit corpus (train.jsonl, labelled by soundtrack, composer and instrument family), and run the
 # engine on the other third (calibration.jsonl, music the models never heard) to fit crnnh64's
 # match and dedup thresholds (registry.CRNNH_THRESHOLDS; see data/code_models/README.md).
@@ -9,7 +10,7 @@
 #
 # FIT_CORPUS (default /tmp/corpus_fit) is built when missing, with the evaluation corpus
 # (/tmp/corpus_fit's scores must not overlap it): see data/code_models/README.md for the packages.
-# One feature cache (about 350 MB, ~9 min on 2 cores) serves all five bit counts (~2 min each).
+# One feature cache (about 350 MB, ~9 min on 2 cores) serves all ten heads (~1.5 min each).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -31,6 +32,10 @@ for bits in 64 16 32 48 128; do
         --select learned --similarity 20 --views 2 --max-minutes 3 --seed 0 --cache "$work/features.h5"
     cp "$work/crnnh$bits/crnnh.safetensors" "$weights/crnnh$bits.safetensors"
     cp "$work/crnnh$bits/crnnh.json" "$weights/crnnh$bits.json"
+    musichash train "$corpus/train.jsonl" --layout manifest --out "$work/crnnh${bits}_segments" --bits "$bits" --epochs 30 \
+        --select learned --similarity 0 --views 2 --max-minutes 3 --seed 0 --cache "$work/features.h5"
+    cp "$work/crnnh${bits}_segments/crnnh.safetensors" "$weights/crnnh${bits}_segments.safetensors"
+    cp "$work/crnnh${bits}_segments/crnnh.json" "$weights/crnnh${bits}_segments.json"
 done
 python "$root/benchmarks/eval_engine.py" --manifest "$corpus/calibration.jsonl" --work "$work/calibration" \
     --code-model crnnh64 --minutes-per-track 3 --held-out 6 --query-set core --queries 20 --dedup-tracks 8 \

@@ -3,9 +3,10 @@
 A code model is a registered ``hash`` model (see ``musichash models``): the
 backbone it names runs once over the whole track (``iter_windows``), every
 3 s window becomes a segment code, and the track code is the sign of the
-windows' mean embedding. Today's models are the interim ones (a fitted
-linear binarizer of the VGG's pool5 map); CRNNH plugs in here by name,
-behind the same ``CodeModel.encode``.
+windows' mean embedding. The head is an interim linear binarizer of the
+VGG's pool5 map, or CRNNH; a CRNNH model may have two heads on the one
+backbone pass, one for segment codes (finding clips) and one for the track
+code (similar music), as clip finding and similarity pull codes apart.
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ class CodeModel:
         self.device = resolve_device(device)
         self.backbone = build_backbone(spec.backbone, self.device)
         self.vocabulary = tag_names(get_spec(spec.backbone).vocabulary)
-        self.head = _load_head(spec, self.backbone, self.device, len(self.vocabulary))
+        #: the track code's head (similarity); ``segment_head`` makes the segment codes
+        self.head = _load_head(spec, self.backbone, self.device, len(self.vocabulary), spec.weights)
+        self.segment_head = self.head
+        if spec.segment_weights is not None:
+            self.segment_head = _load_head(spec, self.backbone, self.device, len(self.vocabulary), spec.segment_weights)
+        self.features = tuple(dict.fromkeys(self.segment_head.features + self.head.features))
 
     @torch.inference_mode()
     def encode(self, mel: torch.Tensor | np.ndarray | Iterable[torch.Tensor], hop: int = LIBRARY_HOP) -> Encoded:
@@ -83,18 +89,22 @@ class CodeModel:
                 n_frames += c.shape[0]
                 yield c
 
-        starts, probs, feats = [], [], []
-        for wb in self.backbone.iter_windows(counted(mel), hop, features=self.head.features):
+        split = self.segment_head is not self.head
+        starts, probs, seg, trk = [], [], [], []
+        for wb in self.backbone.iter_windows(counted(mel), hop, features=self.features):
             starts.append(wb.starts.numpy())
             probs.append(torch.sigmoid(wb.logits).double().sum(0).cpu().numpy())
-            feats.append(self.head(wb.features))
-        x = np.concatenate(feats)  # float [n, bits], before the sign
+            seg.append(self.segment_head(wb.features))
+            if split:
+                trk.append(self.head(wb.features))
+        x = np.concatenate(seg)  # float [n, bits], before the sign
+        t = np.concatenate(trk) if split else x
         # T = 1 + n_samples // HOP frames for a centred STFT
         duration = max(n_frames - 1, 0) * FRAME_S
         return Encoded(
             tags=(np.sum(probs, axis=0) / len(x)).astype(np.float32),
             # the sign of the mean embedding (for a linear binariser, the code of the mean feature)
-            track_code=np.packbits(x.mean(axis=0) > 0),
+            track_code=np.packbits(t.mean(axis=0) > 0),
             codes=np.packbits(x > 0, axis=1),
             times=(np.concatenate(starts) * FRAME_S).astype(np.float32),
             duration_s=float(duration),
@@ -121,27 +131,29 @@ class _CRNNHHead:
         return self.model(feats).relaxed.float().cpu().numpy()
 
 
-def _load_head(spec, backbone, device, n_tags: int):
+def _load_head(spec, backbone, device, n_tags: int, weights: str | None):
     if spec.arch == "binarizer":
         return _BinarizerHead(_load_binarizer(spec, backbone), spec.feature)
     if spec.arch == "crnnh":
         from musichash.models.crnnh import CRNNH, load_checkpoint
 
-        if spec.weights is None:  # test config: seeded random head
+        if weights is None:  # test config: seeded random head
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model = CRNNH(spec.bits, n_tags, **spec.config.get("crnnh", {}))
-        elif Path(spec.weights).is_absolute():  # a checkpoint named by its path
+        elif Path(weights).is_absolute():  # a checkpoint named by its path
             try:
-                model = load_checkpoint(spec.weights)
+                model = load_checkpoint(weights)
             except ValueError as e:
                 raise ModelError(str(e)) from None
         else:
-            path = resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{spec.weights}")
+            path = resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{weights}")
             if not path.is_file():
-                raise ModelError(f"weights for {spec.name} are missing ({spec.weights}); reinstall musichash")
+                raise ModelError(f"weights for {spec.name} are missing ({weights}); reinstall musichash")
             with resources.as_file(path) as p:
                 model = load_checkpoint(p)
+        if model.bits != spec.bits:
+            raise ModelError(f"{weights} holds a {model.bits}-bit CRNNH head, {spec.name} needs {spec.bits}")
         return _CRNNHHead(model.eval().to(device))
     raise ModelError(f"code model {spec.name}: unknown architecture {spec.arch!r}")
 

@@ -3,7 +3,7 @@
 A library is a folder::
 
     library.db   SQLite (or any SQLAlchemy URL given as ``db_url``): tables
-                 ``meta`` (schema_version, code_model, bits, created) and
+                 ``meta`` (schema_version, code_model, bits, code_digest, created) and
                  ``tracks`` (one row per file, ``status`` 'ok' | 'error' | 'pending')
     codes.h5     root attrs ``code_model``, ``bits``, ``schema_version``; one group
                  ``tracks/<id>`` per 'ok' track holding
@@ -121,10 +121,13 @@ class LibraryStore:
         lock_fd: int | None,
         code_model: str,
         bits: int,
+        code_digest: str | None = None,
     ) -> None:
         self.folder = folder
         self.code_model = code_model
         self.bits = bits
+        #: which weights made the codes (``registry.weights_digest``); None if not recorded
+        self.code_digest = code_digest
         self.repair_report = RepairReport()
         self._engine = engine
         self._h5 = h5
@@ -141,11 +144,14 @@ class LibraryStore:
         write: bool = False,
         code_model: str | None = None,
         bits: int | None = None,
+        code_digest: str | None = None,
     ) -> "LibraryStore":
         """Open the library in ``folder``; with ``write=True``, create it if needed.
 
         ``code_model`` and ``bits`` are required to create a library; when given
         for an existing one they must match what it holds (ModelMismatchError).
+        ``code_digest`` (which weights make the codes) is recorded in a new
+        library; ``Library.open`` checks an existing one's.
         """
         folder = Path(folder)
         db_path = folder / DB_FILE
@@ -171,7 +177,7 @@ class LibraryStore:
                     )
                 if code_model is None or bits is None:
                     raise ValueError("code_model and bits are needed to create a library")
-                meta = _create_schema(engine, code_model, bits)
+                meta = _create_schema(engine, code_model, bits, code_digest)
             _check_meta(meta, folder, code_model, bits)
             stored_model, stored_bits = meta["code_model"], int(meta["bits"])
             set_aside = None
@@ -189,7 +195,7 @@ class LibraryStore:
             if lock_fd is not None:
                 _release_lock(lock_fd)
             raise
-        store = cls(folder, engine, h5, lock_fd, stored_model, stored_bits)
+        store = cls(folder, engine, h5, lock_fd, stored_model, stored_bits, meta.get("code_digest"))
         if write:
             try:
                 report = store.repair()
@@ -525,7 +531,7 @@ def _read_meta(engine: Engine) -> dict[str, str] | None:
     return meta or None
 
 
-def _create_schema(engine: Engine, code_model: str, bits: int) -> dict[str, str]:
+def _create_schema(engine: Engine, code_model: str, bits: int, code_digest: str | None) -> dict[str, str]:
     if bits <= 0 or bits % 8:
         raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
     _Base.metadata.create_all(engine)
@@ -533,6 +539,7 @@ def _create_schema(engine: Engine, code_model: str, bits: int) -> dict[str, str]
         "schema_version": str(SCHEMA_VERSION),
         "code_model": code_model,
         "bits": str(bits),
+        **({"code_digest": code_digest} if code_digest else {}),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     with Session(engine) as s, s.begin():

@@ -8,10 +8,12 @@ fast tests, never for real use.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,9 +33,10 @@ CRNNH_BITS = (16, 32, 48, 64, 128)
 
 #: match and dedup thresholds of the shipped CRNNH models, fitted by data/code_models/train_crnnh.sh on
 #: the third of the fit corpus the models were not trained on (calibration.jsonl): match rejects 95 %
-#: of out-of-library clips there; dedup 0.2 is the middle of the best-F1 plateau (0.15-0.25, F1 0.994).
+#: of out-of-library clips there; dedup 0.25 is the lowest threshold of the best pair F1 there (0.994
+#: from 0.25 to 0.3, with the engine's DEDUP_K and DEDUP_MAX_HAMMING; benchmarks/HISTORY.md).
 #: Only crnnh64, the default, is calibrated; the other sizes use the engine's defaults
-CRNNH_THRESHOLDS: dict[int, dict] = {64: {"match_threshold": 0.388, "dedup_threshold": 0.2}}
+CRNNH_THRESHOLDS: dict[int, dict] = {64: {"match_threshold": 0.172, "dedup_threshold": 0.25}}
 
 
 #: interim code model -> the CRNNH model of the same size that replaces it
@@ -57,6 +60,11 @@ class ModelSpec:
     For ``hash`` models with ``arch == "binarizer"``, ``weights`` is a fitted linear
     binarizer of the backbone's ``feature`` map (``None``: a seeded random projection,
     test configs only).
+
+    For ``arch == "crnnh"``, ``weights`` is the head whose codes keep similar music
+    together (track codes, ``similar``, ``recommend``, ``evaluate``) and
+    ``segment_weights``, when set, a second head trained only to find clips
+    (segment codes: ``search`` and ``dedup``); without it one head makes both.
     """
 
     name: str
@@ -70,6 +78,7 @@ class ModelSpec:
     test_only: bool = False
     backbone: str | None = None
     feature: str | None = None
+    segment_weights: str | None = None
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -109,9 +118,9 @@ REGISTRY: dict[str, ModelSpec] = {
         *(
             ModelSpec(
                 f"crnnh{bits}", "hash", "crnnh", "MTT",
-                f"CRNNH: MTT_vgg pool1-5 pyramid, LSTM, {bits}-bit hash layer, trained on allowed music"
-                + ("; default code model" if bits == 64 else ""),
-                weights=f"crnnh{bits}.safetensors", bits=bits, backbone="MTT_vgg",
+                f"CRNNH: MTT_vgg pool1-5 pyramid, LSTM hash heads for clips and for similarity, {bits} bits, "
+                "trained on allowed music" + ("; default code model" if bits == 64 else ""),
+                weights=f"crnnh{bits}.safetensors", segment_weights=f"crnnh{bits}_segments.safetensors", bits=bits, backbone="MTT_vgg",
                 config=CRNNH_THRESHOLDS.get(bits, {}),
             )
             for bits in CRNNH_BITS
@@ -164,6 +173,34 @@ def _checkpoint_spec(name: str) -> ModelSpec:
         str(path.resolve()), "hash", "crnnh", "MTT", "trained CRNNH checkpoint",
         weights=str(path.resolve()), bits=int(meta["config"]["bits"]), backbone=meta.get("backbone", "MTT_vgg"),
     )
+
+
+def weights_digest(spec: ModelSpec) -> str:
+    """What made a code model's codes: sha256 (16 hex digits) of its weight files, in order.
+
+    A library records it when it is created and refuses a model whose
+    digest differs (retrained weights under the same name), so codes of two
+    sets of weights are never mixed. Seeded test heads count as ``seeded``.
+    """
+    h = hashlib.sha256()
+    for w in (spec.weights, spec.segment_weights):
+        if w is None:
+            h.update(b"seeded")
+            continue
+        path = Path(w) if Path(w).is_absolute() else Path(str(resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{w}")))
+        try:
+            st = path.stat()
+        except OSError:
+            raise ModelError(f"weights for {spec.name} are missing ({w}); reinstall musichash") from None
+        h.update(_file_digest(str(path), st.st_size, st.st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, _size: int, _mtime_ns: int) -> str:
+    """sha256 of one file; size and mtime are part of the cache key, so a rewritten file is read again."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @lru_cache(maxsize=None)
