@@ -80,7 +80,7 @@ def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple, qse
     outcomes: dict = {k: [] for k in ks}
     for length, cond, inside, f, y, off in draw_queries(lib_files, held, n, seed, qset):
         t0 = time.perf_counter()
-        enc = lib.encode(Clip(f.name, y))
+        enc = lib.encode(Clip(f.name, y), track=False)  # as Library.search encodes a query
         t_enc = time.perf_counter() - t0
         for k in ks:
             kk, slack = _vote_settings(k)

@@ -222,13 +222,13 @@ class Library:
     def stats(self) -> LibraryStats:
         return self.store.stats()
 
-    def encode(self, clip: str | os.PathLike | Clip, hop: int = QUERY_HOP) -> Encoded:
-        """Codes of a file or an in-memory clip, windows every ``hop`` frames."""
+    def encode(self, clip: str | os.PathLike | Clip, hop: int = QUERY_HOP, *, track: bool = True) -> Encoded:
+        """Codes of a file or an in-memory clip, windows every ``hop`` frames (``track=False``: no track code)."""
         if isinstance(clip, Clip):
             mel = log_mel(clip.wave)
-            return self.model.encode(mel, hop)
+            return self.model.encode(mel, hop, track=track)
         chunks = (torch.from_numpy(c) for c in iter_mel_blocks(iter_audio_blocks(clip)))
-        return self.model.encode(chunks, hop)
+        return self.model.encode(chunks, hop, track=track)
 
     def search(
         self,
@@ -247,7 +247,7 @@ class Library:
         for clip in clips:
             name = clip.name if isinstance(clip, Clip) else str(clip)
             try:
-                enc = self.encode(clip)
+                enc = self.encode(clip, track=False)  # the vote needs segment codes only
             except AudioError as e:
                 yield SearchResult(name, False, (), 0.0, error=e.reason)
                 continue

@@ -270,6 +270,15 @@ def test_two_heads_segment_codes_from_one_track_code_from_the_other(music, tmp_p
     assert np.array_equal(split.codes, only_seg.codes) and np.array_equal(split.track_code, only_track.track_code)
     assert not np.array_equal(split.codes, only_track.codes)  # the heads really differ
     assert np.array_equal(split.tags, only_track.tags) and np.array_equal(split.times, only_seg.times)
+    # a query needs segment codes only: the track head is not run at all
+    model = CodeModel("t_split")
+    calls = []
+    model.head = lambda feats, head=model.head: calls.append(1) or head(feats)
+    model.head.features = model.segment_head.features
+    query = model.encode(mel, track=False)
+    assert query.track_code is None and not calls
+    assert np.array_equal(query.codes, split.codes) and np.array_equal(query.tags, split.tags)
+    assert np.array_equal(model.encode(mel).track_code, split.track_code) and calls
     _register(monkeypatch, "t_bad", track, _tiny_head(tmp_path / "seg16.safetensors", 3, bits=16))
     with pytest.raises(ModelError, match="seg16.safetensors holds a 16-bit CRNNH head, t_bad needs 32"):
         CodeModel("t_bad")

@@ -40,13 +40,14 @@ class Encoded:
     """Tags and codes of one piece of audio.
 
     tags: float32 [n_tags]       mean tag probabilities over the windows
-    track_code: uint8 [bits/8]   sign of the mean embedding
+    track_code: uint8 [bits/8]   sign of the mean embedding (of the track head); None when
+                                 encoded with ``track=False`` (queries need only segment codes)
     codes: uint8 [n, bits/8]     one code per window
     times: float32 [n]           window starts, seconds
     """
 
     tags: np.ndarray
-    track_code: np.ndarray
+    track_code: np.ndarray | None
     codes: np.ndarray
     times: np.ndarray
     duration_s: float
@@ -76,8 +77,13 @@ class CodeModel:
         self.features = tuple(dict.fromkeys(self.segment_head.features + self.head.features))
 
     @torch.inference_mode()
-    def encode(self, mel: torch.Tensor | np.ndarray | Iterable[torch.Tensor], hop: int = LIBRARY_HOP) -> Encoded:
-        """mel: float [T, 96] (or consecutive chunks of it) -> tags and codes of windows every ``hop`` frames."""
+    def encode(
+        self, mel: torch.Tensor | np.ndarray | Iterable[torch.Tensor], hop: int = LIBRARY_HOP, *, track: bool = True
+    ) -> Encoded:
+        """mel: float [T, 96] (or consecutive chunks of it) -> tags and codes of windows every ``hop`` frames.
+
+        ``track=False`` leaves out the track code, and with it a separate track head's work.
+        """
         if isinstance(mel, np.ndarray):
             mel = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
         n_frames = 0
@@ -89,7 +95,7 @@ class CodeModel:
                 n_frames += c.shape[0]
                 yield c
 
-        split = self.segment_head is not self.head
+        split = track and self.segment_head is not self.head
         starts, probs, seg, trk = [], [], [], []
         for wb in self.backbone.iter_windows(counted(mel), hop, features=self.features):
             starts.append(wb.starts.numpy())
@@ -104,7 +110,7 @@ class CodeModel:
         return Encoded(
             tags=(np.sum(probs, axis=0) / len(x)).astype(np.float32),
             # the sign of the mean embedding (for a linear binariser, the code of the mean feature)
-            track_code=np.packbits(t.mean(axis=0) > 0),
+            track_code=np.packbits(t.mean(axis=0) > 0) if track else None,
             codes=np.packbits(x > 0, axis=1),
             times=(np.concatenate(starts) * FRAME_S).astype(np.float32),
             duration_s=float(duration),
