@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import commit  # noqa: E402
 from dedup_ceiling import recording  # noqa: E402
+from eval_engine import best_pair_scores  # noqa: E402
 from queries import pair_scores  # noqa: E402
 
 from musichash.library import Library  # noqa: E402
@@ -36,16 +37,7 @@ def best_scores(lib: Library, k: int, cut: float) -> dict[frozenset, float]:
     saved = engine.DEDUP_K, engine.DEDUP_MAX_HAMMING
     engine.DEDUP_K, engine.DEDUP_MAX_HAMMING = k, cut
     try:
-        index = lib.search_index()
-        names = {t.id: Path(t.path).name for t in lib.store.tracks("ok")}
-        best: dict[frozenset, float] = {}
-        for t in lib.store.tracks("ok"):
-            c = lib.store.get_codes(t.id)
-            for p in engine.duplicates_of(index, c.segment_codes, c.segment_times, lib.store.bits,
-                                          self_id=t.id, duration_s=t.duration_s, threshold=0.0):
-                key = frozenset((names[t.id], names[p.b]))
-                best[key] = max(best.get(key, 0.0), p.score)
-        return best
+        return best_pair_scores(lib)
     finally:
         engine.DEDUP_K, engine.DEDUP_MAX_HAMMING = saved
 

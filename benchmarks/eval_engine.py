@@ -161,9 +161,8 @@ def _rearrange(row: dict, dest: Path, seconds: float) -> bool:
     return True
 
 
-def dedup_sweep(lib: Library, families: list[set[str]]) -> dict:
-    """Pair precision / recall / F1 as a function of the dedup threshold (best pair score over both directions),
-    and the highest-scoring pairs that are not the same recording."""
+def best_pair_scores(lib: Library) -> dict[frozenset, float]:
+    """Each pair of file names' best ``engine.duplicates_of`` score, over both directions."""
     index = lib.search_index()
     best: dict[frozenset, float] = {}
     names = {t.id: Path(t.path).name for t in lib.store.tracks("ok")}
@@ -173,6 +172,13 @@ def dedup_sweep(lib: Library, families: list[set[str]]) -> dict:
                                       self_id=t.id, duration_s=t.duration_s, threshold=0.0):
             key = frozenset((names[t.id], names[p.b]))
             best[key] = max(best.get(key, 0.0), p.score)
+    return best
+
+
+def dedup_sweep(lib: Library, families: list[set[str]]) -> dict:
+    """Pair precision / recall / F1 as a function of the dedup threshold (best pair score over both directions),
+    and the highest-scoring pairs that are not the same recording."""
+    best = best_pair_scores(lib)
     truth = pairs_of(families)
     sweep = [{"threshold": thr, **pair_scores({k for k, v in best.items() if v >= thr}, truth)} for thr in DEDUP_SWEEP]
     false = sorted((v, " + ".join(sorted(k))) for k, v in best.items() if k not in truth)[-3:]
