@@ -336,6 +336,11 @@ def summarise_rounds(res: dict) -> None:
         out["p50_ms"] = float(np.median(out["p50_rounds_ms"]))
 
 
+def build_key(v: Variant) -> str:
+    """The index a config searches: one per kind, IVF one per list count."""
+    return v.kind if v.kind != "ivf" else f"ivf{v.nlist}"
+
+
 def variants(n_segments: int, nlist: int, args) -> list[Variant]:
     vs = [Variant("flat", "flat"), Variant("flat hop 0.512 s", "flat", stride=2),
           Variant("flat hop 1.28 s", "flat", stride=5)]
@@ -387,7 +392,7 @@ def child(n_tracks: int, args) -> dict:
     indexes: dict[str, BinaryIndex] = {}  # kept for the later timing rounds
     configs = variants(n, nlist, args)
     for v in configs:
-        key = v.kind if v.kind != "ivf" else f"ivf{v.nlist}"
+        key = build_key(v)
         if key not in res["builds"]:
             faiss.omp_set_num_threads(args.threads)
             rss0 = rss_mb()
@@ -423,8 +428,7 @@ def child(n_tracks: int, args) -> dict:
         res["core"]["single_rounds_ms"].append(float(np.percentile(core_round(core_xb, core_xq, core_reps), 50) * 1e3))
         for v, out in zip(configs, res["runs"]):
             faiss.omp_set_num_threads(v.threads or args.threads)
-            key = v.kind if v.kind != "ivf" else f"ivf{v.nlist}"
-            out["p50_rounds_ms"].append(timing_round(indexes[key], queries, v, lib.starts, args.min_queries) * 1e3)
+            out["p50_rounds_ms"].append(timing_round(indexes[build_key(v)], queries, v, lib.starts, args.min_queries) * 1e3)
         print(f"  {n_tracks}: timing round {r + 1} of {args.rounds}", file=sys.stderr, flush=True)
     summarise_rounds(res)
     res["peak_rss_mb"] = peak_rss_mb()
