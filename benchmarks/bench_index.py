@@ -33,6 +33,8 @@ def stages(path: Path, code_model: str) -> dict:
     from musichash.audio import SAMPLE_RATE, iter_audio_blocks, iter_mel_blocks
     from musichash.indexer.encoder import LIBRARY_HOP, CodeModel
 
+    # the front end's first use imports librosa and builds the filterbank (about a second): once per process
+    np.concatenate(list(iter_mel_blocks(iter([np.zeros(SAMPLE_RATE, np.float32)]))))
     t0 = time.perf_counter()
     blocks = list(iter_audio_blocks(path))
     t1 = time.perf_counter()

@@ -284,6 +284,26 @@ def test_two_heads_segment_codes_from_one_track_code_from_the_other(music, tmp_p
         CodeModel("t_bad")
 
 
+def test_crnnh_codes_from_resized_maps_equal_codes_from_cut_windows(music, tmp_path, monkeypatch):
+    """The encoder hands CRNNH maps resized by the backbone; the codes are those of the cut windows."""
+    import torch
+
+    from musichash.audio import load_audio, log_mel
+    from musichash.indexer.encoder import CodeModel
+
+    _register(monkeypatch, "t_one", _tiny_head(tmp_path / "h.safetensors", 4))
+    model = CodeModel("t_one")
+    assert model.features == tuple(f"pool{i}@4x2" for i in range(1, 6))
+    mel = torch.from_numpy(log_mel(load_audio(music / "song1.wav")))
+    enc = model.encode(mel)
+    with torch.inference_mode():
+        cut = [model.head.model(b.features).relaxed.numpy()
+               for b in model.backbone.iter_windows(mel, LIBRARY_HOP, features=[f"pool{i}" for i in range(1, 6)])]
+    relaxed = np.concatenate(cut)
+    assert np.abs(relaxed).min() > 1e-4  # no code bit sits on the rounding edge
+    assert np.array_equal(enc.codes, np.packbits(relaxed > 0, axis=1))
+
+
 def test_library_refuses_codes_of_retrained_weights(music, tmp_path, monkeypatch):
     """Weights retrained under the same model name: the library says so instead of mixing codes."""
     track, seg = tmp_path / "track.safetensors", tmp_path / "seg.safetensors"

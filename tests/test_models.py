@@ -139,6 +139,29 @@ def test_short_track_is_repeat_padded_to_one_window():
     torch.testing.assert_close(batch.logits, model(tiled.unsqueeze(0)).logits)
 
 
+@pytest.mark.parametrize("grid", [(8, 4), (4, 2), (16, 3)])
+def test_vgg_resizes_window_maps_without_cutting_them(grid):
+    """``poolN@HxW`` read from the track's maps equals the cut window's map resized by F.interpolate."""
+    import torch.nn.functional as F
+
+    model = build_backbone("unittest_vgg")
+    h, w = grid
+    want = {f"pool{i}" for i in range(1, 6)} | {f"pool{i}@{h}x{w}" for i in range(1, 6)}
+    mel = torch.rand(900, 96, generator=torch.Generator().manual_seed(2)) * 3
+    batches = list(model.iter_windows(mel, 48, chunk_windows=7, features=want))
+    patches = model.head(model.trunk(torch.rand(3, WINDOW_FRAMES, 96)), [0, 0, 0], frozenset(want))
+    for feats in [b.features for b in batches] + [patches.features]:
+        for i in range(1, 6):
+            resized = F.interpolate(feats[f"pool{i}"], size=grid, mode="bilinear", align_corners=False)
+            assert feats[f"pool{i}@{h}x{w}"].shape == resized.shape
+            torch.testing.assert_close(feats[f"pool{i}@{h}x{w}"], resized, atol=1e-5, rtol=1e-5)
+    # asked for alone, the resized maps come without the cut ones
+    [first, *_] = model.iter_windows(mel, 48, features={"pool1@8x4"})
+    assert set(first.features) == {"pool1@8x4"}
+    with pytest.raises(ValueError, match="'pool1@8by4': the grid must be HxW, for example pool1@8x4"):
+        next(model.iter_windows(mel, 48, features={"pool1@8by4"}))
+
+
 def test_vgg_exposes_the_five_pooled_maps():
     model = build_backbone("unittest_vgg")
     out = model(torch.rand(2, WINDOW_FRAMES, 96))

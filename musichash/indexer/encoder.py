@@ -128,13 +128,20 @@ class _BinarizerHead:
 
 
 class _CRNNHHead:
-    """CRNNH: the pyramid of the backbone's pooled maps through the LSTM hash head."""
+    """CRNNH: the pyramid of the backbone's pooled maps through the LSTM hash head.
+
+    The backbone hands over each map already resized to CRNNH's grid
+    (``"pool1@8x4"``, ...), read from the track's maps without cutting the windows out.
+    """
 
     def __init__(self, model):
-        self.model, self.features = model, tuple(model.layers)
+        h, w = model.grid
+        self.model, self.layers = model, tuple(model.layers)
+        self.features = tuple(f"{name}@{h}x{w}" for name in self.layers)
 
     def __call__(self, feats: dict[str, torch.Tensor]) -> np.ndarray:
-        return self.model(feats).relaxed.float().cpu().numpy()
+        maps = {name: feats[key] for name, key in zip(self.layers, self.features)}
+        return self.model(maps).relaxed.float().cpu().numpy()
 
 
 def _load_head(spec, backbone, device, n_tags: int, weights: str | None):

@@ -171,6 +171,47 @@ class _Backbone(nn.Module):
         return WindowBatch(torch.tensor(group), out.logits, feats)
 
 
+def _parse_grid(key: str, grid: str) -> tuple[int, int]:
+    h, x, w = grid.partition("x")
+    if not (x and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise ValueError(f"feature {key!r}: the grid must be HxW, for example pool1@8x4")
+    return int(h), int(w)
+
+
+def _source(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear resampling of ``n_in`` points to ``n_out`` (corners not aligned), as ``F.interpolate``:
+    output j = ``w0[j] * x[i0[j]] + w1[j] * x[i1[j]]``."""
+    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.long()
+    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+    w1 = src - i0
+    return i0, i1, 1 - w1, w1
+
+
+def _resized(m: torch.Tensor, starts: list[int], stride: int, length: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Windows ``m[:, :, s // stride : s // stride + length]`` of a map ``[1 or B, C, T, F]``, each
+    resized to ``grid``: float [B, C, H, W].
+
+    Bilinear resizing is separable: the bands are resized once for the whole
+    map, then each window's H output frames mix two of its frames each,
+    gathered by index. Equal to resizing the cut windows up to float rounding.
+    """
+    h, w = grid
+    m = F.interpolate(m, size=(m.shape[2], w), mode="bilinear", align_corners=False)  # bands only: [b, C, T, W]
+    i0, i1, w0, w1 = _source(length, h)
+    first = torch.tensor([s // stride for s in starts])[:, None]  # [B, 1]
+    if m.shape[0] == 1:
+        rows = m[0].transpose(0, 1)  # [T, C, W]
+        a, b = rows[(first + i0).flatten()], rows[(first + i1).flatten()]  # [B*H, C, W]
+        a, b = a.unflatten(0, (len(starts), h)), b.unflatten(0, (len(starts), h))  # [B, H, C, W]
+    else:  # one map per window (a patch batch)
+        batch = torch.arange(len(starts))[:, None]
+        rows = m.transpose(1, 2)  # [B, T, C, W]
+        a, b = rows[batch, first + i0], rows[batch, first + i1]
+    out = w0.to(m)[:, None, None] * a + w1.to(m)[:, None, None] * b
+    return out.transpose(1, 2).contiguous()  # [B, C, H, W]
+
+
 class VGG(_Backbone):
     """musicnn's VGG-like baseline (MTT_vgg / MSD_vgg): five conv+BN+max-pool blocks.
 
@@ -226,10 +267,20 @@ class VGG(_Backbone):
         return maps
 
     def head(self, maps: dict[str, torch.Tensor], starts: list[int], want: frozenset[str] | None = None) -> BackboneOutput:
+        """Besides the maps by name, ``want`` may ask for ``"poolN@HxW"``: the window's map resized
+        bilinearly (corners not aligned) to ``H x W``, as ``F.interpolate`` would resize the cut map,
+        but read straight from the track's maps: the per-window crops of ``pool1`` alone are 2.3 MB
+        each, and cutting and resizing them cost more than the convolutions (see ``_resized``)."""
+        grids = {}
+        for key in want or ():
+            name, at, grid = key.partition("@")
+            if at:
+                grids[key] = (name, _parse_grid(key, grid))
+        plain = None if want is None else {key for key in want if key not in grids}
         cut = {}
         for i, (stride, length) in enumerate(zip(self.STRIDES, self.LENGTHS)):
             name = f"pool{i + 1}"
-            if name != "pool4" and want is not None and name not in want:
+            if name != "pool4" and plain is not None and name not in plain:
                 continue  # pool4 feeds pool5
             m = maps[name]
             # one map for a patch batch, or one track map shared by all windows
@@ -238,6 +289,12 @@ class VGG(_Backbone):
             )
         pool5 = self._block(4, cut["pool4"])
         cut["pool5"] = pool5
+        for key, (name, grid) in grids.items():
+            if name == "pool5":
+                cut[key] = F.interpolate(pool5, size=grid, mode="bilinear", align_corners=False)
+            else:
+                i = int(name[4:]) - 1
+                cut[key] = _resized(maps[name], starts, self.STRIDES[i], self.LENGTHS[i], grid)
         # TF flattens NHWC: (time, band, channel)
         logits = self.dense(pool5.permute(0, 2, 3, 1).flatten(1))
         return BackboneOutput(logits, cut)

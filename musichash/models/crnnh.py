@@ -76,7 +76,10 @@ def resize_maps(maps: Mapping[str, torch.Tensor], grid: tuple[int, int], channel
     """
     steps = []
     for name in layers:
-        m = F.interpolate(maps[name].float(), size=tuple(grid), mode="bilinear", align_corners=False).flatten(2)
+        m = maps[name].float()
+        if tuple(m.shape[2:]) != tuple(grid):  # already resized by the backbone (VGG's "poolN@HxW")
+            m = F.interpolate(m, size=tuple(grid), mode="bilinear", align_corners=False)
+        m = m.flatten(2)
         if m.shape[1] > channels:
             raise ValueError(f"{name} has {m.shape[1]} channels, the model takes {channels}")
         steps.append(F.pad(m, (0, 0, 0, channels - m.shape[1])))
