@@ -71,6 +71,13 @@ VARIANTS = {
     "labels, runs of 8, negatives and lambda_s 30 split by file": {"lambda_s": 30.0, "negatives": "file", "_targets": "labels"},
     "labels, runs of 8, lambda_s 40": {"lambda_s": 40.0, "_targets": "labels"},
     "labels, runs of 8, lambda_s 80": {"lambda_s": 80.0, "_targets": "labels"},
+    "labels, random batches, lambda_s 30, lambda_p 0.3": {"lambda_s": 30.0, "per_file": 0, "lambda_p": 0.3, "_targets": "labels"},
+    "labels, random batches, lambda_s 60": {"lambda_s": 60.0, "per_file": 0, "_targets": "labels"},
+    "labels, random batches, lambda_s 30, lambda_p 0": {"lambda_s": 30.0, "per_file": 0, "lambda_p": 0.0, "_targets": "labels"},
+    "labels, random batches, lambda_s 60, lambda_p 0": {"lambda_s": 60.0, "per_file": 0, "lambda_p": 0.0, "_targets": "labels"},
+    "labels, random batches, lambda_s 15, lambda_p 0": {"lambda_s": 15.0, "per_file": 0, "lambda_p": 0.0, "_targets": "labels"},
+    "labels, random batches, lambda_s 5, lambda_p 0": {"lambda_s": 5.0, "per_file": 0, "lambda_p": 0.0, "_targets": "labels"},
+    "labels, random batches, lambda_s 0, lambda_p 0": {"lambda_s": 0.0, "per_file": 0, "lambda_p": 0.0, "_targets": "labels"},
 }
 
 

@@ -537,6 +537,11 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @click.option("--similarity", "lambda_s", type=click.FloatRange(0), default=None,
               help="Weight of the term that makes Hamming neighbours the backbone's neighbours "
                    "(default: the shipped models' 20; 0: off).")
+@click.option("--pull", "lambda_p", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Weight of the term pulling two augmented views of a window together (0: off).")
+@click.option("--batches", type=click.Choice(["file-runs", "random"]), default="file-runs", show_default=True,
+              help="file-runs: runs of 8 windows of one file per batch, so that codes tell moments of a track apart "
+                   "(segment codes); random: windows drawn at random (track codes).")
 @click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Feature cache file to build or reuse (default: in --out); one cache serves every --bits.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -544,7 +549,8 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @json_option
 @quiet_option
 @reports_errors
-def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s, cache, seed, resume, as_json, quiet):
+def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s, lambda_p, batches, cache, seed, resume,
+          as_json, quiet):
     """Train a CRNNH code model on DATA; backbone features are cached so epochs need no audio."""
     from musichash.train.cache import CacheConfig
     from musichash.train.data import load_dataset
@@ -567,7 +573,8 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s,
             bar.update(1)
 
         report = run_training(dataset, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed),
-                              TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select,
+                              TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select, lambda_p=lambda_p,
+                                          per_file=TrainConfig.per_file if batches == "file-runs" else 0,
                                           **({} if lambda_s is None else {"lambda_s": lambda_s})),
                               cache=cache, resume=resume, file_done=file_done, epoch_done=epoch_done)
     if as_json:

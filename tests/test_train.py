@@ -102,12 +102,14 @@ def test_train_command_and_index_with_the_checkpoint(tmp_path):
     # a second bit count reuses the cache: nothing recomputed, nothing cached in its own folder
     before = cache.stat().st_mtime_ns
     r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "run32"), "--bits", "32", "--select", "similarity",
-                                 "--similarity", "0"])
+                                 "--similarity", "0", "--pull", "0.5", "--batches", "random"])
     assert r.exit_code == 0, r.output
     assert cache.stat().st_mtime_ns == before and not list((tmp_path / "run32").glob("features-*.h5"))
     meta32 = json.loads((tmp_path / "run32" / "crnnh.json").read_text())
     assert meta32["config"]["select"] == "similarity" and meta32["train"]["lambda_s"] == 0
-    assert json.loads((out / "crnnh.json").read_text())["train"]["lambda_s"] == TrainConfig.lambda_s == 20
+    assert meta32["train"]["lambda_p"] == 0.5 and meta32["train"]["per_file"] == 0
+    meta16 = json.loads((out / "crnnh.json").read_text())["train"]
+    assert (meta16["lambda_s"], meta16["lambda_p"], meta16["per_file"]) == (TrainConfig.lambda_s, 1.0, 8) == (20, 1.0, 8)
     lib = tmp_path / "lib"
     r = CliRunner().invoke(cli, ["index", str(music), "--library", str(lib), "--code-model", ckpt, "--workers", "0", "--json"])
     assert r.exit_code == 0, r.output
