@@ -237,12 +237,15 @@ def test_shipped_crnnh_models_load_and_encode(bits):
     assert enc.codes.shape[1] == bits // 8 and enc.codes.dtype == np.uint8 and len(enc.codes) == len(enc.times) > 1
     meta = json.loads(resources.files("musichash.models").joinpath(f"weights/crnnh{bits}.json").read_text())
     assert meta["registry_name"] == f"crnnh{bits}" and meta["config"]["bits"] == bits and meta["backbone"] == "MTT_vgg"
-    # two thirds of the fit corpus, labelled; trained with the similarity term; held-out figures
-    assert meta["data"]["files"] == 50 and meta["data"]["layout"] == "manifest" and meta["train"]["lambda_s"] == 20
+    # two thirds of the fit corpus, labelled; the track head: the similarity term, random batches, no pull
+    track = ("lambda_s", "lambda_p", "per_file")
+    assert meta["data"]["files"] == 50 and meta["data"]["layout"] == "manifest"
+    assert [meta["train"][k] for k in track] == [5, 0, 0]
     assert 0 < meta["metrics"]["val_top1"] <= 1
-    # the segment head: same data and settings, no similarity term, so it finds its own window more often
+    # the segment head: same data, no similarity term, views pulled together in runs of one file,
+    # so it finds its own window more often
     seg = json.loads(resources.files("musichash.models").joinpath(f"weights/crnnh{bits}_segments.json").read_text())
-    assert seg["config"]["bits"] == bits and seg["data"] == meta["data"] and seg["train"]["lambda_s"] == 0
-    assert {k: v for k, v in seg["train"].items() if k != "lambda_s"} == {k: v for k, v in meta["train"].items() if k != "lambda_s"}
+    assert seg["config"]["bits"] == bits and seg["data"] == meta["data"] and [seg["train"][k] for k in track] == [0, 1, 8]
+    assert {k: v for k, v in seg["train"].items() if k not in track} == {k: v for k, v in meta["train"].items() if k not in track}
     assert seg["metrics"]["val_top1"] > meta["metrics"]["val_top1"]
     assert model.segment_head is not model.head

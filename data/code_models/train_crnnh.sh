@@ -1,7 +1,8 @@
 #!/bin/sh
 # Train the shipped CRNNH code models' two heads, musichash/models/weights/crnnh{16,32,48,64,128}.safetensors
-# (track codes: with the similarity term) and crnnh{bits}_segments.safetensors (segment codes: without it,
-# only finding clips), each with a .json (data summary, settings, per-epoch losses and held-out metrics), on two thirds of the
+# (track codes: labels and the similarity term, random batches, no pull between views) and
+# crnnh{bits}_segments.safetensors (segment codes: runs of one file per batch, views pulled together, no
+# similarity term: only finding clips), each with a .json (data summary, settings, per-epoch losses and held-out metrics), on two thirds of the
 # fit corpus (train.jsonl, labelled by soundtrack, composer and instrument family), and run the
 # engine on the other third (calibration.jsonl, music the models never heard) to fit crnnh64's
 # match and dedup thresholds (registry.CRNNH_THRESHOLDS; see data/code_models/README.md).
@@ -29,7 +30,8 @@ python "$here/split_fit.py" "$corpus"
 mkdir -p "$work"
 for bits in 64 16 32 48 128; do
     musichash train "$corpus/train.jsonl" --layout manifest --out "$work/crnnh$bits" --bits "$bits" --epochs 30 \
-        --select learned --similarity 20 --views 2 --max-minutes 3 --seed 0 --cache "$work/features.h5"
+        --select learned --similarity 5 --pull 0 --batches random --views 2 --max-minutes 3 --seed 0 \
+        --cache "$work/features.h5"
     cp "$work/crnnh$bits/crnnh.safetensors" "$weights/crnnh$bits.safetensors"
     cp "$work/crnnh$bits/crnnh.json" "$weights/crnnh$bits.json"
     musichash train "$corpus/train.jsonl" --layout manifest --out "$work/crnnh${bits}_segments" --bits "$bits" --epochs 30 \
