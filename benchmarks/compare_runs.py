@@ -94,6 +94,13 @@ def _engine(r: dict) -> Iterator[tuple[str, str, object]]:
     yield "peak RSS MB", COST, _get(r, "peak_rss_mb")
 
 
+def _interim(r: dict) -> Iterator[tuple[str, str, object]]:
+    """The engine's queries with the interim codes: quality only (no dedup set, no latency)."""
+    for name, kind, v in _engine(r):
+        if kind == QUALITY and not name.startswith("dedup"):
+            yield name, kind, v
+
+
 def _chromaprint(r: dict) -> Iterator[tuple[str, str, object]]:
     for row in r["summary"]["by_length"]:
         yield f"top-1, {row['length']:g} s", QUALITY, row["top1"]
@@ -140,7 +147,7 @@ def _scale(r: dict) -> Iterator[tuple[str, str, object]]:
 
 
 STEPS: dict[str, Callable[[dict], Iterator[tuple[str, str, object]]]] = {
-    "engine": _engine, "chromaprint": _chromaprint, "index": _index, "tag": _tag,
+    "engine": _engine, "chromaprint": _chromaprint, "interim": _interim, "index": _index, "tag": _tag,
     "similarity": _similarity, "tagging": _tagging, "scale": _scale,
 }
 

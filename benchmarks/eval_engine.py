@@ -238,7 +238,7 @@ def evaluate(a: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             list(lib.search([Clip(f.name, y)]))
             lat.append((time.perf_counter() - t0) * 1000)
-    out["latency_ms"] = {"n": len(lat), "p50": float(np.median(lat)), "p99": float(np.quantile(lat, 0.99))}
+    out["latency_ms"] = {"n": len(lat), "p50": float(np.median(lat)), "p99": float(np.quantile(lat, 0.99))} if lat else None
     out["outcomes"] = {str(k): [o.__dict__ for o in outs] for k, outs in runs.items()}
     print("queries done", file=sys.stderr, flush=True)
 
@@ -286,6 +286,8 @@ def render_threshold(d: dict, k: str | None = None) -> str:
 
 def render_latency(d: dict) -> str:
     lat = d["latency_ms"]
+    if lat is None:
+        return "- musichash, warm 10 s query: not timed (--latency-queries 0)."
     return (f"- musichash, warm 10 s query through `Library.search` (mel, model, kNN, vote, SQL), {lat['n']} clips "
             f"against {d['library']['tracks']} tracks: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms.")
 

@@ -16,7 +16,7 @@ taggers where the manifest's labels map to a tag) and bench_scale.py (search
 latency, recall, build cost, memory and scan rate against a numpy copy on
 synthetic libraries up to 1M tracks; --quick stops at 100k). Steps:
 
-    engine, chromaprint, index, tag, similarity, tagging, scale   (--steps picks some)
+    engine, chromaprint, interim (--full only), index, tag, similarity, tagging, scale   (--steps picks some)
 
 The Markdown is assembled from that data by the scripts' own ``render``
 functions, and plots.py draws the figures, so every number in the file comes
@@ -69,6 +69,11 @@ class Profile:
     tag_minutes: float
     scale: tuple[str, ...]  # bench_scale.py's arguments
     similarity_windows: int = 16  # musichash evaluate --windows
+    interim: bool = False  # the interim step: the engine's queries again with the interim codes
+
+
+#: the interim step's code model: what CRNNH replaced as the default
+INTERIM_MODEL = "interim_vgg_itq64"
 
 
 PROFILES = {
@@ -81,9 +86,9 @@ PROFILES = {
                       "--kinds", "flat", "ivf", "hnsw", "--nprobe", "16", "64", "--multihash-max", "2e6",
                       "--core-reps", "100")),
     "full": Profile("full", 20, 5.0, 4, 8, 30, None, (0, 1), 10.0,
-                    ("--sizes", "1000", "10000", "100000", "1000000")),
+                    ("--sizes", "1000", "10000", "100000", "1000000"), interim=True),
 }
-STEPS = ("engine", "chromaprint", "index", "tag", "similarity", "tagging", "scale")
+STEPS = ("engine", "chromaprint", "interim", "index", "tag", "similarity", "tagging", "scale")
 #: the similarity step's code models unless --code-model names others: CRNNH at each bit count evaluated
 SIMILARITY_MODELS = ("crnnh16", "crnnh32", "crnnh64")
 VERSIONS = ("torch", "faiss-cpu", "numpy", "librosa", "pedalboard", "av")
@@ -98,6 +103,8 @@ def step_args(name: str, p: Profile, a: argparse.Namespace, manifest: Path) -> l
     if name == "engine":
         return ["eval_engine.py", *common, "--dedup-tracks", str(p.dedup_tracks),
                 "--latency-queries", str(p.latency_queries)]
+    if name == "interim":  # the same queries, no dedup set, no latency
+        return ["eval_engine.py", *common, "--code-model", INTERIM_MODEL, "--dedup-tracks", "0", "--latency-queries", "0"]
     if name == "chromaprint":
         return ["bench_chromaprint.py", *common, "--cache", str(a.work / "fpcalc-cache"),
                 *(["--skip-dedup"] if not p.dedup_tracks else [])]
@@ -272,7 +279,8 @@ def render(run: dict, data: dict, figures: dict[str, Path], out: Path) -> str:
     e, cp = data.get("engine"), data.get("chromaprint")
     rel = {k: os.path.relpath(v, out.parent) for k, v in figures.items()}
     md = ["# Benchmarks\n", stamp(run) + "\n", "```sh\n" + run["command"] + "\n```\n", steps_table(run, data) + "\n",
-          "## Against the issue's targets\n", targets(data) + "\n"]
+          "## Against the issue's targets\n", "The engine:\n", targets(data) + "\n",
+          "CRNNH (the similarity step and, with `--full`, the interim step):\n", crnnh_targets(data) + "\n"]
     if e:
         qs = e["query_set"]
         conds = "; ".join(f"`{c}` " + (", ".join(f"{d['name']}({', '.join(f'{k}={v}' for k, v in d['params'].items())})"
@@ -302,6 +310,8 @@ def render(run: dict, data: dict, figures: dict[str, Path], out: Path) -> str:
             md += ["## Deduplication\n", eval_engine.render_dedup(e["dedup"])]
             if cp and cp.get("dedup"):
                 md += ["Chromaprint, by pair BER (the same files):\n", bench_chromaprint.render_dedup(cp["dedup"]) + "\n"]
+    if e and data.get("interim"):
+        md += ["## Query by example: CRNNH against the interim codes\n", interim_section(e, data["interim"]) + "\n"]
     md.append("## Indexing and tagging throughput\n")
     if e:
         md.append(eval_engine.render_indexing(e) + "\n")
@@ -337,6 +347,47 @@ def render(run: dict, data: dict, figures: dict[str, Path], out: Path) -> str:
     if not (run["meta"]["gpus"]):
         md.append("Not measured: anything on a GPU (this machine has none).\n")
     return "\n".join(md)
+
+
+def interim_section(e: dict, im: dict) -> str:
+    """The CRNNH issue's query-by-example target: the default model against the interim codes it replaced."""
+    a, b = next(iter(e["runs"].values())), next(iter(im["runs"].values()))
+    same = [o["clip"] for o in next(iter(e["outcomes"].values()))] == [o["clip"] for o in next(iter(im["outcomes"].values()))]
+    ta, tb = a["threshold"]["fixed_all"], b["threshold"]["fixed_all"]
+    return "\n".join([
+        f"The engine's queries again, through a library indexed with `{im['code_model']}` (the interim codes that "
+        f"`{e['code_model']}` replaced as the default): {'the same clips, sample for sample' if same else '**other clips**'}. "
+        f"Out-of-library clips rejected at each model's shipped threshold: {100 * ta['tnr']:.0f} % "
+        f"({e['match_threshold']:.3f}) against {100 * tb['tnr']:.0f} % ({im['match_threshold']:.3f}).\n",
+        query_table({e["code_model"]: a["summary"], im["code_model"]: b["summary"]})])
+
+
+def crnnh_targets(data: dict) -> str:
+    """The CRNNH issue's targets against this run's figures."""
+    sim, e, im = data.get("similarity"), data.get("engine"), data.get("interim")
+    rows = ["| target | measured | met |", "|---|---|---|"]
+    if sim:
+        by = {(m["method"].split("-")[0], m["bits"]): m["map_at_r"] for m in sim["report"]["methods"]}
+        beat = []  # (bits, CRNNH, LSH, ITQ) where evaluate ran all three
+        for (kind, bits), v in sorted(by.items(), key=lambda kv: kv[0][1] or 0):
+            if kind == "crnnh" and ("lsh", bits) in by and ("itq", bits) in by:
+                beat.append((bits, v, by[("lsh", bits)], by[("itq", bits)]))
+        rows.append("| mAP@R above LSH and ITQ at every bit count | "
+                    + ("; ".join(f"{bits} bits: {v:.3f} against LSH {lsh:.3f}, ITQ {itq:.3f}" for bits, v, lsh, itq in beat)
+                       or "–")
+                    + f" | {_met(all(v > max(lsh, itq) for _, v, lsh, itq in beat) if beat else None)} |")
+        if ("crnnh", 64) in by and ("float", None) in by:
+            ratio = by[("crnnh", 64)] / by[("float", None)]
+            rows.append(f"| mAP@R within 5 % of float at 64 bits | {by[('crnnh', 64)]:.3f} against {by[('float', None)]:.3f} "
+                        f"({ratio:.1%}) | {_met(ratio >= 0.95)} |")
+    if e and im:
+        a = {b["length"]: b["top1"] for b in next(iter(e["runs"].values()))["summary"]["by_length"]}
+        b = {x["length"]: x["top1"] for x in next(iter(im["runs"].values()))["summary"]["by_length"]}
+        ok = all(a[x] >= b[x] for x in (10.0, 5.0) if x in a and x in b)
+        rows.append(f"| engine top-1 on degraded 10 s and 5 s excerpts at least the interim codes' | "
+                    + ", ".join(f"{x:g} s: {100 * a[x]:.1f} % against {100 * b[x]:.1f} %" for x in (10.0, 5.0) if x in a and x in b)
+                    + f" | {_met(ok)} |")
+    return "\n".join(rows)
 
 
 def same_queries(e: dict, cp: dict) -> str:
@@ -381,7 +432,7 @@ def main(argv=None) -> int:
         # The cuts every step reads (idempotent): bench_index needs them even when the engine step is skipped.
         cut_corpus(manifest, a.work / "eval" / "audio", p.minutes_per_track, p.held_out, a.seed)
         for name in STEPS:
-            if name in a.steps:
+            if name in a.steps and (name != "interim" or p.interim):
                 run["steps"].append(run_step(name, step_args(name, p, a, manifest), results, logs))
         run["wall_s"] = time.perf_counter() - t0
         run["load_end"] = [round(x, 2) for x in os.getloadavg()]

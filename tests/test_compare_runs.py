@@ -105,3 +105,43 @@ def test_steps_limit_the_comparison_to_a_partial_rerun(compare, tmp_path):
     assert compare.main([str(a), str(b), "--out", str(tmp_path / "r.md")]) == 1  # the engine's figures are missing
     assert compare.main([str(a), str(b), "--out", str(tmp_path / "r.md"), "--steps", "scale"]) == 0
     assert "**1 of 1 figures are within noise**" in (tmp_path / "r.md").read_text()
+
+
+def test_the_interim_step_compares_quality_only(compare, tmp_path):
+    a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
+    engine = json.loads((a / "engine.json").read_text())
+    interim = {**engine, "latency_ms": None}
+    del interim["dedup"]
+    (a / "interim.json").write_text(json.dumps(interim))
+    names = {f.name for f in compare.figures(a, a, ("interim",))}
+    assert names == {"top-1, 5 s", "top-10, 5 s", "out-of-library rejected at the shipped threshold",
+                     "in-library matched at the shipped threshold", "in-library matched at 95 % rejection",
+                     "code bytes per hour"}
+
+
+def test_run_all_scores_the_crnnh_targets():
+    """run_all's CRNNH table: above LSH and ITQ at every size evaluated, within 5 % of float, and the interim codes."""
+    run_all = load_script("benchmarks/run_all.py", "benchmarks_run_all")
+    try:
+        def method(name, bits, v):
+            return {"method": name, "bits": bits, "map_at_r": v}
+
+        report = {"methods": [method("float", None, 0.58), method("lsh-16", 16, 0.40), method("itq-16", 16, 0.57),
+                              method("crnnh-16", 16, 0.59), method("lsh-64", 64, 0.52), method("itq-64", 64, 0.58),
+                              method("crnnh-64", 64, 0.56)]}
+
+        def engine(top1_10, top1_5):
+            return {"runs": {"10": {"summary": {"by_length": [{"length": 10.0, "top1": top1_10},
+                                                              {"length": 5.0, "top1": top1_5}]}}}}
+
+        rows = run_all.crnnh_targets({"similarity": {"report": report}, "engine": engine(0.93, 0.87),
+                                      "interim": engine(0.82, 0.87)}).splitlines()
+        assert rows[2] == ("| mAP@R above LSH and ITQ at every bit count | 16 bits: 0.590 against LSH 0.400, ITQ 0.570; "
+                           "64 bits: 0.560 against LSH 0.520, ITQ 0.580 | no |")
+        assert rows[3] == "| mAP@R within 5 % of float at 64 bits | 0.560 against 0.580 (96.6%) | yes |"
+        assert rows[4] == ("| engine top-1 on degraded 10 s and 5 s excerpts at least the interim codes' | "
+                           "10 s: 93.0 % against 82.0 %, 5 s: 87.0 % against 87.0 % | yes |")
+        report["methods"][-1]["map_at_r"] = 0.60
+        assert run_all.crnnh_targets({"similarity": {"report": report}}).splitlines()[2].endswith("| yes |")
+    finally:
+        sys.modules.pop("benchmarks_run_all", None)
