@@ -160,6 +160,8 @@ def test_vgg_resizes_window_maps_without_cutting_them(grid):
     assert set(first.features) == {"pool1@8x4"}
     with pytest.raises(ValueError, match="'pool1@8by4': the grid must be HxW, for example pool1@8x4"):
         next(model.iter_windows(mel, 48, features={"pool1@8by4"}))
+    with pytest.raises(ValueError, match=r"'conv2@8x4': only pool1 \.\.\. pool5 come resized"):
+        next(model.iter_windows(mel, 48, features={"conv2@8x4"}))
 
 
 def test_vgg_exposes_the_five_pooled_maps():

@@ -275,6 +275,8 @@ class VGG(_Backbone):
         for key in want or ():
             name, at, grid = key.partition("@")
             if at:
+                if name not in ("pool1", "pool2", "pool3", "pool4", "pool5"):
+                    raise ValueError(f"feature {key!r}: only pool1 ... pool5 come resized, for example pool1@8x4")
                 grids[key] = (name, _parse_grid(key, grid))
         plain = None if want is None else {key for key in want if key not in grids}
         cut = {}
