@@ -135,13 +135,13 @@ class _CRNNHHead:
     """
 
     def __init__(self, model):
-        h, w = model.grid
-        self.model, self.layers = model, tuple(model.layers)
-        self.features = tuple(f"{name}@{h}x{w}" for name in self.layers)
+        from musichash.models.crnnh import grid_features
+
+        self.model, self.keys = model, grid_features(model.grid, model.layers)
+        self.features = tuple(self.keys.values())
 
     def __call__(self, feats: dict[str, torch.Tensor]) -> np.ndarray:
-        maps = {name: feats[key] for name, key in zip(self.layers, self.features)}
-        return self.model(maps).relaxed.float().cpu().numpy()
+        return self.model({name: feats[key] for name, key in self.keys.items()}).relaxed.float().cpu().numpy()
 
 
 def _load_head(spec, backbone, device, n_tags: int, weights: str | None):

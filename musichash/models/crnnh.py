@@ -86,6 +86,12 @@ def resize_maps(maps: Mapping[str, torch.Tensor], grid: tuple[int, int], channel
     return torch.stack(steps, dim=1)
 
 
+def grid_features(grid: Sequence[int], layers: Sequence[str] = LAYERS) -> dict[str, str]:
+    """Layer -> the name of the backbone feature that is its window map already resized to ``grid``
+    (the VGG's ``"poolN@HxW"``: read from the track's maps, no window cut out first)."""
+    return {name: f"{name}@{grid[0]}x{grid[1]}" for name in layers}
+
+
 def rank_channels(resized: torch.Tensor) -> torch.Tensor:
     """Channels per layer, most similar to the layer's mean response first: long [L, C].
 

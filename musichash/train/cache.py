@@ -34,7 +34,7 @@ from musichash import augment
 from musichash.audio import N_MELS, SAMPLE_RATE, AudioError, load_audio, log_mel
 from musichash.models import build_backbone
 from musichash.models.backbones import WINDOW_FRAMES
-from musichash.models.crnnh import LAYERS, resize_maps
+from musichash.models.crnnh import LAYERS, grid_features, resize_maps
 from musichash.train.data import Dataset
 
 
@@ -202,6 +202,8 @@ def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng
 
 
 def _resized(model, channels: int, mel: np.ndarray, starts: list[int], cfg: CacheConfig) -> tuple[np.ndarray, torch.Tensor]:
+    keys = grid_features(cfg.grid)  # the maps come resized from the backbone, as the encoder gets them
+    want = frozenset(keys.values())
     m = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
     if m.shape[0] < WINDOW_FRAMES:
         m = torch.cat([m, m.new_zeros(WINDOW_FRAMES - m.shape[0], m.shape[1])])
@@ -209,8 +211,8 @@ def _resized(model, channels: int, mel: np.ndarray, starts: list[int], cfg: Cach
         align = model.align
         last = (m.shape[0] - WINDOW_FRAMES) // align * align
         aligned = [min(int(round(s / align)) * align, last) for s in starts]
-        out = model.head(model.trunk(m[None]), aligned)
+        out = model.head(model.trunk(m[None]), aligned, want)
     else:
-        out = model(torch.stack([m[s : s + WINDOW_FRAMES] for s in starts]))
-    seq = resize_maps(out.features, tuple(cfg.grid), channels)
+        out = model.head(model.trunk(torch.stack([m[s : s + WINDOW_FRAMES] for s in starts])), [0] * len(starts), want)
+    seq = resize_maps({name: out.features[key] for name, key in keys.items()}, tuple(cfg.grid), channels)
     return seq.numpy().astype(np.float16), out.logits
