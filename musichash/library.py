@@ -258,7 +258,8 @@ class Library:
                 )
                 continue
             votes, match = engine.query_codes(
-                index, enc.codes, enc.times, self.store.bits, top_k=top_k, k=k, threshold=threshold
+                index, enc.codes, enc.times, self.store.bits, top_k=top_k, k=k, threshold=threshold,
+                relaxed=enc.relaxed,
             )
             hits = []
             for v in votes:

@@ -131,8 +131,14 @@ def test_index_cache_is_rebuilt_when_stale(music, lib_dir):
     with Library.open(lib_dir) as lib:
         first = lib.search_index()
         assert first.rebuilt and (lib_dir / INDEX_DIR / "segments.faiss").is_file()
+        built_codes = np.array(first.seg_codes)
     with Library.open(lib_dir) as lib:
-        assert not lib.search_index().rebuilt  # loaded from index/
+        loaded = lib.search_index()
+        assert not loaded.rebuilt  # loaded from index/
+        assert isinstance(loaded.seg_codes, np.memmap) and np.array_equal(loaded.seg_codes, built_codes)
+    (lib_dir / INDEX_DIR / "segment_codes.npy").unlink()  # a cache of an older musichash
+    with Library.open(lib_dir) as lib:
+        assert lib.search_index().rebuilt
     index(lib_dir, music)
     with Library.open(lib_dir) as lib:
         again = lib.search_index()
@@ -342,3 +348,43 @@ def test_library_from_before_segment_heads_is_refused(music, tmp_path, monkeypat
         Library.open(tmp_path / "t_split")
     with Library.open(tmp_path / "t_one") as lib:
         assert lib.stats().n_tracks == 1
+
+
+def _flat_index(seg_codes, seg_track, seg_time):
+    from musichash.search.cache import SearchIndex
+    from musichash.search.faiss_index import BinaryIndex, IndexConfig
+
+    bits = seg_codes.shape[1] * 8
+    segments = BinaryIndex.build(seg_codes, np.arange(len(seg_codes), dtype=np.int64), IndexConfig("flat", bits=bits), "cpu")
+    ids = np.unique(seg_track)
+    tracks = BinaryIndex.build(seg_codes[np.searchsorted(seg_track, ids)], ids, IndexConfig("flat", bits=bits), "cpu")
+    return SearchIndex(segments, seg_track, seg_time, seg_codes, tracks, "test")
+
+
+def test_query_reranks_by_the_bits_it_is_sure_of():
+    """The true track's segments differ from the query's codes in 6 bits it is unsure of; another
+    track's in 4 bits it is sure of. Hamming alone ranks the other first, the unquantised values the true one."""
+    from musichash.search import engine
+
+    rng = np.random.default_rng(0)
+    n_win, bits = 5, 64
+    relaxed = rng.choice([-1.0, 1.0], size=(n_win, bits)) * 0.9
+    relaxed[:, :6] *= 0.02  # unsure bits
+    q = np.packbits(relaxed > 0, axis=1)
+    flip_unsure = np.zeros(bits, dtype=bool)
+    flip_unsure[:6] = True
+    flip_sure = np.zeros(bits, dtype=bool)
+    flip_sure[10:14] = True
+    true_seg = np.packbits((relaxed > 0) ^ flip_unsure, axis=1)
+    decoy_seg = np.packbits((relaxed > 0) ^ flip_sure, axis=1)
+    filler = rng.integers(0, 256, size=(40, bits // 8), dtype=np.uint8)
+    times = np.arange(n_win) * 1.5
+    codes = np.concatenate([true_seg, decoy_seg, filler])
+    seg_track = np.concatenate([np.full(n_win, 1), np.full(n_win, 2), np.full(40, 3)]).astype(np.int64)
+    seg_time = np.concatenate([times, times, np.arange(40) * 1.5]).astype(np.float32)
+    index = _flat_index(codes, seg_track, seg_time)
+    votes, _ = engine.query_codes(index, q, times, bits, k=1)
+    assert votes[0].track_id == 2
+    votes, _ = engine.query_codes(index, q, times, bits, k=1, relaxed=relaxed)
+    assert votes[0].track_id == 1 and votes[0].offset_s == 0.0
+    assert votes[0].hamming == 6  # the reported distance stays the Hamming distance

@@ -228,3 +228,39 @@ def test_short_clip_needs_a_near_identical_segment():
     exact = SegmentHits(np.array([0]), np.array([0.0]), np.array([4]), np.array([20.0]), np.array([1]), BITS, 1)
     assert not match_decision(vote(lucky))
     assert match_decision(vote(exact))
+
+
+def test_asymmetric_distance_weighs_bits_by_confidence():
+    from musichash.bits import asymmetric_distance, hamming
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 64)).astype(np.float32)
+    db = rng.integers(0, 256, size=(4, 9, 8), dtype=np.uint8)
+    q = np.packbits(x > 0, axis=1)
+    # equal magnitudes, or none at all: the Hamming distance
+    np.testing.assert_allclose(asymmetric_distance(np.sign(x), db), hamming(q[:, None], db), atol=1e-4)
+    np.testing.assert_allclose(asymmetric_distance(np.zeros_like(x), db), hamming(np.zeros_like(q)[:, None], db), atol=1e-4)
+    # one flipped bit costs more where the query is sure of it
+    v = np.full((1, 64), 0.5, dtype=np.float32)
+    v[0, 0], v[0, 1] = 0.01, 0.99
+    code = np.packbits(v > 0, axis=1)
+    flip0, flip1 = code.copy(), code.copy()
+    flip0[0, 0] ^= 0x80
+    flip1[0, 0] ^= 0x40
+    d = asymmetric_distance(v, np.stack([code, flip0, flip1], axis=1))[0]
+    assert d[0] == 0 and 0 < d[1] < 1 < d[2]
+
+
+def test_vote_weighs_hits_by_their_distance_when_given():
+    """Same Hamming distances, but the distance the vote is given ranks track 2 first."""
+    times = np.arange(4) * 1.5
+    D = np.full((4, 2), 10)
+    I = np.tile(np.array([[0, 1]]), (4, 1)) + np.arange(4)[:, None] * 2
+    seg_track = np.tile(np.array([1, 2]), 4)
+    seg_time = np.repeat(times, 2)
+    dist = np.tile(np.array([[12.0, 3.0]]), (4, 1))
+    plain = vote(SegmentHits.from_knn(times, D, I, seg_track, seg_time, 64))
+    assert [v.track_id for v in plain] == [1, 2]  # a tie, broken by id
+    weighed = vote(SegmentHits.from_knn(times, D, I, seg_track, seg_time, 64, distance=dist))
+    assert [v.track_id for v in weighed] == [2, 1] and weighed[0].hamming == 10
+    assert weighed[0].score > plain[0].score

@@ -44,6 +44,10 @@ class Encoded:
                                  encoded with ``track=False`` (queries need only segment codes)
     codes: uint8 [n, bits/8]     one code per window
     times: float32 [n]           window starts, seconds
+    relaxed: float32 [n, bits]   a CRNNH head's tanh outputs, whose signs are ``codes`` (bit set
+                                 where > 0): a query's search weighs its bits by their magnitudes.
+                                 None for the interim codes (their thresholds were fitted on
+                                 Hamming distances alone)
     """
 
     tags: np.ndarray
@@ -51,6 +55,7 @@ class Encoded:
     codes: np.ndarray
     times: np.ndarray
     duration_s: float
+    relaxed: np.ndarray | None = None
 
 
 class CodeModel:
@@ -114,6 +119,7 @@ class CodeModel:
             codes=np.packbits(x > 0, axis=1),
             times=(np.concatenate(starts) * FRAME_S).astype(np.float32),
             duration_s=float(duration),
+            relaxed=x.astype(np.float32, copy=False) if isinstance(self.segment_head, _CRNNHHead) else None,
         )
 
 

@@ -1,7 +1,8 @@
 """The FAISS files under ``index/``: a cache derived from codes.h5, rebuilt when stale.
 
 ``index/`` holds ``segments.faiss`` (segment codes, ids = row of the segment
-table), ``segments.npz`` (each row's track id and start time, and the stamp
+table), ``segment_codes.npy`` (the same codes by row, memory-mapped, for re-ranking
+a query's neighbours), ``segments.npz`` (each row's track id and start time, and the stamp
 they were built from), ``tracks.faiss`` (track codes, ids = track ids) and
 ``config.json`` (the index kind and its parameters, set by ``reindex``). The
 store's ``stamp()`` changes whenever its valid codes do; a cache built from
@@ -24,18 +25,21 @@ from musichash.search.faiss_index import BinaryIndex, IndexConfig, SearchError
 
 INDEX_DIR = "index"
 _SEGMENTS, _TABLE, _TRACKS, _CONFIG = "segments.faiss", "segments.npz", "tracks.faiss", "config.json"
+_CODES = "segment_codes.npy"
 
 
 @dataclass
 class SearchIndex:
     """Everything a query needs, for one stamp of the library.
 
-    seg_track: int64 [N], seg_time: float32 [N] -- row i of the segment index.
+    seg_track: int64 [N], seg_time: float32 [N], seg_codes: uint8 [N, bits/8] -- row i of
+    the segment index (seg_codes may be memory-mapped).
     """
 
     segments: BinaryIndex
     seg_track: np.ndarray
     seg_time: np.ndarray
+    seg_codes: np.ndarray
     tracks: BinaryIndex
     stamp: str
     rebuilt: bool = False
@@ -104,7 +108,7 @@ def load_or_build(store: LibraryStore, device: str = "auto", *, force: bool = Fa
     segments = BinaryIndex.build(table.codes, np.arange(len(table.codes), dtype=np.int64), seg_config, device)
     ids, codes = store.track_codes()
     tracks = BinaryIndex.build(codes, ids, IndexConfig("flat", bits=store.bits), device)
-    index = SearchIndex(segments, table.track_ids, table.times, tracks, stamp, rebuilt=True)
+    index = SearchIndex(segments, table.track_ids, table.times, table.codes, tracks, stamp, rebuilt=True)
     if os.access(folder, os.W_OK):
         _save(folder / INDEX_DIR, index)
     return index
@@ -119,19 +123,29 @@ def _load(d: Path, stamp: str, device: str) -> SearchIndex | None:
             if str(z["stamp"]) != stamp:
                 return None
             seg_track, seg_time = z["track_ids"], z["times"]
+        seg_codes = np.load(d / _CODES, mmap_mode="r")
         segments = BinaryIndex.load(d / _SEGMENTS, device)
         tracks = BinaryIndex.load(d / _TRACKS, device)
     except (OSError, KeyError, ValueError, SearchError):
         return None  # missing, half-written by a concurrent builder, or stale: rebuild
-    if segments.ntotal != len(seg_track) or segments.kind != choose_config(d.parent, segments.bits, len(seg_track)).kind:
-        return None  # half-written, or the settings changed
-    return SearchIndex(segments, seg_track, seg_time, tracks, stamp)
+    n = len(seg_track)
+    if segments.ntotal != n or seg_codes.shape != (n, segments.bits // 8):
+        return None  # half-written, or written by a musichash without segment_codes.npy
+    if segments.kind != choose_config(d.parent, segments.bits, n).kind:
+        return None  # the settings changed
+    return SearchIndex(segments, seg_track, seg_time, seg_codes, tracks, stamp)
 
 
 def _save(d: Path, index: SearchIndex) -> None:
     d.mkdir(exist_ok=True)
     index.segments.save(d / _SEGMENTS)
     index.tracks.save(d / _TRACKS)
+    codes = d / f".{_CODES}.{os.getpid()}.tmp.npy"
+    try:
+        np.save(codes, np.ascontiguousarray(index.seg_codes))
+        os.replace(codes, d / _CODES)
+    finally:
+        codes.unlink(missing_ok=True)
     tmp = d / f".{_TABLE}.{os.getpid()}.tmp.npz"
     try:
         np.savez(tmp, track_ids=index.seg_track, times=index.seg_time, stamp=np.array(index.stamp))

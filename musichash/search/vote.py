@@ -58,6 +58,9 @@ class SegmentHits:
     n_query_windows: int  nq, the denominator of the score (windows without
                           any hit still count against the clip), at least
                           MIN_SCORE_WINDOWS
+    distance: float [m]   what the vote weighs hits by, in bits, when not the
+                          Hamming distance (``bits.asymmetric_distance`` of a
+                          query's unquantised codes); None: ``hamming``
     """
 
     q_index: np.ndarray
@@ -67,11 +70,12 @@ class SegmentHits:
     hamming: np.ndarray
     bits: int
     n_query_windows: int
+    distance: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         m = len(self.q_index)
-        for name in ("q_time", "track_id", "t_time", "hamming"):
-            if len(getattr(self, name)) != m:
+        for name in ("q_time", "track_id", "t_time", "hamming", "distance"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != m:
                 raise ValueError(f"SegmentHits.{name} has {len(getattr(self, name))} rows, q_index has {m}")
         if self.bits <= 0:
             raise ValueError(f"bits must be positive, got {self.bits}")
@@ -87,6 +91,7 @@ class SegmentHits:
         seg_track: np.ndarray,
         seg_time: np.ndarray,
         bits: int,
+        distance: np.ndarray | None = None,
     ) -> SegmentHits:
         """Flatten a kNN result over library segments.
 
@@ -96,6 +101,7 @@ class SegmentHits:
                                  fewer than k neighbours
         seg_track: int64 [N]     track id of each library segment
         seg_time: float [N]      start time of each library segment in its track
+        distance: float [nq, k]  the vote's distances, if not D (``SegmentHits.distance``)
         """
         q_times = np.asarray(q_times, dtype=np.float64)
         D = np.asarray(D)
@@ -115,6 +121,19 @@ class SegmentHits:
             hamming=D[rows, cols].astype(np.int64),
             bits=int(bits),
             n_query_windows=nq,
+            distance=None if distance is None else np.asarray(distance, dtype=np.float64)[rows, cols],
+        )
+
+    @property
+    def weighed(self) -> np.ndarray:
+        """The distances the vote weighs hits by: ``distance``, else ``hamming``. float [m]"""
+        return np.asarray(self.hamming if self.distance is None else self.distance, dtype=np.float64)
+
+    def select(self, keep: np.ndarray) -> SegmentHits:
+        """The hits where ``keep`` (bool [m]) is true."""
+        return SegmentHits(
+            self.q_index[keep], self.q_time[keep], self.track_id[keep], self.t_time[keep], self.hamming[keep],
+            self.bits, self.n_query_windows, None if self.distance is None else self.distance[keep],
         )
 
 
@@ -225,7 +244,7 @@ def vote(
     """
     if offset_tolerance_s <= 0:
         raise ValueError(f"offset_tolerance_s must be positive, got {offset_tolerance_s}")
-    w = hit_weight(hits.hamming, hits.bits)
+    w = hit_weight(hits.weighed, hits.bits)
     if share_slack is not None and len(w):
         w = w / _close_tracks(hits, share_slack)
     keep = (np.asarray(hits.track_id) >= 0) & (w > 0)
@@ -308,9 +327,9 @@ def vote(
 def _close_tracks(hits: SegmentHits, slack: int) -> np.ndarray:
     """For each hit, how many distinct tracks its query window hits within ``slack`` bits of its best. -> float [m]"""
     qi = np.asarray(hits.q_index, dtype=np.int64)
-    d = np.asarray(hits.hamming, dtype=np.int64)
+    d = hits.weighed
     tr = np.asarray(hits.track_id, dtype=np.int64)
-    best = np.full(hits.n_query_windows, np.iinfo(np.int64).max)
+    best = np.full(hits.n_query_windows, np.inf)
     np.minimum.at(best, qi, d)
     close = d <= best[qi] + slack
     pairs = np.unique(np.stack([qi[close], tr[close]], axis=1), axis=0)
