@@ -63,14 +63,19 @@ DEDUP_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 DEDUP_VARIANTS = ("mp3_64k", "gain-6_trim_fade", "pad3_fadein", "speed1.02")
 
 
-def _vote_settings(k: int | str) -> tuple[int, int | None]:
-    """``10`` -> the engine's default sharing; ``10n`` -> none; ``10s4`` -> slack 4."""
+def _vote_settings(k: int | str) -> tuple[int, int | None, bool]:
+    """``10`` -> the engine's default sharing; ``10n`` -> none; ``10s4`` -> slack 4; a trailing ``h``
+    (``10h``, ``10nh``) ranks by Hamming distance alone, without the query's unquantised codes."""
     if isinstance(k, int):
-        return k, engine.DEFAULT_SHARE_SLACK
+        return k, engine.DEFAULT_SHARE_SLACK, True
+    asym = not k.endswith("h")
+    k = k.removesuffix("h")
+    if k.isdigit():
+        return int(k), engine.DEFAULT_SHARE_SLACK, asym
     if k.endswith("n"):
-        return int(k[:-1]), None
+        return int(k[:-1]), None, asym
     kk, slack = k.split("s")
-    return int(kk), int(slack)
+    return int(kk), int(slack), asym
 
 
 def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple, qset: str = "core") -> dict:
@@ -83,9 +88,10 @@ def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple, qse
         enc = lib.encode(Clip(f.name, y), track=False)  # as Library.search encodes a query
         t_enc = time.perf_counter() - t0
         for k in ks:
-            kk, slack = _vote_settings(k)
+            kk, slack, asym = _vote_settings(k)
             t0 = time.perf_counter()
-            votes, _ = engine.query_codes(index, enc.codes, enc.times, lib.store.bits, top_k=10, k=kk, share_slack=slack)
+            votes, _ = engine.query_codes(index, enc.codes, enc.times, lib.store.bits, top_k=10, k=kk, share_slack=slack,
+                                          relaxed=enc.relaxed if asym else None)
             dt = t_enc + time.perf_counter() - t0
             ranked = [paths.get(v.track_id) for v in votes]
             top1 = inside and bool(ranked) and ranked[0] == str(f.absolute())
@@ -336,7 +342,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="delete this code model's libraries in --work first")
     ap.add_argument("--k", nargs="+", default=[str(engine.DEFAULT_K)],
                     help="neighbours per query window (several: a sweep); KsS shares each window's weight among "
-                         "the tracks within S bits of its best hit (e.g. 10s2; plain K uses the engine's default slack, Kn none)")
+                         "the tracks within S bits of its best hit (e.g. 10s2; plain K uses the engine's default slack, Kn none); "
+                         "a trailing h ranks by Hamming distance alone (10h)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     d = evaluate(a)
