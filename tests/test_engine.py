@@ -388,3 +388,17 @@ def test_query_reranks_by_the_bits_it_is_sure_of():
     votes, _ = engine.query_codes(index, q, times, bits, k=1, relaxed=relaxed)
     assert votes[0].track_id == 1 and votes[0].offset_s == 0.0
     assert votes[0].hamming == 6  # the reported distance stays the Hamming distance
+
+
+def test_a_query_keeps_the_values_behind_its_codes(music, lib_dir, tmp_path):
+    """Library.search weighs a clip's bits by the CRNNH head's outputs, whose signs are its codes;
+    the interim (binariser) codes keep the Hamming ranking their thresholds were fitted on."""
+    with Library.open(tmp_path / "crnnh", write=True, code_model="unittest_crnnh") as lib:
+        lib.index([music], workers=0)
+        enc = lib.encode(music / "song1.wav", track=False)
+        assert enc.relaxed.shape == (len(enc.codes), lib.store.bits)
+        assert np.array_equal(np.packbits(enc.relaxed > 0, axis=1), enc.codes)
+        assert np.abs(enc.relaxed).max() < 1.0  # tanh outputs
+    index(lib_dir, music / "song1.wav")
+    with Library.open(lib_dir) as lib:
+        assert lib.encode(music / "song1.wav", track=False).relaxed is None
