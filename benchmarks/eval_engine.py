@@ -277,8 +277,8 @@ def render_indexing(d: dict) -> str:
         lines.append(f"musichash indexing (`Library.index`, decode to codes and tags): {idx['audio_s'] / 3600:.2f} h "
                      f"in {idx['wall_s']:.0f} s = **{idx['x_real_time']:.0f}x** real time end to end.")
     lines.append(f"Codes: {lib['code_bytes_per_hour'] / 1e3:.1f} KB per hour of audio ({lib['bits']}-bit, "
-                 f"{lib['segments']:,} segments); the whole library folder (codes with times, SQLite, FAISS index) "
-                 f"{lib['folder_bytes_per_hour'] / 1e3:.0f} KB per hour.")
+                 f"{lib['segments']:,} segments); the library folder right after indexing (codes with times, SQLite; "
+                 f"the FAISS cache under index/ comes with the first search) {lib['folder_bytes_per_hour'] / 1e3:.0f} KB per hour.")
     return " ".join(lines)
 
 
