@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import BITS, K, SEG_HOP_S, auto_nlist, make_queries, synth_library  # noqa: E402
 from common import machine  # noqa: E402
 
-from musichash.bits import asymmetric_distance  # noqa: E402
-from musichash.search.engine import RERANK_FACTOR  # noqa: E402
+from musichash.search.engine import RERANK_FACTOR, rerank  # noqa: E402
 from musichash.search.faiss_index import BinaryIndex, IndexConfig  # noqa: E402
 from musichash.search.vote import SegmentHits, vote  # noqa: E402
 
@@ -37,10 +36,7 @@ def one_query(index, seg_codes, starts, q, relaxed) -> None:
     D, I = index.search(q.xq, k)
     dist = None
     if relaxed is not None:
-        dist = asymmetric_distance(relaxed, seg_codes[np.maximum(I, 0)])
-        dist[I < 0] = np.inf
-        order = np.argsort(dist, axis=1, kind="stable")[:, :K]
-        D, I, dist = (np.take_along_axis(a, order, axis=1) for a in (D, I, dist))
+        D, I, dist = rerank(seg_codes, relaxed, D, I, K)
     seg = np.maximum(I, 0)
     tr = np.searchsorted(starts, seg, side="right") - 1
     local = np.where(I >= 0, np.arange(I.size).reshape(I.shape), -1)

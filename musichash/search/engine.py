@@ -86,13 +86,24 @@ def query_codes(
         hits = SegmentHits.from_knn(times, D, I, index.seg_track, index.seg_time, bits)
     else:
         D, I = index.segments.search(codes, k * RERANK_FACTOR)
-        dist = asymmetric_distance(relaxed, index.seg_codes[np.maximum(I, 0)])
-        dist[I < 0] = np.inf
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        D, I, dist = (np.take_along_axis(a, order, axis=1) for a in (D, I, dist))
+        D, I, dist = rerank(index.seg_codes, relaxed, D, I, k)
         hits = SegmentHits.from_knn(times, D, I, index.seg_track, index.seg_time, bits, distance=dist)
     votes = vote(hits, max_tracks=top_k, share_slack=share_slack)
     return votes, match_decision(votes, threshold)
+
+
+def rerank(
+    seg_codes: np.ndarray, relaxed: np.ndarray, D: np.ndarray, I: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each window's k nearest of its Hamming neighbours by ``asymmetric_distance``.
+
+    seg_codes: uint8 [N, bits/8] by segment id; relaxed: float [nq, bits];
+    D, I: [nq, k'] from the segment index (I == -1: no neighbour) -> D, I, dist: [nq, k].
+    """
+    dist = asymmetric_distance(relaxed, seg_codes[np.maximum(I, 0)])
+    dist[I < 0] = np.inf
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return tuple(np.take_along_axis(a, order, axis=1) for a in (D, I, dist))
 
 
 def duplicates_of(
