@@ -23,12 +23,11 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import BITS, K, SEG_HOP_S, auto_nlist, make_queries, synth_library  # noqa: E402
+from bench_scale import BITS, K, auto_nlist, make_queries, synth_library, to_votes  # noqa: E402
 from common import machine  # noqa: E402
 
 from musichash.search.engine import RERANK_FACTOR, rerank  # noqa: E402
 from musichash.search.faiss_index import BinaryIndex, IndexConfig  # noqa: E402
-from musichash.search.vote import SegmentHits, vote  # noqa: E402
 
 
 def one_query(index, seg_codes, starts, q, relaxed) -> None:
@@ -37,12 +36,7 @@ def one_query(index, seg_codes, starts, q, relaxed) -> None:
     dist = None
     if relaxed is not None:
         D, I, dist = rerank(seg_codes, relaxed, D, I, K)
-    seg = np.maximum(I, 0)
-    tr = np.searchsorted(starts, seg, side="right") - 1
-    local = np.where(I >= 0, np.arange(I.size).reshape(I.shape), -1)
-    hits = SegmentHits.from_knn(q.q_times, D, local, tr.ravel(), ((seg - starts[tr]) * SEG_HOP_S).ravel(), BITS,
-                                distance=dist)
-    vote(hits)
+    to_votes(q, 1, D, I, starts, distance=dist)
 
 
 def main(argv=None) -> int:

@@ -219,8 +219,8 @@ class Variant:
     threads: int | None = None  # None: --threads
 
 
-def to_votes(q: Query, stride: int, D: np.ndarray, I: np.ndarray, starts: np.ndarray):
-    """Vote over one clip's kNN result (D, I: [windows, k], segment ids)."""
+def to_votes(q: Query, stride: int, D: np.ndarray, I: np.ndarray, starts: np.ndarray, distance: np.ndarray | None = None):
+    """Vote over one clip's kNN result (D, I: [windows, k], segment ids; distance: the vote's, if not D)."""
     # The engine looks segment ids up in per-segment tables; the search over
     # track starts gives the same (track, time) without 16 B a segment here.
     valid = I >= 0
@@ -228,7 +228,7 @@ def to_votes(q: Query, stride: int, D: np.ndarray, I: np.ndarray, starts: np.nda
     tr = np.searchsorted(starts, seg, side="right") - 1
     local = np.where(valid, np.arange(I.size).reshape(I.shape), -1)
     t_time = (seg - starts[tr]) * SEG_HOP_S
-    hits = SegmentHits.from_knn(q.q_times[::stride], D, local, tr.ravel(), t_time.ravel(), BITS)
+    hits = SegmentHits.from_knn(q.q_times[::stride], D, local, tr.ravel(), t_time.ravel(), BITS, distance=distance)
     return vote(hits)
 
 
