@@ -274,11 +274,12 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
 @library_options
 @click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(1), help="Tracks listed per clip.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Score above which a clip counts as a match (default: the code model's calibrated value).")
+@click.option("--chroma-threshold", type=click.FloatRange(-1, 1), default=None, help="Harmony agreement with the best track above which a clip counts as a match; -1 turns the check off (default: the code model's calibrated value).")
 @json_option
 @device_option
 @quiet_option
 @reports_errors
-def search(clips, library, db_url, top_k, threshold, as_json, device, quiet):
+def search(clips, library, db_url, top_k, threshold, chroma_threshold, as_json, device, quiet):
     """Find the tracks that CLIPS (files or folders of clips, 3 s or longer) come from, and where."""
     from musichash.indexer.pipeline import scan
     from musichash.search.results import search_json
@@ -288,7 +289,7 @@ def search(clips, library, db_url, top_k, threshold, as_json, device, quiet):
         click.echo(f"Error: {m.path}: {m.reason}", err=True)
     failed = len(missing)
     with _open(library, db_url, device=device) as lib:
-        for r in lib.search(files, top_k=top_k, threshold=threshold):
+        for r in lib.search(files, top_k=top_k, threshold=threshold, chroma_threshold=chroma_threshold):
             if r.error is not None:
                 failed += 1
                 click.echo(f"Error: {r.query}: {r.error}", err=True)
@@ -302,8 +303,9 @@ def search(clips, library, db_url, top_k, threshold, as_json, device, quiet):
             click.echo(f"{r.query}  ({r.duration_s:.1f} s): {verdict}")
             for i, h in enumerate(r.results if r.match else r.results[:1], 1):
                 lead = f"{i}." if r.match else "nearest:"
+                harmony = f"  harmony {r.chroma:.2f}" if i == 1 and r.chroma is not None else ""
                 click.echo(
-                    f"  {lead} {h.path}  at {_clock(h.offset_s)}  score {h.score:.2f}  hamming {h.hamming}  [{_tags_text(h.tags)}]"
+                    f"  {lead} {h.path}  at {_clock(h.offset_s)}  score {h.score:.2f}{harmony}  hamming {h.hamming}  [{_tags_text(h.tags)}]"
                 )
     if failed:
         raise click.ClickException(f"{failed} of {len(files) + len(missing)} clips could not be searched")

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from musichash import chroma
 from musichash.audio import AudioError, iter_audio_blocks, iter_mel_blocks, log_mel
 from musichash.errors import MusichashError
 from musichash.indexer.encoder import LIBRARY_HOP, QUERY_HOP, CodeModel, Encoded
@@ -41,7 +42,7 @@ from musichash.search.results import (
     SimilarHit,
     SimilarResult,
 )
-from musichash.search.vote import DEFAULT_MATCH_THRESHOLD
+from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, TrackVote
 from musichash.tagging import TagScore
 
 #: shortest query clip, seconds (one 3 s window)
@@ -222,13 +223,31 @@ class Library:
     def stats(self) -> LibraryStats:
         return self.store.stats()
 
-    def encode(self, clip: str | os.PathLike | Clip, hop: int = QUERY_HOP, *, track: bool = True) -> Encoded:
-        """Codes of a file or an in-memory clip, windows every ``hop`` frames (``track=False``: no track code)."""
+    def encode(
+        self, clip: str | os.PathLike | Clip, hop: int = QUERY_HOP, *, track: bool = True, harmony: bool = False
+    ) -> Encoded:
+        """Codes of a file or an in-memory clip, windows every ``hop`` frames.
+
+        ``track=False``: no track code; ``harmony=True``: with the clip's chroma (``Encoded.chroma``).
+        """
         if isinstance(clip, Clip):
-            mel = log_mel(clip.wave)
-            return self.model.encode(mel, hop, track=track)
-        chunks = (torch.from_numpy(c) for c in iter_mel_blocks(iter_audio_blocks(clip)))
-        return self.model.encode(chunks, hop, track=track)
+            enc = self.model.encode(log_mel(clip.wave), hop, track=track)
+            return replace(enc, chroma=chroma.clip_chroma([clip.wave])) if harmony else enc
+        blocks: list[np.ndarray] = []
+        waves = iter_audio_blocks(clip)
+        if harmony:  # a query clip: its blocks are kept for the chroma
+            waves = (blocks.append(x) or x for x in waves)
+        chunks = (torch.from_numpy(c) for c in iter_mel_blocks(waves))
+        enc = self.model.encode(chunks, hop, track=track)
+        return replace(enc, chroma=chroma.clip_chroma(blocks)) if harmony else enc
+
+    def harmony(self, enc: Encoded, vote: TrackVote) -> float | None:
+        """``chroma.agreement`` of an encoded clip (``harmony=True``) with a voted track at the vote's
+        alignment; None when the track has no chroma (indexed before musichash kept it)."""
+        packed = self.store.get_chroma(vote.track_id)
+        if packed is None or enc.chroma is None:
+            return None
+        return chroma.agreement(enc.chroma, chroma.unpack(packed), vote.offset_s, vote.rate)
 
     def search(
         self,
@@ -236,18 +255,23 @@ class Library:
         *,
         top_k: int = 10,
         threshold: float | None = None,
+        chroma_threshold: float | None = None,
         k: int = engine.DEFAULT_K,
     ) -> Iterator[SearchResult]:
         """One result per clip, in order; a clip that cannot be used gets ``error`` set.
 
+        A clip matches when its best track's score passes ``threshold`` and, where the
+        model has a ``chroma_threshold`` (or one is given; -1 turns the check off), the
+        clip's harmony agrees with that track's at the voted alignment (``harmony``).
         ``k``: library segments fetched per query window before the vote.
         """
         threshold = self.match_threshold if threshold is None else threshold
+        chroma_threshold = self.chroma_threshold if chroma_threshold is None else chroma_threshold
         index = self.search_index()
         for clip in clips:
             name = clip.name if isinstance(clip, Clip) else str(clip)
             try:
-                enc = self.encode(clip, track=False)  # the vote needs segment codes only
+                enc = self.encode(clip, track=False, harmony=True)  # the vote needs segment codes only
             except AudioError as e:
                 yield SearchResult(name, False, (), 0.0, error=e.reason)
                 continue
@@ -267,11 +291,20 @@ class Library:
                 if t is None:  # removed since the index was built
                     continue
                 hits.append(SearchHit(v.track_id, t.path, v.score, v.hamming, v.offset_s, v.rate, v.votes, self._top_tags(t)))
-            yield SearchResult(name, match, tuple(hits), enc.duration_s)
+            agree = self.harmony(enc, votes[0]) if hits and hits[0].track_id == votes[0].track_id else None
+            if agree is not None and chroma_threshold is not None:
+                match = match and agree > chroma_threshold
+            yield SearchResult(name, match and bool(hits), tuple(hits), enc.duration_s, chroma=agree)
 
     @property
     def match_threshold(self) -> float:
         return float(get_spec(self.code_model).config.get("match_threshold", DEFAULT_MATCH_THRESHOLD))
+
+    @property
+    def chroma_threshold(self) -> float | None:
+        """The model's calibrated harmony threshold; None (no check) for models without one."""
+        t = get_spec(self.code_model).config.get("chroma_threshold")
+        return None if t is None else float(t)
 
     @property
     def dedup_threshold(self) -> float:

@@ -48,6 +48,8 @@ class Encoded:
                                  where > 0): a query's search weighs its bits by their magnitudes.
                                  None for the interim codes (their thresholds were fitted on
                                  Hamming distances alone)
+    chroma: float32 [3, F, 12]   a query's ``musichash.chroma.clip_chroma``, for the harmony check
+                                 of its match (set by ``Library.encode(..., harmony=True)``)
     """
 
     tags: np.ndarray
@@ -56,6 +58,7 @@ class Encoded:
     times: np.ndarray
     duration_s: float
     relaxed: np.ndarray | None = None
+    chroma: np.ndarray | None = None
 
 
 class CodeModel:

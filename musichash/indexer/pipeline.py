@@ -7,8 +7,9 @@ Decisions per file (cheapest first):
   (a touch) or as an 'ok' track whose file is gone (a move or rename): the
   row is pointed at the file, codes kept; same bytes as an 'ok' track whose
   file is still there: an exact copy, noted, and its codes are copied;
-- else decoded (worker processes: decode, resample, log-mel) and encoded
-  (main process: the model, batched over each track's windows).
+- else decoded (worker processes: decode, resample, log-mel and the
+  track's chroma, ``musichash.chroma``) and encoded (main process: the
+  model, batched over each track's windows).
 
 Every track is committed on its own (``LibraryStore.put_track`` is crash
 safe), so an interrupted run keeps what it finished and the next run
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musichash import chroma
 from musichash.audio import AudioError, audio_info, iter_audio_blocks, iter_mel_blocks
 from musichash.errors import MusichashError
 from musichash.indexer.encoder import LIBRARY_HOP, CodeModel
@@ -137,12 +139,12 @@ def index_paths(
             plan.failed.append(FailedFile(str(path), result))
             progress.advance(str(path), header_s)
             continue
-        mel, fmt = result
+        mel, fmt, harmony = result
         enc = model.encode(mel, LIBRARY_HOP)
         record = TrackRecord(
             str(path), digest, st.st_size, st.st_mtime, enc.duration_s, fmt, tuple(float(p) for p in enc.tags)
         )
-        store.put_track(record, enc.track_code, enc.codes, enc.times)
+        store.put_track(record, enc.track_code, enc.codes, enc.times, harmony)
         (updated if existed else added).append(str(path))
         audio_s += enc.duration_s
         progress.advance(str(path), header_s)
@@ -220,7 +222,7 @@ def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
 def _copy_track(store: LibraryStore, source: Track, path: Path, digest: str, st: os.stat_result) -> None:
     codes = store.get_codes(source.id)
     record = TrackRecord(str(path), digest, st.st_size, st.st_mtime, source.duration_s, source.format, source.tags)
-    store.put_track(record, codes.track_code, codes.segment_codes, codes.segment_times)
+    store.put_track(record, codes.track_code, codes.segment_codes, codes.segment_times, codes.chroma)
 
 
 def _prune(store: LibraryStore) -> list[str]:
@@ -232,12 +234,13 @@ def _prune(store: LibraryStore) -> list[str]:
 # ------------------------------------------------------------------ decoding
 
 
-def decode_mel(path: str | os.PathLike) -> tuple[np.ndarray, str] | str:
-    """Worker job: ``(log-mel float32 [T, 96], format)``, or the reason the file cannot be used."""
+def decode_mel(path: str | os.PathLike) -> tuple[np.ndarray, str, np.ndarray] | str:
+    """Worker job: ``(log-mel float32 [T, 96], format, packed chroma uint8 [m])``, or the reason the file cannot be used."""
     try:
         fmt = audio_info(path).format
-        mel = np.concatenate(list(iter_mel_blocks(iter_audio_blocks(path))))
-        return mel, fmt
+        harmony = chroma.TrackChroma()
+        mel = np.concatenate(list(iter_mel_blocks(harmony.tap(iter_audio_blocks(path)))))
+        return mel, fmt, chroma.pack(harmony.bits())
     except AudioError as e:
         return e.reason
     except Exception as e:  # a decoder crash must cost one file, not the run
@@ -262,7 +265,7 @@ def default_workers() -> int:
     return 0 if cpus <= 2 else max(1, min(4, cpus // 4))
 
 
-def _decoded(jobs: list, workers: int | None) -> Iterable[tuple[np.ndarray, str] | str]:
+def _decoded(jobs: list, workers: int | None) -> Iterable[tuple[np.ndarray, str, np.ndarray] | str]:
     """Decode jobs in order, at most ``workers + 1`` ahead of the consumer (bounded memory)."""
     workers = default_workers() if workers is None else workers
     if workers <= 0 or len(jobs) <= 1:

@@ -81,6 +81,7 @@ class TrackCodes:
     track_code: np.ndarray  # uint8 [bits/8]
     segment_codes: np.ndarray  # uint8 [n, bits/8]
     segment_times: np.ndarray  # float32 [n], segment start in seconds
+    chroma: np.ndarray | None = None  # uint8 [m], musichash.chroma.pack of bool [seconds, 12]
 
 
 class SegmentTable(NamedTuple):

@@ -8,7 +8,8 @@ A library is a folder::
     codes.h5     root attrs ``code_model``, ``bits``, ``schema_version``; one group
                  ``tracks/<id>`` per 'ok' track holding
                  ``track_code: uint8 [bits/8]``, ``segment_codes: uint8 [n, bits/8]``,
-                 ``segment_times: float32 [n]`` (segment start, seconds)
+                 ``segment_times: float32 [n]`` (segment start, seconds), ``chroma:
+                 uint8 [m]`` (``musichash.chroma.pack``; optional: older tracks lack it)
     index/       FAISS cache, derived from codes.h5 (not managed here)
     .lock        held by the one writer (``fcntl.flock``), holds its PID
 
@@ -232,11 +233,12 @@ class LibraryStore:
         track_code: np.ndarray,
         segment_codes: np.ndarray,
         segment_times: np.ndarray,
+        chroma: np.ndarray | None = None,
     ) -> Track:
         """Add or replace the track at ``record.path`` with its codes; returns its row.
 
         ``track_code: uint8 [bits/8]``, ``segment_codes: uint8 [n, bits/8]``,
-        ``segment_times: float [n]``.
+        ``segment_times: float [n]``, ``chroma: uint8 [m]`` (packed, optional).
         """
         self._check_writable()
         nbytes = self.bits // 8
@@ -246,6 +248,8 @@ class LibraryStore:
         _check_array("segment_codes", segment_codes, np.uint8, (n, nbytes))
         _check_array("segment_times", segment_times, None, (n,))
         segment_times = np.asarray(segment_times, dtype=np.float32)
+        if chroma is not None:
+            _check_array("chroma", chroma, np.uint8, (len(chroma),))
         tags = None if record.tags is None else np.asarray(record.tags, dtype="<f4").tobytes()
 
         # 1. commit the row as 'pending', so a crash while its codes are rewritten
@@ -258,7 +262,7 @@ class LibraryStore:
             s.flush()
             track_id = row.id
         # 2. codes on disk.
-        self._write_codes(track_id, track_code, segment_codes, segment_times)
+        self._write_codes(track_id, track_code, segment_codes, segment_times, chroma)
         # 3. only now are they valid.
         return self._mark_ok(track_id, len(segment_codes))
 
@@ -360,12 +364,20 @@ class LibraryStore:
     def get_codes(self, track_id: int) -> TrackCodes:
         try:
             g = self._h5["tracks"][str(int(track_id))]
-            return TrackCodes(g["track_code"][()], g["segment_codes"][()], g["segment_times"][()])
+            chroma = g["chroma"][()] if "chroma" in g else None
+            return TrackCodes(g["track_code"][()], g["segment_codes"][()], g["segment_times"][()], chroma)
         except (KeyError, OSError):  # missing, or damaged
             raise LibraryError(
                 f"track {track_id} has no readable codes in {self.folder / CODES_FILE}; "
                 f"run `musichash index` to (re)compute them"
             ) from None
+
+    def get_chroma(self, track_id: int) -> np.ndarray | None:
+        """A track's packed chroma (uint8 [m]), or None when it has none (or its codes are unreadable)."""
+        try:
+            return self._h5["tracks"][str(int(track_id))]["chroma"][()]
+        except (KeyError, OSError):
+            return None
 
     def iter_segment_codes(self) -> SegmentTable:
         """Segment codes of all 'ok' tracks, concatenated in track id order."""
@@ -463,6 +475,7 @@ class LibraryStore:
         track_code: np.ndarray,
         segment_codes: np.ndarray,
         segment_times: np.ndarray,
+        chroma: np.ndarray | None,
     ) -> None:
         groups = self._h5["tracks"]
         name = str(track_id)
@@ -472,6 +485,8 @@ class LibraryStore:
         g.create_dataset("track_code", data=track_code)
         g.create_dataset("segment_codes", data=segment_codes)
         g.create_dataset("segment_times", data=segment_times)
+        if chroma is not None:
+            g.create_dataset("chroma", data=chroma)
         self._h5.flush()
 
     def _mark_ok(self, track_id: int, n_segments: int) -> Track:

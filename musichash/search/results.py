@@ -28,11 +28,15 @@ class SearchHit:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """chroma: how well the clip's harmony follows the first result's at the voted alignment
+    (``musichash.chroma.agreement``, in [-1, 1]); None without results or without the track's chroma."""
+
     query: str
     match: bool
     results: tuple[SearchHit, ...]
     duration_s: float
     error: str | None = None  # the clip could not be used (the CLI reports it)
+    chroma: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ def search_json(r: SearchResult) -> dict:
             for h in r.results
         ],
     }
+    if r.chroma is not None:
+        out["chroma"] = round(r.chroma, 4)
     if r.error is not None:
         out["error"] = r.error
     return out

@@ -1,0 +1,166 @@
+"""The harmony check: chroma of tracks and clips, their agreement, and the match it gates."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from musichash import chroma
+from musichash.cli import cli
+from musichash.library import Clip, Library
+
+SR = 16000
+MODEL = "unittest_hash"
+
+
+def progression(roots, chord_s: float = 1.3, minor: bool = False, semitones: float = 0.0) -> np.ndarray:
+    """Triads on ``roots`` (pitch classes), one every ``chord_s``, all with one organ-like timbre."""
+    t = np.arange(int(chord_s * SR)) / SR
+    env = np.minimum(1.0, t / 0.02) * np.exp(-t * 0.7)
+    out = []
+    for r in roots:
+        y = np.zeros_like(t)
+        for step in (0, 3 if minor else 4, 7):
+            f = 130.81 * 2 ** ((r + step + semitones) / 12)  # from C3
+            y += sum(w * np.sin(2 * np.pi * f * h * t) for h, w in ((1, 1.0), (2, 0.5), (3, 0.3), (4, 0.2)))
+        out.append(y * env)
+    y = np.concatenate(out)
+    y += 0.01 * np.random.default_rng(len(roots)).standard_normal(len(y))
+    return (0.3 * y / np.abs(y).max()).astype(np.float32)
+
+
+SONG_A = (0, 5, 7, 0, 9, 5, 7, 0, 2, 7, 0, 4, 9, 5, 7, 0)
+SONG_B = (3, 10, 1, 6, 11, 3, 8, 1, 6, 11, 4, 10, 1, 8, 3, 6)
+
+
+def test_clip_chroma_is_librosas_chroma_stft():
+    import librosa
+
+    y = progression(SONG_A[:6])
+    power = np.abs(librosa.stft(y, n_fft=chroma.N_FFT, hop_length=chroma.HOP)) ** 2
+    ref = librosa.feature.chroma_stft(S=power, sr=SR, tuning=0.0)  # [12, F]
+    ours = chroma.clip_chroma([y])
+    assert ours.shape == (3, ref.shape[1], 12)
+    np.testing.assert_allclose(ours[1].T, ref, atol=1e-5)
+    flat = librosa.feature.chroma_stft(S=power, sr=SR, tuning=-1 / 3)
+    np.testing.assert_allclose(ours[0].T, flat, atol=1e-5)
+
+
+def test_streamed_blocks_give_the_chroma_of_the_whole_signal():
+    y = progression(SONG_A[:8])
+    cuts = [0, 1, 4095, 9000, 30001, len(y)]
+    blocks = [y[a:b] for a, b in zip(cuts, cuts[1:])]
+    np.testing.assert_allclose(chroma.clip_chroma(blocks), chroma.clip_chroma([y]), atol=1e-6)
+    tc = chroma.TrackChroma()
+    assert sum(len(b) for b in tc.tap(blocks)) == len(y)  # blocks pass through unchanged
+    whole = chroma.track_bits(y)
+    assert whole.shape == (int(np.ceil(len(y) / SR)), 12)
+    np.testing.assert_array_equal(tc.bits(), whole)
+    # a chord's own pitch classes are the bits set in its seconds (C major: C, E, G)
+    assert set(np.flatnonzero(whole[0])) == {0, 4, 7}
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 600])
+def test_pack_and_unpack_round_trip(n):
+    bits = np.random.default_rng(n).random((n, 12)) > 0.5
+    packed = chroma.pack(bits)
+    assert packed.dtype == np.uint8 and len(packed) == int(np.ceil(1.5 * n))
+    np.testing.assert_array_equal(chroma.unpack(packed), bits)
+
+
+def test_agreement_follows_the_alignment_pitch_and_harmony():
+    track = chroma.track_bits(progression(SONG_A))
+    a = progression(SONG_A)
+    clip = chroma.clip_chroma([a[int(5.2 * SR) : int(13.2 * SR)]])
+    right = chroma.agreement(clip, track, 5.2)
+    assert right > 0.8
+    assert chroma.agreement(clip, track, 5.2 + 0.6) == pytest.approx(right, abs=0.05)  # within the slack
+    assert chroma.agreement(clip, track, 0.0) < right - 0.3  # elsewhere in the track
+    up = progression(SONG_A, semitones=1.0)[int(5.2 * SR) : int(13.2 * SR)]
+    assert chroma.agreement(chroma.clip_chroma([up]), track, 5.2) > 0.8  # pitched up a semitone
+    other = progression(SONG_B, minor=True)[int(5.2 * SR) : int(13.2 * SR)]
+    assert chroma.agreement(chroma.clip_chroma([other]), track, 5.2) < 0.5
+    fast = a[int(5.2 * SR) : int(13.2 * SR) : 2]  # twice as fast: rate 2 (pitch up an octave)
+    assert chroma.agreement(chroma.clip_chroma([fast]), track, 5.2, rate=2.0) > 0.8
+    assert chroma.agreement(clip, track, 40.0) is None  # past the track's end: nothing to compare
+
+
+@pytest.fixture
+def songs(tmp_path):
+    d = tmp_path / "music"
+    d.mkdir()
+    sf.write(d / "a.wav", progression(SONG_A), SR)
+    return d
+
+
+def test_indexed_tracks_keep_their_chroma_and_copies_share_it(songs, tmp_path):
+    lib_dir = tmp_path / "lib"
+    (songs / "copy").mkdir()
+    (songs / "copy" / "a.wav").write_bytes((songs / "a.wav").read_bytes())
+    with Library.open(lib_dir, write=True, code_model=MODEL) as lib:
+        report = lib.index([songs], workers=0)
+        assert report.copies
+        a, b = lib.store.tracks("ok")
+        bits = chroma.unpack(lib.store.get_chroma(a.id))
+        np.testing.assert_array_equal(bits, chroma.track_bits(progression(SONG_A)))
+        np.testing.assert_array_equal(lib.store.get_codes(b.id).chroma, lib.store.get_chroma(a.id))
+
+
+def test_harmony_gates_the_match(songs, tmp_path):
+    lib_dir = tmp_path / "lib"
+    with Library.open(lib_dir, write=True, code_model=MODEL) as lib:
+        lib.index([songs], workers=0)
+    inside = Clip("inside", progression(SONG_A)[int(4.6 * SR) : int(12.6 * SR)])
+    outside = Clip("outside", progression(SONG_B, minor=True)[int(4.6 * SR) : int(12.6 * SR)])
+    with Library.open(lib_dir) as lib:
+        assert lib.chroma_threshold is None  # the test model has none: codes alone decide
+        r_in, r_out = lib.search([inside, outside], threshold=0.0, chroma_threshold=0.5)
+        assert r_in.match and r_in.chroma > 0.8
+        assert not r_out.match and r_out.chroma < 0.5
+        assert r_out.results[0].path.endswith("a.wav")  # still listed, as the nearest track
+        [code_only] = lib.search([outside], threshold=0.0, chroma_threshold=-1.0)
+        assert code_only.match
+        [default] = lib.search([outside], threshold=0.0)
+        assert default.match and default.chroma == pytest.approx(r_out.chroma)
+
+
+def test_tracks_without_chroma_are_matched_on_codes_alone(songs, tmp_path):
+    """Libraries indexed before tracks kept their chroma still search: no harmony, no check."""
+    lib_dir = tmp_path / "lib"
+    with Library.open(lib_dir, write=True, code_model=MODEL) as lib:
+        lib.index([songs], workers=0)
+        [t] = lib.store.tracks("ok")
+        c = lib.store.get_codes(t.id)
+        rec = lib.store.find_by_path(t.path)
+        from musichash.indexer.store import TrackRecord
+
+        lib.store.put_track(
+            TrackRecord(rec.path, rec.content_hash, rec.size, rec.mtime, rec.duration_s, rec.format, rec.tags),
+            c.track_code, c.segment_codes, c.segment_times,
+        )
+        assert lib.store.get_chroma(t.id) is None
+    outside = Clip("outside", progression(SONG_B, minor=True)[: 8 * SR])
+    with Library.open(lib_dir) as lib:
+        [r] = lib.search([outside], threshold=0.0, chroma_threshold=0.5)
+        assert r.match and r.chroma is None
+
+
+def test_cli_search_reports_harmony(songs, tmp_path):
+    lib_dir = tmp_path / "lib"
+    with Library.open(lib_dir, write=True, code_model=MODEL) as lib:
+        lib.index([songs], workers=0)
+    sf.write(tmp_path / "out.wav", progression(SONG_B, minor=True)[: 8 * SR], SR)
+    sf.write(tmp_path / "in.wav", progression(SONG_A)[2 * SR : 10 * SR], SR)
+    args = ["search", "--library", str(lib_dir), "--threshold", "0", "--chroma-threshold", "0.5"]
+    res = CliRunner().invoke(cli, [*args, "--json", str(tmp_path / "in.wav"), str(tmp_path / "out.wav")])
+    assert res.exit_code == 0, res.output
+    inside, outside = (json.loads(line) for line in res.output.splitlines())
+    assert inside["match"] and inside["chroma"] > 0.8
+    assert not outside["match"] and outside["chroma"] < 0.5
+    res = CliRunner().invoke(cli, [*args, str(tmp_path / "in.wav")])
+    assert res.exit_code == 0, res.output
+    assert ": match" in res.output and f"harmony {inside['chroma']:.2f}" in res.output
+    res = CliRunner().invoke(cli, [*args[:-1], "1.5", str(tmp_path / "in.wav")])
+    assert res.exit_code == 2 and "--chroma-threshold" in res.output
