@@ -93,7 +93,7 @@ def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple, qse
             t0 = time.perf_counter()
             votes, _ = engine.query_codes(index, enc.codes, enc.times, lib.store.bits, top_k=10, k=kk, share_slack=slack,
                                           relaxed=enc.relaxed if asym else None)
-            agree = lib.harmony(enc, votes[0]) if votes else None
+            votes, agree = lib.verify(enc, votes)  # as Library.search ranks and checks them
             dt = t_enc + time.perf_counter() - t0
             ranked = [paths.get(v.track_id) for v in votes]
             top1 = inside and bool(ranked) and ranked[0] == str(f.absolute())

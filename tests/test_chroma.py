@@ -1,6 +1,7 @@
 """The harmony check: chroma of tracks and clips, their agreement, and the match it gates."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -164,3 +165,27 @@ def test_cli_search_reports_harmony(songs, tmp_path):
     assert ": match" in res.output and f"harmony {inside['chroma']:.2f}" in res.output
     res = CliRunner().invoke(cli, [*args[:-1], "1.5", str(tmp_path / "in.wav")])
     assert res.exit_code == 2 and "--chroma-threshold" in res.output
+
+
+def test_harmony_reranks_the_first_tracks_of_the_vote(songs, tmp_path):
+    from musichash.library import HARMONY_CANDIDATES
+    from musichash.search.vote import TrackVote
+
+    sf.write(songs / "b.wav", progression(SONG_B, minor=True), SR)
+    with Library.open(tmp_path / "lib", write=True, code_model=MODEL) as lib:
+        lib.index([songs], workers=0)
+        ids = {t.path.rsplit("/", 1)[1]: t.id for t in lib.store.tracks("ok")}
+        enc = lib.encode(Clip("a", progression(SONG_A)[int(3.3 * SR) : int(9.3 * SR)]), track=False, harmony=True)
+
+        def vote(name, score):
+            return TrackVote(ids[name], 3.3, score, 4, 5, (3.3, 6.3))
+
+        ranked, agree = lib.verify(enc, [vote("b.wav", 0.5), vote("a.wav", 0.4)])
+        assert [v.track_id for v in ranked] == [ids["a.wav"], ids["b.wav"]] and agree > 0.8
+        # only the first few are compared
+        decoys = [vote("b.wav", 0.5)] * HARMONY_CANDIDATES
+        ranked, _ = lib.verify(enc, [*decoys, vote("a.wav", 0.49)])
+        assert ranked[-1].track_id == ids["a.wav"]
+        # without the clip's chroma the vote's order stands
+        ranked, agree = lib.verify(replace(enc, chroma=None), [vote("b.wav", 0.5), vote("a.wav", 0.4)])
+        assert ranked[0].track_id == ids["b.wav"] and agree is None
