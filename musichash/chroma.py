@@ -126,12 +126,31 @@ def track_bits(wave: np.ndarray) -> np.ndarray:
     return tc.bits()
 
 
+class ClipChroma:
+    """A query's chroma at every tuning, gathered while its audio streams past (see :meth:`tap`)."""
+
+    def __init__(self):
+        self._stream = _Stream(slice(0, len(TUNINGS)))
+        self._out: list[np.ndarray] = []
+
+    def tap(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Passes 16 kHz blocks through unchanged, taking their chroma on the way."""
+        for x in blocks:
+            self._out += [c for _, c in self._stream.feed(x)]
+            yield x
+        self._out += [c for _, c in self._stream.feed(np.zeros(0, np.float32), last=True)]
+
+    def frames(self) -> np.ndarray:
+        """float32 [len(TUNINGS), frames, 12]."""
+        return np.concatenate(self._out, axis=1) if self._out else np.zeros((len(TUNINGS), 0, 12), np.float32)
+
+
 def clip_chroma(blocks: Iterable[np.ndarray]) -> np.ndarray:
-    """A query's chroma at every tuning: float32 [len(TUNINGS), frames, 12] (blocks: 16 kHz, any sizes)."""
-    s = _Stream(slice(0, len(TUNINGS)))
-    out = [c for x in blocks for _, c in s.feed(x)]
-    out += [c for _, c in s.feed(np.zeros(0, np.float32), last=True)]
-    return np.concatenate(out, axis=1) if out else np.zeros((len(TUNINGS), 0, 12), np.float32)
+    """``ClipChroma`` of 16 kHz blocks of any sizes: float32 [len(TUNINGS), frames, 12]."""
+    cc = ClipChroma()
+    for _ in cc.tap(blocks):
+        pass
+    return cc.frames()
 
 
 def pack(bits: np.ndarray) -> np.ndarray:

@@ -239,13 +239,10 @@ class Library:
         if isinstance(clip, Clip):
             enc = self.model.encode(log_mel(clip.wave), hop, track=track)
             return replace(enc, chroma=chroma.clip_chroma([clip.wave])) if harmony else enc
-        blocks: list[np.ndarray] = []
-        waves = iter_audio_blocks(clip)
-        if harmony:  # a query clip: its blocks are kept for the chroma
-            waves = (blocks.append(x) or x for x in waves)
-        chunks = (torch.from_numpy(c) for c in iter_mel_blocks(waves))
-        enc = self.model.encode(chunks, hop, track=track)
-        return replace(enc, chroma=chroma.clip_chroma(blocks)) if harmony else enc
+        cc = chroma.ClipChroma()
+        waves = cc.tap(iter_audio_blocks(clip)) if harmony else iter_audio_blocks(clip)
+        enc = self.model.encode((torch.from_numpy(c) for c in iter_mel_blocks(waves)), hop, track=track)
+        return replace(enc, chroma=cc.frames()) if harmony else enc
 
     def verify(self, enc: Encoded, votes: list[TrackVote]) -> tuple[list[TrackVote], float | None]:
         """The vote's ranking with its first ``HARMONY_CANDIDATES`` tracks re-ranked by harmony too,
@@ -317,7 +314,7 @@ class Library:
             if not hits or hits[0].track_id != votes[0].track_id:
                 agree = None
             match = bool(hits) and match_decision(votes, threshold)
-            if agree is not None and chroma_threshold is not None:
+            if agree is not None and chroma_threshold is not None and chroma_threshold > -1:
                 match = match and agree > chroma_threshold
             yield SearchResult(name, match, tuple(hits), enc.duration_s, chroma=agree)
 
