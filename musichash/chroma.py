@@ -201,4 +201,3 @@ def agreement(clip: np.ndarray, track: np.ndarray, offset_s: float, rate: float 
         score = (m.reshape(n_t, -1) @ r.T).max() / (j1 - j0 + 1)
         best = score if best is None else max(best, score)
     return None if best is None else float(best)
-
