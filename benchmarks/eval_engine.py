@@ -285,13 +285,17 @@ def render_indexing(d: dict) -> str:
     return " ".join(lines)
 
 
+def shipped_thresholds(d: dict) -> str:
+    """The model's match thresholds as run: ``0.272, chroma 0.663`` (no chroma for models without one)."""
+    tc = d.get("chroma_threshold")
+    return f"{d['match_threshold']:.3f}" + (f", chroma {tc:.3f}" if tc is not None else "")
+
+
 def render_threshold(d: dict, k: str | None = None) -> str:
     run = d["runs"][k or next(iter(d["runs"]))]
     oks = [f"{b['length']:g} s {100 * b['ool_tnr']:.0f} %" for b in run["summary"]["by_length"] if b["ool_n"]]
-    tc = d.get("chroma_threshold")
-    shipped = f"{d['match_threshold']:.3f}" + (f", chroma {tc:.3f}" if tc is not None else "")
     return (threshold_table(run["threshold"], "model default", shipping=" (for shipping)")
-            + f"\n\nOut-of-library clips rejected at the model's thresholds ({shipped}), by length: "
+            + f"\n\nOut-of-library clips rejected at the model's thresholds ({shipped_thresholds(d)}), by length: "
             + ", ".join(oks) + ".")
 
 

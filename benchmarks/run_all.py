@@ -348,11 +348,6 @@ def render(run: dict, data: dict, figures: dict[str, Path], out: Path) -> str:
     return "\n".join(md)
 
 
-def _thresholds(e: dict) -> str:
-    tc = e.get("chroma_threshold")
-    return f"{e['match_threshold']:.3f}" + (f", chroma {tc:.3f}" if tc is not None else "")
-
-
 def interim_section(e: dict, im: dict) -> str:
     """The CRNNH issue's query-by-example target: the default model against the interim codes it replaced."""
     a, b = next(iter(e["runs"].values())), next(iter(im["runs"].values()))
@@ -362,7 +357,7 @@ def interim_section(e: dict, im: dict) -> str:
         f"The engine's queries again, through a library indexed with `{im['code_model']}` (the interim codes that "
         f"`{e['code_model']}` replaced as the default): {'the same clips, sample for sample' if same else '**other clips**'}. "
         f"Out-of-library clips rejected at each model's shipped threshold: {100 * ta['tnr']:.0f} % "
-        f"({_thresholds(e)}) against {100 * tb['tnr']:.0f} % ({_thresholds(im)}).\n",
+        f"({eval_engine.shipped_thresholds(e)}) against {100 * tb['tnr']:.0f} % ({eval_engine.shipped_thresholds(im)}).\n",
         query_table({e["code_model"]: a["summary"], im["code_model"]: b["summary"]})])
 
 

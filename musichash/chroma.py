@@ -86,6 +86,15 @@ class _Stream:
             buf = buf[f * HOP :]
         self._buf = buf
 
+    def tap(self, blocks: Iterable[np.ndarray], take) -> Iterator[np.ndarray]:
+        """Passes 16 kHz blocks through unchanged, handing ``take(first, frames)`` each batch of chroma frames."""
+        for x in blocks:
+            for first, c in self.feed(x):
+                take(first, c)
+            yield x
+        for first, c in self.feed(np.zeros(0, np.float32), last=True):
+            take(first, c)
+
 
 class TrackChroma:
     """A library track's chroma, gathered while its audio streams past (see :meth:`tap`)."""
@@ -97,20 +106,17 @@ class TrackChroma:
 
     def tap(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Passes 16 kHz blocks through unchanged, taking their chroma on the way."""
-        for x in blocks:
-            self._add(self._stream.feed(x))
-            yield x
-        self._add(self._stream.feed(np.zeros(0, np.float32), last=True))
+        return self._stream.tap(blocks, self._add)
 
-    def _add(self, batches: Iterable[tuple[int, np.ndarray]]) -> None:
-        for first, c in batches:
-            j = np.floor((first + np.arange(c.shape[1])) * FRAME_S / POOL_S).astype(np.int64)
-            if j[-1] >= len(self._counts):
-                grow = j[-1] + 1 - len(self._counts)
-                self._sums = np.concatenate([self._sums, np.zeros((grow, 12))])
-                self._counts = np.concatenate([self._counts, np.zeros(grow, np.int64)])
-            np.add.at(self._sums, j, c[0])
-            np.add.at(self._counts, j, 1)
+    def _add(self, first: int, c: np.ndarray) -> None:
+        """Pools frames ``first ...`` (``c``: [1, f, 12]) into their seconds."""
+        j = np.floor((first + np.arange(c.shape[1])) * FRAME_S / POOL_S).astype(np.int64)
+        if j[-1] >= len(self._counts):
+            grow = j[-1] + 1 - len(self._counts)
+            self._sums = np.concatenate([self._sums, np.zeros((grow, 12))])
+            self._counts = np.concatenate([self._counts, np.zeros(grow, np.int64)])
+        np.add.at(self._sums, j, c[0])
+        np.add.at(self._counts, j, 1)
 
     def bits(self) -> np.ndarray:
         """bool [seconds, 12]: each pitch class above or below its second's mean."""
@@ -135,10 +141,7 @@ class ClipChroma:
 
     def tap(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Passes 16 kHz blocks through unchanged, taking their chroma on the way."""
-        for x in blocks:
-            self._out += [c for _, c in self._stream.feed(x)]
-            yield x
-        self._out += [c for _, c in self._stream.feed(np.zeros(0, np.float32), last=True)]
+        return self._stream.tap(blocks, lambda _first, c: self._out.append(c))
 
     def frames(self) -> np.ndarray:
         """float32 [len(TUNINGS), frames, 12]."""
