@@ -315,14 +315,22 @@ def search(clips, library, db_url, top_k, threshold, chroma_threshold, as_json, 
 @library_options
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Aligned fraction of a track that makes two tracks one recording (default: the code model's calibrated value).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows: group, track_id, path, start_s, end_s.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check each pair the codes align on the two files' audio; --no-verify trusts the codes alone "
+              "(no decoding, but an alternate arrangement of a score can join its original).")
 @json_option
+@quiet_option
 @reports_errors
-def dedup(library, db_url, threshold, as_csv, as_json):
+def dedup(library, db_url, threshold, as_csv, verify, as_json, quiet):
     """Groups of files that are the same recording (re-encodes, trims, fades, gain or small speed changes)."""
     from musichash.search.results import dedup_json
 
-    with _open(library, db_url) as lib:
-        groups = lib.dedup(threshold)
+    with _open(library, db_url) as lib, _bar(quiet, as_json or as_csv)(unit="pair", desc="checking pairs on the audio") as bar:
+        def step(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        groups = lib.dedup(threshold, verify=verify, progress=step)
     if as_json:
         emit(dedup_json(groups))
         return

@@ -16,7 +16,7 @@ Each method mirrors a CLI command and returns typed records
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from musichash.indexer.pipeline import IndexReport, Progress, index_paths
 from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, ModelMismatchError, Track
 from musichash.models import DEFAULT_CODE_MODEL, ModelError, get_spec, tag_names
 from musichash.models.registry import weights_digest
-from musichash.search import engine
+from musichash.search import engine, recording
 from musichash.search.cache import SearchIndex, load_or_build, read_config, write_config
 from musichash.search.faiss_index import IndexConfig
 from musichash.search.results import (
@@ -332,8 +332,20 @@ class Library:
     def dedup_threshold(self) -> float:
         return float(get_spec(self.code_model).config.get("dedup_threshold", engine.DEFAULT_DEDUP_THRESHOLD))
 
-    def dedup(self, threshold: float | None = None) -> list[DuplicateGroup]:
-        """Groups of tracks that are the same recording, largest first."""
+    def dedup(
+        self,
+        threshold: float | None = None,
+        *,
+        verify: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of tracks that are the same recording, largest first.
+
+        verify: each pair the codes align is checked on the two files' audio
+        (``search.recording``) and dropped when their spectrograms disagree, as an
+        alternate arrangement of one score does; a pair with a file that cannot be
+        read now is kept on the codes' word. progress(done, total) follows the checks.
+        """
         threshold = self.dedup_threshold if threshold is None else threshold
         index = self.search_index()
         tracks = {t.id: t for t in self.store.tracks("ok")}
@@ -344,6 +356,9 @@ class Library:
                 index, codes.segment_codes, codes.segment_times, self.store.bits,
                 self_id=tid, duration_s=t.duration_s, threshold=threshold,
             )
+        pairs = [p for p in pairs if p.a in tracks and p.b in tracks and tracks[p.a].content_hash != tracks[p.b].content_hash]
+        if verify:
+            pairs = self._same_recording(pairs, tracks, progress)
         # Same bytes: the same recording whatever the codes say.
         by_hash: dict[str, list[int]] = {}
         for t in tracks.values():
@@ -353,10 +368,29 @@ class Library:
                 full = (0.0, float(tracks[ids[0]].duration_s or 0.0))
                 pairs.append(engine.DuplicatePair(ids[0], other, 1.0, full, full))
         groups = []
-        for ids, score, spans in engine.group_pairs(p for p in pairs if p.b in tracks and p.a in tracks):
+        for ids, score, spans in engine.group_pairs(pairs):
             members = tuple(GroupMember(i, tracks[i].path, spans[i]) for i in ids)
             groups.append(DuplicateGroup(members, score))
         return groups
+
+    @staticmethod
+    def _same_recording(pairs, tracks, progress) -> list[engine.DuplicatePair]:
+        """The pairs whose audio agrees along their alignment (or cannot be read): each pair's best alignment only."""
+        best: dict[frozenset, engine.DuplicatePair] = {}
+        for p in pairs:
+            key = frozenset((p.a, p.b))
+            if key not in best or p.score > best[key].score:
+                best[key] = p
+        spectra = recording.Spectra()
+        kept = []
+        for done, p in enumerate(sorted(best.values(), key=lambda p: (p.a, p.b)), 1):
+            a, b = spectra.get(tracks[p.a].path), spectra.get(tracks[p.b].path)
+            agree = None if a is None or b is None else recording.agreement(a, b, p.offset_s, p.rate)
+            if agree is None or agree >= recording.SAME_RECORDING:
+                kept.append(p)
+            if progress:
+                progress(done, len(best))
+        return kept
 
     def similar(
         self,

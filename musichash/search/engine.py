@@ -54,6 +54,7 @@ class DuplicatePair:
     """Tracks a and b hold the same recording; spans are the aligned parts, seconds.
 
     score: coverage, the fraction of a's windows that line up with b at one offset and rate.
+    offset_s, rate: that alignment, a time t in a is ``offset_s + rate * t`` in b.
     """
 
     a: int
@@ -61,6 +62,8 @@ class DuplicatePair:
     score: float
     span_a: tuple[float, float]
     span_b: tuple[float, float]
+    offset_s: float = 0.0
+    rate: float = 1.0
 
 
 def query_codes(
@@ -136,7 +139,8 @@ def duplicates_of(
         lo_a = max(0.0, (v.span[0] - v.offset_s) / v.rate)
         hi_a = min(end_a, (v.span[1] - v.offset_s) / v.rate + WINDOW_S)
         out.append(
-            DuplicatePair(self_id if self_id is not None else -1, v.track_id, coverage, (lo_a, hi_a), (v.span[0], v.span[1] + WINDOW_S))
+            DuplicatePair(self_id if self_id is not None else -1, v.track_id, coverage, (lo_a, hi_a),
+                          (v.span[0], v.span[1] + WINDOW_S), v.offset_s, v.rate)
         )
     return out
 

@@ -1,0 +1,111 @@
+"""Dedup's check on the audio: copies agree with their original, a re-voiced arrangement of the same notes does not."""
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+from synth import SR, make_song
+
+from musichash.cli import cli
+from musichash.library import Library
+from musichash.search import engine
+from musichash.search.recording import SAME_RECORDING, Spectra, agreement, spectrogram
+
+SECONDS = 30
+
+
+@pytest.fixture(scope="module")
+def song():
+    return make_song(1, SECONDS)
+
+
+def copy_of(y: np.ndarray, trim_s: float = 1.3) -> np.ndarray:
+    """6 dB quieter, the first ``trim_s`` cut off, a 2 s fade-out and faint noise: a re-encoded, edited copy."""
+    c = 0.5 * y[int(trim_s * SR) :]
+    c[-2 * SR :] *= np.linspace(1.0, 0.0, 2 * SR)
+    return (c + 0.002 * np.random.default_rng(0).standard_normal(len(c))).astype(np.float32)
+
+
+def test_a_copy_agrees_along_its_alignment(song):
+    a, b = spectrogram(song), spectrogram(copy_of(song))
+    assert agreement(a, b, -1.3, 1.0) >= 0.95
+    # the vote's offset may be a window off: the chunks find the true one within the slack
+    assert agreement(a, b, -1.3 + 2.0, 1.0) >= 0.95
+    assert agreement(b, a, 1.3, 1.0) >= 0.95
+
+
+def test_a_speed_change_agrees_at_its_rate(song):
+    import soxr
+
+    faster = soxr.resample(song, SR * 1.02, SR)  # 2 % faster and higher, as a resampled copy is
+    assert agreement(spectrogram(song), spectrogram(faster), 0.0, 1 / 1.02) >= SAME_RECORDING
+
+
+def test_another_voicing_or_tune_does_not(song):
+    a = spectrogram(song)
+    arrangement = spectrogram(make_song(1, SECONDS, timbre=1))  # the same notes in step, other instruments
+    other = spectrogram(make_song(2, SECONDS))
+    assert agreement(a, arrangement, 0.0, 1.0) < SAME_RECORDING
+    assert agreement(a, other, 0.0, 1.0) < SAME_RECORDING
+
+
+def test_no_overlap_is_none(song):
+    a = spectrogram(song)
+    assert agreement(a, a, SECONDS + 5.0, 1.0) is None
+    assert agreement(a[: 4 * SR // 512], a, 0.0, 1.0) is None  # shorter than one chunk
+
+
+def test_spectra_cache_and_unreadable_files(tmp_path, song):
+    sf.write(tmp_path / "a.wav", song, SR)
+    spectra = Spectra(size=1)
+    first = spectra.get(tmp_path / "a.wav")
+    assert first is spectra.get(str(tmp_path / "a.wav"))
+    assert spectra.get(tmp_path / "gone.wav") is None
+    assert list(spectra._cache) == [str(tmp_path / "gone.wav")]  # the oldest left
+
+
+@pytest.fixture
+def family(tmp_path, song, monkeypatch):
+    """A library of a song, its copy and its arrangement, whose codes (faked) align every pair at offset 0."""
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "song.wav", song, SR)
+    sf.write(music / "copy.flac", copy_of(song), SR)
+    sf.write(music / "arrangement.wav", make_song(1, SECONDS, timbre=1), SR)
+    lib = tmp_path / "lib"
+    with Library.open(lib, write=True, code_model="unittest_hash") as library:
+        library.index([music], workers=0)
+        ids = [t.id for t in library.store.tracks("ok")]
+
+    def every_other_track(index, codes, times, bits, *, self_id=None, duration_s=None, threshold=0.0):
+        return [engine.DuplicatePair(self_id, b, 0.5, (0.0, 10.0), (0.0, 10.0)) for b in ids if b != self_id]
+
+    monkeypatch.setattr(engine, "duplicates_of", every_other_track)
+    return music, lib
+
+
+def names(groups):
+    return [sorted(os.path.basename(m.path) for m in g.tracks) for g in groups]
+
+
+def test_dedup_drops_pairs_whose_audio_disagrees(family):
+    music, lib = family
+    with Library.open(lib) as library:
+        assert names(library.dedup(verify=False)) == [["arrangement.wav", "copy.flac", "song.wav"]]
+        seen = []
+        assert names(library.dedup(progress=lambda done, total: seen.append((done, total)))) == [["copy.flac", "song.wav"]]
+        assert seen == [(1, 3), (2, 3), (3, 3)]
+        os.remove(music / "arrangement.wav")  # gone since indexing: its pairs stand on the codes' word
+        assert names(library.dedup()) == [["arrangement.wav", "copy.flac", "song.wav"]]
+
+
+def test_dedup_cli_verify_flag(family):
+    _, lib = family
+    run = CliRunner().invoke
+    out = run(cli, ["dedup", "--library", str(lib), "--csv"])
+    assert out.exit_code == 0, out.output
+    assert sorted(os.path.basename(r.split(",")[2]) for r in out.stdout.splitlines()[1:]) == ["copy.flac", "song.wav"]
+    out = run(cli, ["dedup", "--library", str(lib), "--no-verify"])
+    assert out.exit_code == 0 and out.stdout.startswith("group 1 (3 files, score 0.50)\n")
