@@ -325,7 +325,7 @@ def dedup(library, db_url, threshold, as_csv, verify, as_json, quiet):
     """Groups of files that are the same recording (re-encodes, trims, fades, gain or small speed changes)."""
     from musichash.search.results import dedup_json
 
-    with _open(library, db_url) as lib, _bar(quiet, as_json or as_csv)(unit="pair", desc="checking pairs on the audio") as bar:
+    with _open(library, db_url) as lib, _bar(quiet or not verify, as_json or as_csv)(unit="pair", desc="checking pairs on the audio") as bar:
         def step(done, total):
             bar.total = total
             bar.update(done - bar.n)
