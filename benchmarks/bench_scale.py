@@ -67,6 +67,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, peak_rss_mb  # noqa: E402
 
+from musichash.search.cache import AUTO_IVF_TRACKS, TRACK_NPROBE  # noqa: E402
 from musichash.search.faiss_index import BinaryIndex, IndexConfig  # noqa: E402
 from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, SegmentHits, vote  # noqa: E402
 
@@ -292,21 +293,36 @@ def core_queries(lib: Library, rng: np.random.Generator) -> tuple[np.ndarray, np
     return lib.track_codes(), (lib.anchors[t] ^ _flip(rng, len(t), 0.10)).view(np.uint8).reshape(-1, 8)
 
 
-def core_round(xb: np.ndarray, xq: np.ndarray, reps: int) -> np.ndarray:
-    """One timing round of the search core: ``reps`` single queries, one thread, on a fresh copy of the codes. -> seconds [reps]"""
-    index = BinaryIndex.build(xb.copy(), config=IndexConfig("flat"), device="cpu")
+def core_round(xb: np.ndarray, xq: np.ndarray, reps: int, index: BinaryIndex | None = None) -> np.ndarray:
+    """One timing round of the search core: ``reps`` single queries, one thread, on a fresh copy of the codes
+    (flat) or on ``index``. -> seconds [reps]"""
+    index = index or BinaryIndex.build(xb.copy(), config=IndexConfig("flat"), device="cpu")
     faiss.omp_set_num_threads(1)
     index.search(xq[:1], K)
     return np.array([_timed(lambda i=i: index.search(xq[i % 1024 : i % 1024 + 1], K)) for i in range(reps)])
 
 
-def search_core(xb: np.ndarray, xq: np.ndarray, reps: int) -> dict:
-    """One track code (10 % of bits flipped) against all n_tracks track codes, flat, k=10: the first round, and batched."""
+def track_ivf(xb: np.ndarray) -> tuple[BinaryIndex, float]:
+    """The IVF index a library of this many tracks builds for its track codes (``cache.track_config``), build seconds."""
+    faiss.omp_set_num_threads(1)
+    t0 = time.perf_counter()
+    index = BinaryIndex.build(xb, config=IndexConfig("ivf", nprobe=TRACK_NPROBE), device="cpu")
+    return index, time.perf_counter() - t0
+
+
+def search_core(xb: np.ndarray, xq: np.ndarray, reps: int, ivf: BinaryIndex, ivf_build_s: float) -> dict:
+    """One track code (10 % of bits flipped) against all n_tracks track codes, k=10: flat (the first round,
+    and batched) and IVF (first round, tie-aware recall@10 against flat)."""
     index = BinaryIndex.build(xb, config=IndexConfig("flat"), device="cpu")
     out = {"n_codes": int(xb.shape[0]), "bytes": int(xb.nbytes)}
     single = core_round(xb, xq, reps)
     out["single_rounds_ms"] = [float(np.percentile(single, 50) * 1e3)]
     out["single_p99_ms"] = float(np.percentile(single, 99) * 1e3)
+    D_exact, _ = index.search(xq, K)
+    D_ivf, _ = ivf.search(xq, K)
+    out["ivf"] = {"nlist": ivf.config.nlist, "nprobe": ivf.config.nprobe, "build_s": ivf_build_s,
+                  "recall": tie_recall(D_ivf, D_exact),
+                  "rounds_ms": [float(np.percentile(core_round(xb, xq, reps, ivf), 50) * 1e3)]}
     for threads in (1, 2):
         faiss.omp_set_num_threads(threads)
         nq = 256
@@ -332,6 +348,7 @@ def summarise_rounds(res: dict) -> None:
     c = res["core"]
     c["single_p50_ms"] = float(np.median(c["single_rounds_ms"]))
     c["single_gbps"] = c["bytes"] / (c["single_p50_ms"] / 1e3) / 1e9
+    c["ivf"]["p50_ms"] = float(np.median(c["ivf"]["rounds_ms"]))
     for out in res["runs"]:
         out["p50_ms"] = float(np.median(out["p50_rounds_ms"]))
 
@@ -384,7 +401,8 @@ def child(n_tracks: int, args) -> dict:
     res["n_queries"] = len(queries)
     core_xb, core_xq = core_queries(lib, rng)
     core_reps = max(1, args.core_reps // args.rounds)
-    res["core"] = search_core(core_xb, core_xq, core_reps)
+    core_ivf, ivf_build_s = track_ivf(core_xb)
+    res["core"] = search_core(core_xb, core_xq, core_reps, core_ivf, ivf_build_s)
     xb = lib.segment_codes()
     nlist = args.nlist or auto_nlist(n)
     res["builds"], res["runs"] = {}, []
@@ -426,6 +444,7 @@ def child(n_tracks: int, args) -> dict:
         print(f"  {n_tracks} {v.name}: p50 {out['p50_ms']:.1f} ms, n={out['n']}", file=sys.stderr, flush=True)
     for r in range(1, args.rounds):
         res["core"]["single_rounds_ms"].append(float(np.percentile(core_round(core_xb, core_xq, core_reps), 50) * 1e3))
+        res["core"]["ivf"]["rounds_ms"].append(float(np.percentile(core_round(core_xb, core_xq, core_reps, core_ivf), 50) * 1e3))
         for v, out in zip(configs, res["runs"]):
             faiss.omp_set_num_threads(v.threads or args.threads)
             out["p50_rounds_ms"].append(timing_round(indexes[build_key(v)], queries, v, lib.starts, args.min_queries) * 1e3)
@@ -480,6 +499,15 @@ def render(meta: dict, results: list[dict], header: bool = True) -> str:
         c = r["core"]
         lines.append(f"| {r['n_tracks']:,} | {c['bytes'] / 1e6:.3f} MB | {_rounds(c['single_p50_ms'], c.get('single_rounds_ms'), '.3f')} | {c['single_p99_ms']:.3f} "
                      f"| {c['single_gbps']:.1f} | {c['batch1_us_per_q']:.1f} | {c['batch2_us_per_q']:.1f} |")
+    lines.append(f"\nSearch core with IVF, the track index a library builds from {AUTO_IVF_TRACKS:,} tracks "
+                 f"(`cache.track_config`: nprobe {TRACK_NPROBE}, lists as `IndexConfig` picks them); the same queries, "
+                 "one thread; recall@10 tie-aware against flat:\n")
+    lines.append("| tracks | nlist | nprobe | single p50 ms | recall@10 | build s |")
+    lines.append("|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        v = r["core"]["ivf"]
+        lines.append(f"| {r['n_tracks']:,} | {v['nlist']} | {v['nprobe']} | {_rounds(v['p50_ms'], v['rounds_ms'], '.3f')} "
+                     f"| {v['recall']:.3f} | {v['build_s']:.1f} |")
     lines.append("\nSegment-level flat scan, one 10 s query (28 windows, one pass over the codes per 32 windows):\n")
     lines.append("| tracks | segments | codes | threads | search p50 ms | GB/s read | GB/s compared |")
     lines.append("|---:|---:|---:|---:|---:|---:|---:|")

@@ -157,6 +157,22 @@ def test_reindex_switches_index_type(music, lib_dir):
         assert os.path.basename(r.results[0].path) == "song2.wav"
 
 
+def test_track_codes_go_to_ivf_in_large_libraries(music, lib_dir, monkeypatch):
+    from musichash.search import cache
+
+    index(lib_dir, music)
+    with Library.open(lib_dir) as lib:
+        assert lib.search_index().tracks.kind == "flat"
+    monkeypatch.setattr(cache, "AUTO_IVF_TRACKS", 4)  # a "large" library of 4 tracks
+    monkeypatch.setattr(cache, "_MIN_IVF_SEGMENTS", 4)
+    with Library.open(lib_dir, write=True) as lib:
+        idx = lib.search_index()  # the saved index no longer fits the settings: rebuilt
+        assert idx.rebuilt and idx.tracks.kind == "ivf" and idx.tracks.config.nprobe == cache.TRACK_NPROBE
+        assert sorted(os.path.basename(h.path) for h in lib.similar(str(music / "song0.wav")).results) == [
+            "song1.wav", "song2.wav", "song3.flac"]
+        assert lib.reindex("flat").tracks.kind == "flat"  # a library that chose flat keeps exact track search
+
+
 def test_library_refuses_another_code_model(music, lib_dir):
     index(lib_dir, music / "song0.wav")
     with pytest.raises(ModelMismatchError, match="unittest_hash"):

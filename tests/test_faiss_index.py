@@ -177,6 +177,19 @@ def test_ivf_nlist_is_automatic():
     assert small.config.nlist == 25  # 32 would be nearest sqrt(1000), but every list needs 39 codes
 
 
+def test_ivf_gives_its_codes_back_in_id_order(ds64, tmp_path):
+    ids = np.random.default_rng(7).permutation(10**6)[: len(ds64.xb)].astype(np.int64)
+    index = BinaryIndex.build(ds64.xb, ids, IndexConfig("ivf", 64, nlist=16), device="cpu")
+    for idx in (index, _reloaded(index, tmp_path)):
+        xb, got = idx._codes_and_ids()
+        assert np.array_equal(got, ids) and np.array_equal(xb, ds64.xb)
+
+
+def _reloaded(index, tmp_path):
+    index.save(tmp_path / "ivf.faiss")
+    return BinaryIndex.load(tmp_path / "ivf.faiss", device="cpu")
+
+
 # -- ids, padding, round trips ---------------------------------------------------
 
 

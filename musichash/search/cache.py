@@ -90,6 +90,22 @@ def choose_config(folder: Path, bits: int, n_segments: int) -> IndexConfig:
     return config
 
 
+#: from this many tracks the track codes (``similar``, ``recommend``) go to IVF too, unless the
+#: library chose flat: a flat scan of 1M track codes takes 1-2.3 ms on this 2-core machine (it reads
+#: 8 MB), IVF with ``TRACK_NPROBE`` of its 1024 lists 0.25 ms at a tie-aware recall@10 of 0.995 on
+#: bench_scale's synthetic codes (nprobe 64: 0.14 ms, 0.981); BENCHMARKS.md, search core
+AUTO_IVF_TRACKS = 500_000
+TRACK_NPROBE = 128
+
+
+def track_config(folder: Path, bits: int, n_tracks: int) -> IndexConfig:
+    """The track index to build: flat, or IVF from AUTO_IVF_TRACKS tracks when the library did not choose flat."""
+    config = read_config(folder, bits)
+    if n_tracks >= max(AUTO_IVF_TRACKS, _MIN_IVF_SEGMENTS) and (config is None or config.kind != "flat"):
+        return IndexConfig("ivf", bits=bits, nprobe=TRACK_NPROBE)
+    return IndexConfig("flat", bits=bits)
+
+
 def write_config(folder: Path, config: IndexConfig) -> None:
     raw = {k: v for k, v in dataclasses.asdict(config).items() if k != "bits"}
     _atomic_write(folder / INDEX_DIR / _CONFIG, json.dumps(raw, indent=1).encode())
@@ -107,7 +123,7 @@ def load_or_build(store: LibraryStore, device: str = "auto", *, force: bool = Fa
     seg_config = choose_config(folder, store.bits, len(table.codes))
     segments = BinaryIndex.build(table.codes, np.arange(len(table.codes), dtype=np.int64), seg_config, device)
     ids, codes = store.track_codes()
-    tracks = BinaryIndex.build(codes, ids, IndexConfig("flat", bits=store.bits), device)
+    tracks = BinaryIndex.build(codes, ids, track_config(folder, store.bits, len(codes)), device)
     index = SearchIndex(segments, table.track_ids, table.times, table.codes, tracks, stamp, rebuilt=True)
     if os.access(folder, os.W_OK):
         _save(folder / INDEX_DIR, index)
@@ -131,7 +147,7 @@ def _load(d: Path, stamp: str, device: str) -> SearchIndex | None:
     n = len(seg_track)
     if segments.ntotal != n or seg_codes.shape != (n, segments.bits // 8):
         return None  # half-written, or written by a musichash without segment_codes.npy
-    if segments.kind != choose_config(d.parent, segments.bits, n).kind:
+    if segments.kind != choose_config(d.parent, segments.bits, n).kind or tracks.kind != track_config(d.parent, tracks.bits, tracks.ntotal).kind:
         return None  # the settings changed
     return SearchIndex(segments, seg_track, seg_time, seg_codes, tracks, stamp)
 

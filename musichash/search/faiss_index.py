@@ -40,16 +40,8 @@ from musichash.bits import hamming
 from musichash.errors import MusichashError
 
 __all__ = [
-    "DEVICES",
-    "INDEX_TYPES",
-    "MISSING_DISTANCE",
-    "BinaryIndex",
-    "IndexConfig",
-    "SearchError",
-    "hamming_distances",
-    "hamming_knn",
-    "recall_at_k",
-    "resolve_device",
+    "DEVICES", "INDEX_TYPES", "MISSING_DISTANCE", "BinaryIndex", "IndexConfig", "SearchError",
+    "hamming_distances", "hamming_knn", "recall_at_k", "resolve_device",
 ]
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "multihash")
@@ -533,8 +525,15 @@ class BinaryIndex:
         return lims, D[order], I[order]
 
     def _codes_and_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        """Stored ``codes: uint8 [ntotal, bits/8]`` and ``ids: int64 [ntotal]`` (flat/hnsw)."""
+        """Stored ``codes: uint8 [ntotal, bits/8]`` and ``ids: int64 [ntotal]`` (flat/hnsw/ivf)."""
         ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        if self.kind == "ivf" and self.device == "cpu":  # each list's codes, back in the order they were added
+            sub, xb = faiss.downcast_IndexBinary(self._index.index), np.empty((len(ids), self.bits // 8), np.uint8)
+            for lst in range(sub.nlist):
+                if n := sub.invlists.list_size(lst):
+                    rows = faiss.rev_swig_ptr(sub.invlists.get_ids(lst), n)
+                    xb[rows] = faiss.rev_swig_ptr(sub.invlists.get_codes(lst), n * xb.shape[1]).reshape(n, -1)
+            return xb, ids
         flat = self._cpu_flat()
         xb = faiss.vector_to_array(flat.xb).reshape(-1, self.bits // 8)
         return xb, ids
