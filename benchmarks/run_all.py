@@ -233,11 +233,15 @@ def targets(data: dict) -> str:
     if sc:
         big = [r for r in sc["results"] if r["n_tracks"] >= 1_000_000]
         core = big[0]["core"]["single_p50_ms"] if big else None
+        ivf = big[0]["core"].get("ivf") if big else None
+        ivf_text = (f"; {ivf['p50_ms']:.2f} ms with the IVF track index a library of this size builds (nprobe "
+                    f"{ivf['nprobe']} of {ivf['nlist']} lists), recall@10 {ivf['recall']:.3f}{_spread(ivf['rounds_ms'])}"
+                    if ivf else "")
         rows.append("| search core < 1 ms per query at 1M tracks | "
-                    + (f"{core:.2f} ms p50 (one track code against 1M){_spread(big[0]['core'].get('single_rounds_ms'))}"
+                    + (f"{core:.2f} ms p50 flat (one track code against 1M){_spread(big[0]['core'].get('single_rounds_ms'))}{ivf_text}"
                        if big else "not run (largest size "
                        f"{max(r['n_tracks'] for r in sc['results']):,} tracks)")
-                    + f" | – | {_met(core < 1.0 if big else None)} |")
+                    + f" | – | {_met((ivf['p50_ms'] if ivf else core) < 1.0 if big else None)} |")
     if e:
         kb = e["library"]["code_bytes_per_hour"] / 1e3
         rows.append(f"| <= 30 KB of codes per hour | {kb:.1f} KB/h | – | {_met(kb <= 30)} |")
