@@ -296,7 +296,8 @@ def core_queries(lib: Library, rng: np.random.Generator) -> tuple[np.ndarray, np
 def core_round(xb: np.ndarray, xq: np.ndarray, reps: int, index: BinaryIndex | None = None) -> np.ndarray:
     """One timing round of the search core: ``reps`` single queries, one thread, on a fresh copy of the codes
     (flat) or on ``index``. -> seconds [reps]"""
-    index = index or BinaryIndex.build(xb.copy(), config=IndexConfig("flat"), device="cpu")
+    if index is None:
+        index = BinaryIndex.build(xb.copy(), config=IndexConfig("flat"), device="cpu")
     faiss.omp_set_num_threads(1)
     index.search(xq[:1], K)
     return np.array([_timed(lambda i=i: index.search(xq[i % 1024 : i % 1024 + 1], K)) for i in range(reps)])
