@@ -38,14 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     index = lib.search_index()
     tracks = {t.id: t for t in lib.store.tracks("ok")}
     names = {i: Path(t.path).name for i, t in tracks.items()}
-    best: dict[frozenset, engine.DuplicatePair] = {}
+    pairs = []
     for i, t in tracks.items():
         c = lib.store.get_codes(i)
-        for p in engine.duplicates_of(index, c.segment_codes, c.segment_times, lib.store.bits,
-                                      self_id=i, duration_s=t.duration_s, threshold=args.min_score):
-            key = frozenset((p.a, p.b))
-            if key not in best or p.score > best[key].score:
-                best[key] = p
+        pairs += engine.duplicates_of(index, c.segment_codes, c.segment_times, lib.store.bits,
+                                      self_id=i, duration_s=t.duration_s, threshold=args.min_score)
+    best = engine.best_pairs(pairs)
     spectra, rows = Spectra(size=len(tracks)), []
     t0 = time.perf_counter()
     for p in best.values():

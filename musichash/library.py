@@ -376,11 +376,7 @@ class Library:
     @staticmethod
     def _same_recording(pairs, tracks, progress) -> list[engine.DuplicatePair]:
         """The pairs whose audio agrees along their alignment (or cannot be read): each pair's best alignment only."""
-        best: dict[frozenset, engine.DuplicatePair] = {}
-        for p in pairs:
-            key = frozenset((p.a, p.b))
-            if key not in best or p.score > best[key].score:
-                best[key] = p
+        best = engine.best_pairs(pairs)
         spectra = recording.Spectra()
         kept = []
         for done, p in enumerate(sorted(best.values(), key=lambda p: (p.a, p.b)), 1):

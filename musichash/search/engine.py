@@ -145,6 +145,16 @@ def duplicates_of(
     return out
 
 
+def best_pairs(pairs: Iterable[DuplicatePair]) -> dict[frozenset, DuplicatePair]:
+    """Each pair of tracks once, at its highest-scoring alignment (of either direction)."""
+    best: dict[frozenset, DuplicatePair] = {}
+    for p in pairs:
+        key = frozenset((p.a, p.b))
+        if key not in best or p.score > best[key].score:
+            best[key] = p
+    return best
+
+
 def group_pairs(pairs: Iterable[DuplicatePair]) -> list[tuple[list[int], float, dict[int, tuple[float, float]]]]:
     """Connected groups of tracks: (sorted ids, weakest joining score, span per id), largest first."""
     parent: dict[int, int] = {}
@@ -156,11 +166,7 @@ def group_pairs(pairs: Iterable[DuplicatePair]) -> list[tuple[list[int], float, 
             x = parent[x]
         return x
 
-    best: dict[frozenset, DuplicatePair] = {}
-    for p in pairs:
-        key = frozenset((p.a, p.b))
-        if key not in best or p.score > best[key].score:
-            best[key] = p
+    best = best_pairs(pairs)
     spans: dict[int, tuple[float, float]] = {}
     for p in best.values():
         parent[find(p.a)] = find(p.b)
