@@ -301,10 +301,12 @@ class Library:
                     error=f"clip is {enc.duration_s:.1f} s long; queries need at least {MIN_CLIP_S:g} s",
                 )
                 continue
-            votes, _ = engine.query_codes(
-                index, enc.codes, enc.times, self.store.bits, top_k=top_k, k=k, relaxed=enc.relaxed
+            votes, _ = engine.query_codes(  # at least the candidates verify re-ranks, whatever top_k
+                index, enc.codes, enc.times, self.store.bits, top_k=max(top_k, HARMONY_CANDIDATES), k=k,
+                relaxed=enc.relaxed,
             )
             votes, agree = self.verify(enc, votes)
+            votes = votes[:top_k]
             hits = []
             for v in votes:
                 t = self.store.get(v.track_id)

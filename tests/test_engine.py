@@ -116,6 +116,20 @@ def test_search_finds_a_track_by_its_own_audio(music, lib_dir):
         assert len(top.tags) == 5 and all(0 <= t.p <= 1 for t in top.tags)
 
 
+def test_top_k_does_not_narrow_the_harmony_reranking(music, lib_dir, monkeypatch):
+    from musichash.library import HARMONY_CANDIDATES
+
+    index(lib_dir, music)
+    seen = []
+    verify = Library.verify
+    monkeypatch.setattr(Library, "verify", lambda self, enc, votes: seen.append(len(votes)) or verify(self, enc, votes))
+    with Library.open(lib_dir) as lib:
+        [one] = lib.search([music / "song1.wav"], top_k=1)
+        [five] = lib.search([music / "song1.wav"], top_k=5)
+    assert seen[0] >= HARMONY_CANDIDATES and len(one.results) == 1
+    assert (one.results[0], one.chroma, one.match) == (five.results[0], five.chroma, five.match)
+
+
 def test_search_reports_unusable_clips(music, lib_dir, tmp_path):
     index(lib_dir, music)
     short = make_song(1, seconds=2.0)
