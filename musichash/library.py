@@ -107,9 +107,10 @@ def _check_digest(folder: Path, store: LibraryStore) -> None:
 class Library:
     """A library folder (see DESIGN.md). Open it with :meth:`open`, preferably as a context manager."""
 
-    def __init__(self, store: LibraryStore, device: str = "auto"):
+    def __init__(self, store: LibraryStore, device: str = "auto", precision: str = "auto"):
         self.store = store
         self.device = device
+        self.precision = precision
         self._model: CodeModel | None = None
         self._index: SearchIndex | None = None
 
@@ -122,8 +123,12 @@ class Library:
         write: bool = False,
         code_model: str | None = None,
         device: str = "auto",
+        precision: str = "auto",
     ) -> Library:
         """Open (``write=True``: create if needed, and lock) the library in ``folder``.
+
+        ``precision``: of the code model's convolutions (``musichash.models.registry.resolve_precision``:
+        ``auto`` is bfloat16 on CPUs with native bfloat16, float32 elsewhere).
 
         ``code_model`` picks the model of a new library (default
         ``DEFAULT_CODE_MODEL``); for an existing one it must match, and so must
@@ -154,7 +159,7 @@ class Library:
         except BaseException:
             store.close()
             raise
-        return cls(store, device)
+        return cls(store, device, precision)
 
     def close(self) -> None:
         self.store.close()
@@ -176,7 +181,7 @@ class Library:
     @property
     def model(self) -> CodeModel:
         if self._model is None:
-            self._model = CodeModel(self.code_model, self.device)
+            self._model = CodeModel(self.code_model, self.device, self.precision)
         return self._model
 
     @property

@@ -249,3 +249,23 @@ def test_shipped_crnnh_models_load_and_encode(bits):
     assert {k: v for k, v in seg["train"].items() if k not in track} == {k: v for k, v in meta["train"].items() if k not in track}
     assert seg["metrics"]["val_top1"] > meta["metrics"]["val_top1"]
     assert model.segment_head is not model.head
+
+
+def test_bfloat16_codes_of_crnnh64_keep_their_bits(monkeypatch):
+    """The default precision's codes (bfloat16 convolutions on CPUs that have them) against the float32 port's."""
+    from musichash.audio import log_mel
+    from musichash.indexer.encoder import CodeModel
+    from musichash.models import registry
+    from synth import make_song
+
+    monkeypatch.delenv("MUSICHASH_PRECISION", raising=False)
+    monkeypatch.setattr(registry, "_cpu_has_bf16", lambda: True)
+    fast = CodeModel("crnnh64")
+    assert fast.backbone.compute_dtype is torch.bfloat16
+    exact = CodeModel("crnnh64", precision="float32")
+    mel = log_mel(make_song(5, seconds=20.0))
+    a, b = exact.encode(mel), fast.encode(mel)
+    flipped = np.unpackbits(a.codes ^ b.codes, axis=1).mean()
+    assert 0 < flipped < 0.01, flipped  # measured 0.1-0.3 % on the corpus (benchmarks/HISTORY.md)
+    np.testing.assert_allclose(b.tags, a.tags, atol=0.01)
+    np.testing.assert_allclose(b.relaxed, a.relaxed, atol=0.1)

@@ -191,3 +191,58 @@ def test_vgg_block_order_is_exact():
             kernel, stride = model.POOLS[i]
             plain = F.max_pool2d(model.bns[i](F.relu(model.convs[i](x))), kernel, stride)
             assert torch.equal(model._block(i, x), plain), i
+
+
+def test_precision_is_resolved_from_the_argument_the_environment_and_the_cpu(monkeypatch):
+    from musichash.models import registry
+    from musichash.models.registry import resolve_precision
+
+    monkeypatch.delenv("MUSICHASH_PRECISION", raising=False)
+    assert resolve_precision("float32") is torch.float32
+    assert resolve_precision("bfloat16") is torch.bfloat16
+    for native, expected in [(True, torch.bfloat16), (False, torch.float32)]:
+        monkeypatch.setattr(registry, "_cpu_has_bf16", lambda native=native: native)
+        assert resolve_precision("auto") is expected and resolve_precision(None) is expected
+    assert resolve_precision("auto", "cuda") is torch.float32  # not measured on a GPU: the port's float32
+    monkeypatch.setenv("MUSICHASH_PRECISION", "float32")
+    assert resolve_precision("auto") is torch.float32
+    assert resolve_precision("bfloat16") is torch.bfloat16  # an explicit choice wins over the environment
+    monkeypatch.setenv("MUSICHASH_PRECISION", "fp8")
+    with pytest.raises(ModelError, match=r"^\$MUSICHASH_PRECISION 'fp8' is not one of: auto, float32, bfloat16$"):
+        resolve_precision("auto")
+    with pytest.raises(ModelError, match=r"^precision 'half' is not one of: auto, float32, bfloat16$"):
+        resolve_precision("half")
+
+
+def test_bfloat16_vgg_runs_its_convolutions_in_bfloat16_close_to_float32(monkeypatch):
+    import torch.nn.functional as F
+
+    from musichash.models import backbones
+
+    exact, fast = build_backbone("unittest_vgg"), build_backbone("unittest_vgg", precision="bfloat16")
+    assert exact.compute_dtype is torch.float32 and fast.compute_dtype is torch.bfloat16
+    seen, plain = [], F.conv2d
+
+    def conv2d(x, *args, **kwargs):
+        seen.append((x.dtype, x.stride()))
+        return plain(x, *args, **kwargs)
+
+    monkeypatch.setattr(backbones.F, "conv2d", conv2d)
+    mel = torch.rand(700, 96, generator=torch.Generator().manual_seed(3)) * 3
+    [a] = exact.iter_windows(mel, 48, features={"pool1@8x4", "pool5"})
+    n = len(seen)
+    [b] = fast.iter_windows(mel, 48, features={"pool1@8x4", "pool5"})
+    assert {dt for dt, _ in seen[:n]} == {torch.float32} and {dt for dt, _ in seen[n:]} == {torch.bfloat16}
+    # the one-channel input goes to the first conv strided as NHWC (oneDNN's fast path)
+    assert seen[0][1][1] == 1 and seen[n][1][1] == 1
+    assert b.logits.dtype == torch.float32 and not torch.equal(a.logits, b.logits)
+    torch.testing.assert_close(b.logits, a.logits, atol=0.05, rtol=0.02)
+    for key in ("pool1@8x4", "pool5"):
+        assert b.features[key].dtype == torch.float32
+        torch.testing.assert_close(b.features[key], a.features[key], atol=0.05, rtol=0.02)
+
+
+def test_musicnn_ignores_the_precision():
+    x = torch.rand(2, WINDOW_FRAMES, 96, generator=torch.Generator().manual_seed(4))
+    a = build_backbone("unittest_musicnn")(x).logits
+    assert torch.equal(build_backbone("unittest_musicnn", precision="bfloat16")(x).logits, a)

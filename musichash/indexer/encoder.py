@@ -64,7 +64,8 @@ class Encoded:
 class CodeModel:
     """A registered ``hash`` model, loaded once and used for many tracks and queries."""
 
-    def __init__(self, name: str = DEFAULT_CODE_MODEL, device: str | None = None):
+    def __init__(self, name: str = DEFAULT_CODE_MODEL, device: str | None = None, precision: str | None = "auto"):
+        """``precision``: the backbone's convolutions (``musichash.models.registry.resolve_precision``)."""
         spec = get_spec(name)
         if spec.kind != "hash":
             raise ModelError(
@@ -75,7 +76,7 @@ class CodeModel:
         self.name = name
         self.bits = int(spec.bits)
         self.device = resolve_device(device)
-        self.backbone = build_backbone(spec.backbone, self.device)
+        self.backbone = build_backbone(spec.backbone, self.device, precision)
         self.vocabulary = tag_names(get_spec(spec.backbone).vocabulary)
         #: the track code's head (similarity); ``segment_head`` makes the segment codes
         self.head = _load_head(spec, self.backbone, self.device, len(self.vocabulary), spec.weights)

@@ -94,6 +94,9 @@ class _Backbone(nn.Module):
     align: int = 1
     #: frames of context each chunk carries on both sides (covers the receptive field)
     margin: int = 128
+    #: dtype of the convolutions where a backbone supports another than float32 (VGG: bfloat16;
+    #: set by ``build_backbone(..., precision=)``)
+    compute_dtype: torch.dtype = torch.float32
 
     def trunk(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Conv stack over ``x: float [B, T, 96]`` for any ``T``; maps keyed by name."""
@@ -235,31 +238,41 @@ class VGG(_Backbone):
         self.dense = nn.Linear(n_filters * 2, n_tags)
 
     def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """``maxpool(bn(relu(conv(x))))``, computed as ``bn(relu(pool(conv(x))))``.
+        """``maxpool(bn(relu(conv(x))))``, computed as ``bn(relu(sign * pool(conv'(x))))``.
 
         ReLU and BN are monotone per channel, so they commute with the max over
         a pooling window: exactly, with max-pooling where BN's scale is
-        positive and min-pooling where it is negative. Pooling first runs the
-        elementwise ops on a quarter of the values. Tested bit-exact against
-        the plain order in tests/test_models.py.
+        positive and min-pooling where it is negative. The min-pooled channels
+        come from one max-pooling as well, of a conv ``conv'`` whose weights and
+        bias are negated there (``conv'(x) = -conv(x)`` to the bit), the sign
+        restored after pooling. Pooling first runs the elementwise ops on a
+        quarter of the values. Tested bit-exact against the plain order in
+        tests/test_models.py.
+
+        The conv and the pooling run in ``compute_dtype``, ReLU and BN in
+        float32 on the pooled map, which is what the next block and the
+        features read.
         """
         kernel, stride = self.POOLS[i]
-        conv = self.convs[i]
+        conv, bn = self.convs[i], self.bns[i]
+        sign = torch.where(bn.weight < 0, -1.0, 1.0)
+        weight, bias = conv.weight * sign[:, None, None, None], conv.bias * sign
+        conv_stride = (1, 1)
         if kernel[1] == 1 and stride[1] > 1:
             # pool1 keeps every other band and looks at no neighbours across bands: only
             # compute the conv outputs it keeps (a strided conv gives exactly those)
-            y = F.conv2d(x, conv.weight, conv.bias, stride=(1, stride[1]), padding=conv.padding)
-            stride = (stride[0], 1)
-        else:
-            y = conv(x)
-        p = F.max_pool2d(y, kernel, stride)
-        neg = self.bns[i].weight < 0
-        if bool(neg.any()):
-            p[:, neg] = -F.max_pool2d(-y[:, neg], kernel, stride)
-        return self.bns[i](F.relu_(p))
+            conv_stride, stride = (1, stride[1]), (stride[0], 1)
+        dt = self.compute_dtype
+        y = F.conv2d(x.to(dt), weight.to(dt), bias.to(dt), stride=conv_stride, padding=conv.padding)
+        p = F.max_pool2d(y, kernel, stride).float().mul_(sign[:, None, None])
+        return bn(F.relu_(p))
 
     def trunk(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.bn_in(x.unsqueeze(1))
+        if h.is_contiguous():
+            # One channel: the same memory read as NHWC. Strided so, the first conv takes oneDNN's
+            # channels-last path and hands NHWC maps on (as NCHW, 3-6x slower, with reorders after)
+            h = h.as_strided(h.shape, (h.shape[2] * h.shape[3], 1, h.shape[3], 1))
         maps = {}
         for i in range(4):  # pool5 is taken per window, in ``head``
             h = self._block(i, h)
