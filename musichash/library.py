@@ -313,8 +313,9 @@ class Library:
             votes, agree = self.verify(enc, votes)
             votes = votes[:top_k]
             hits = []
+            tracks = self.store.get_many(v.track_id for v in votes)
             for v in votes:
-                t = self.store.get(v.track_id)
+                t = tracks.get(v.track_id)
                 if t is None:  # removed since the index was built
                     continue
                 hits.append(SearchHit(v.track_id, t.path, v.score, v.hamming, v.offset_s, v.rate, v.votes, self._top_tags(t)))
@@ -441,8 +442,9 @@ class Library:
                     excluded_paths.append(t.path if t else str(p.b))
         found = engine.similar_tracks(index, np.stack(seed_codes), self.store.bits, top_k=top_k, exclude=exclude, keep=keep)
         hits = []
+        tracks = self.store.get_many(tid for tid, _, _ in found)
         for tid, score, d in found:
-            t = self.store.get(tid)
+            t = tracks.get(tid)
             if t is not None:
                 hits.append(SimilarHit(tid, t.path, score, d, self._top_tags(t)))
         name = ", ".join(str(s) for s in seeds)

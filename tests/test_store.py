@@ -189,6 +189,21 @@ def test_find_by_hash_and_path(lib, rng):
         assert store.find_by_path("/music/nope.mp3") is None
 
 
+def test_get_many_reads_a_result_lists_tracks_in_one_query(lib, rng, monkeypatch):
+    ids, _ = fill(lib, rng, n=4)
+    with lib.open() as store:
+        selects = []
+        real = store._select
+        monkeypatch.setattr(store, "_select", lambda q: selects.append(q) or real(q))
+        found = store.get_many([ids[3], ids[0], ids[3], 10_000])
+        assert len(selects) == 1
+        assert sorted(found) == [ids[0], ids[3]] and found[ids[3]] == store.get(ids[3])
+        assert store.get_many([]) == {}
+        monkeypatch.setattr("musichash.indexer.store._chunks", lambda ids, size=2: (ids[i : i + 2] for i in range(0, len(ids), 2)))
+        selects.clear()
+        assert sorted(store.get_many(ids)) == ids and len(selects) == 2
+
+
 def test_put_error(lib, rng):
     ids, items = fill(lib, rng, n=2)
     with lib.writer() as store:

@@ -352,6 +352,13 @@ class LibraryStore:
         found = self._select(select(_Track).where(_Track.id == int(track_id)))
         return found[0] if found else None
 
+    def get_many(self, track_ids: Iterable[int]) -> dict[int, Track]:
+        """The tracks of these ids that exist, by id: one query for a result list's tracks."""
+        found: dict[int, Track] = {}
+        for part in _chunks(sorted({int(t) for t in track_ids})):
+            found.update((t.id, t) for t in self._select(select(_Track).where(_Track.id.in_(part))))
+        return found
+
     def tracks(self, status: str | None = None) -> list[Track]:
         """All tracks in id order, or those with ``status`` ('ok' | 'error' | 'pending')."""
         q = select(_Track)
