@@ -246,3 +246,16 @@ def test_musicnn_ignores_the_precision():
     x = torch.rand(2, WINDOW_FRAMES, 96, generator=torch.Generator().manual_seed(4))
     a = build_backbone("unittest_musicnn")(x).logits
     assert torch.equal(build_backbone("unittest_musicnn", precision="bfloat16")(x).logits, a)
+
+
+@pytest.mark.parametrize("kernel, stride", [((4, 1), (2, 1)), ((2, 2), (2, 2)), ((4, 4), (4, 4)), ((3, 2), (2, 1))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_pool_by_views_equals_max_pool2d(kernel, stride, dtype):
+    import torch.nn.functional as F
+
+    from musichash.models.backbones import _max_pool
+
+    for shape in [(1, 8, 37, 12), (3, 8, 11, 6), (2, 8, 4, 4)]:
+        y = torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+        for x in (y, y.contiguous(memory_format=torch.channels_last)):
+            assert torch.equal(_max_pool(x, kernel, stride), F.max_pool2d(x, kernel, stride))

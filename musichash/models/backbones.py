@@ -215,6 +215,24 @@ def _resized(m: torch.Tensor, starts: list[int], stride: int, length: int, grid:
     return out.transpose(1, 2).contiguous()  # [B, C, H, W]
 
 
+def _max_pool(y: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """``F.max_pool2d(y, kernel, stride)`` (no padding, floor) as the running max of strided views of ``y``.
+
+    Equal to it, and on the VGG's channels-last maps about twice as fast: PyTorch's CPU kernel
+    also works out the argmax indices, which inference never reads (with autograd on it is used).
+    """
+    if y.requires_grad:
+        return F.max_pool2d(y, kernel, stride)
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = (y.shape[2] - kh) // sh + 1, (y.shape[3] - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            view = y[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+            out = view.clone() if out is None else torch.maximum(out, view, out=out)
+    return out
+
+
 class VGG(_Backbone):
     """musicnn's VGG-like baseline (MTT_vgg / MSD_vgg): five conv+BN+max-pool blocks.
 
@@ -264,7 +282,7 @@ class VGG(_Backbone):
             conv_stride, stride = (1, stride[1]), (stride[0], 1)
         dt = self.compute_dtype
         y = F.conv2d(x.to(dt), weight.to(dt), bias.to(dt), stride=conv_stride, padding=conv.padding)
-        p = F.max_pool2d(y, kernel, stride).float().mul_(sign[:, None, None])
+        p = _max_pool(y, kernel, stride).float().mul_(sign[:, None, None])
         return bn(F.relu_(p))
 
     def trunk(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
