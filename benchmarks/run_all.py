@@ -262,7 +262,8 @@ def warm_query_row(e: dict | None, sc: dict | None) -> str:
     for r in (sc or {}).get("results", []):
         if r["n_tracks"] == 100_000:
             flat = next(o for o in r["runs"] if o["variant"] == "flat")
-            ok = [o for o in r["runs"] if o["windows"] == flat["windows"] and "threads" not in o["variant"]
+            # threads as named: the library's FAISS runs on all cores (its OpenMP default)
+            ok = [o for o in r["runs"] if o["windows"] == flat["windows"]
                   and all((o["acc"][c] or 0) >= (flat["acc"][c] or 0) for c in ("flip5", "flip15", "flip25"))]
             best = min(ok, key=lambda o: o["p50_ms"]) if ok else None
     parts = []
