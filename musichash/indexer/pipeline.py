@@ -256,10 +256,14 @@ def _init_worker() -> None:
 def default_workers() -> int:
     """Decoding processes: none on 2 cores or fewer, else one per 4 cores (at most 4).
 
-    Decoding, resampling and the mel take about a sixth of the CPU time the
-    VGG backbone does (benchmarks/HISTORY.md), so one worker feeds a CPU model on up
-    to ~16 cores. On 2 cores a worker only competes with the model's
-    threads: measured 30x real time with one worker against 51x without.
+    Decoding, resampling and the mel took about a sixth of the CPU time the
+    float32 VGG backbone did (benchmarks/HISTORY.md), so one worker fed a CPU model
+    on up to ~16 cores; with bfloat16 convolutions they take about two thirds of the
+    model's time on 2 cores, so on larger machines more workers may pay (not measured:
+    no such machine here). On 2 cores a worker only competes with the model's
+    threads: measured 30x real time with one worker against 51x without
+    (float32), and no better with bfloat16 convolutions (121-146x with one,
+    123-143x without, three alternating rounds of ``bench_index.py``).
     """
     cpus = os.cpu_count() or 1
     return 0 if cpus <= 2 else max(1, min(4, cpus // 4))
