@@ -98,6 +98,17 @@ def test_missing_library(tmp_path):
     )
 
 
+def test_a_bad_precision_setting_is_one_line(built, monkeypatch):
+    music, lib, _ = built
+    monkeypatch.setenv("MUSICHASH_PRECISION", "fp8")
+    result = run("search", music / "song0.wav", "--library", lib)
+    assert result.exit_code == 1
+    assert result.stderr == "Error: $MUSICHASH_PRECISION 'fp8' is not one of: auto, float32, bfloat16\n"
+    monkeypatch.setenv("MUSICHASH_PRECISION", "float32")
+    exact = run("search", music / "song0.wav", "--library", lib, "--json")
+    assert exact.exit_code == 0 and json.loads(exact.stdout)["match"] is True
+
+
 def test_second_writer_refused(built):
     music, lib, _ = built
     with Library.open(lib, write=True):
