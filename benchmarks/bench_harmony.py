@@ -53,6 +53,17 @@ def time_index(files: list[Path], with_chroma: bool) -> tuple[float, float]:
             return time.perf_counter() - t0, rep.audio_s
 
 
+def ten_second_clips(files: list[Path], n: int, seed: int) -> list[Clip]:
+    """``n`` seeded 10 s excerpts of the files' own audio, taking the files in turn."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for i in range(n):
+        y = load_audio(files[i % len(files)])
+        start = int(rng.integers(0, max(1, len(y) - 10 * SAMPLE_RATE)))
+        clips.append(Clip(f"q{i}", y[start : start + 10 * SAMPLE_RATE]))
+    return clips
+
+
 def time_queries(lib: Library, clips: list[Clip], with_chroma: bool) -> list[float]:
     """Per-clip ms of ``Library.search``; without chroma the clip is encoded with ``harmony=False``."""
     out = []
@@ -81,12 +92,7 @@ def main(argv=None) -> int:
             wall, audio = time_index(files, side)
             index[side].append(audio / wall)
             print(f"round {r} index {'with' if side else 'without'} chroma: {audio / wall:.1f}x", file=sys.stderr)
-    rng = np.random.default_rng(a.seed)
-    clips = []
-    for i in range(a.queries):
-        y = load_audio(files[i % len(files)])
-        start = int(rng.integers(0, max(1, len(y) - 10 * SAMPLE_RATE)))
-        clips.append(Clip(f"q{i}", y[start : start + 10 * SAMPLE_RATE]))
+    clips = ten_second_clips(files, a.queries, a.seed)
     query = {True: [], False: []}
     with tempfile.TemporaryDirectory() as d:
         with Library.open(Path(d) / "lib", write=True) as lib:

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_harmony import ten_second_clips  # noqa: E402
 from common import machine  # noqa: E402
 
-from musichash.audio import SAMPLE_RATE, load_audio, log_mel  # noqa: E402
+from musichash.audio import load_audio, log_mel  # noqa: E402
 from musichash.indexer.encoder import CodeModel  # noqa: E402
 from musichash.library import Clip, Library  # noqa: E402
 
@@ -75,12 +76,7 @@ def main(argv=None) -> int:
             wall, audio = time_index(files, p)
             index[p].append(audio / wall)
             print(f"round {r} index {p}: {audio / wall:.1f}x", file=sys.stderr)
-    rng = np.random.default_rng(a.seed)
-    clips = []
-    for i in range(a.queries):
-        y = load_audio(files[i % len(files)])
-        start = int(rng.integers(0, max(1, len(y) - 10 * SAMPLE_RATE)))
-        clips.append(Clip(f"q{i}", y[start : start + 10 * SAMPLE_RATE]))
+    clips = ten_second_clips(files, a.queries, a.seed)
     query = {p: [] for p in PRECISIONS}
     with tempfile.TemporaryDirectory() as d:
         with Library.open(Path(d) / "lib", write=True, precision="float32") as lib:
