@@ -28,7 +28,7 @@ from common import machine  # noqa: E402
 
 from musichash.audio import load_audio, log_mel  # noqa: E402
 from musichash.indexer.encoder import CodeModel  # noqa: E402
-from musichash.library import Clip, Library  # noqa: E402
+from musichash.library import Library  # noqa: E402
 
 PRECISIONS = ("float32", "bfloat16")
 
