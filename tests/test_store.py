@@ -6,7 +6,7 @@ Tests that take ``lib`` run twice: metadata in SQLite (library.db) and in Postgr
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -18,6 +18,7 @@ from musichash.indexer.store import (
     CODES_FILE,
     DB_FILE,
     LOCK_FILE,
+    MIN_SCHEMA_VERSION,
     SCHEMA_VERSION,
     LibraryError,
     LibraryLockedError,
@@ -351,7 +352,7 @@ def test_model_mismatch(lib, rng):
 
 @pytest.mark.parametrize(
     "version, fix",
-    [(SCHEMA_VERSION + 1, "upgrade musichash"), (SCHEMA_VERSION - 1, "move the folder away and index the music again")],
+    [(SCHEMA_VERSION + 1, "upgrade musichash"), (MIN_SCHEMA_VERSION - 1, "move the folder away and index the music again")],
 )
 def test_schema_version_mismatch(lib, rng, version, fix):
     fill(lib, rng, n=1)
@@ -367,6 +368,90 @@ def test_schema_version_mismatch(lib, rng, version, fix):
         lib.writer()
     with pytest.raises(SchemaVersionError):  # lock was released by the failed open
         lib.writer()
+
+
+def _as_v1(lib) -> None:
+    """Make the library look as format v1 left it: no ``meta.generation``."""
+    engine = create_engine(lib.sql_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM meta WHERE key = 'generation'"))
+        conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    engine.dispose()
+
+
+def _meta(lib, key: str) -> str | None:
+    engine = create_engine(lib.sql_url)
+    with engine.connect() as conn:
+        value = conn.execute(text("SELECT value FROM meta WHERE key = :k"), {"k": key}).scalar()
+    engine.dispose()
+    return value
+
+
+def test_v1_library_is_read_and_upgraded_in_place(lib, rng):
+    ids, items = fill(lib, rng, n=3)
+    _as_v1(lib)
+    with lib.open() as reader:  # read-only: no upgrade, the stamp aggregates the tracks
+        before = reader.stamp()
+        assert [t.id for t in reader.tracks("ok")] == ids
+        engine = create_engine(lib.sql_url)
+        with engine.begin() as conn:  # what a v1 writer's remove would leave
+            conn.execute(text("DELETE FROM tracks WHERE id = :i"), {"i": ids[2]})
+        engine.dispose()
+        assert reader.stamp() != before
+    assert _meta(lib, "schema_version") == "1"
+    with lib.writer() as w:  # the writer upgrades it
+        assert w.repair_report.orphans_removed == (ids[2],)
+        rec, codes = make_track(rng, 9)
+        w.put_track(rec, *codes)
+    assert _meta(lib, "schema_version") == str(SCHEMA_VERSION) and _meta(lib, "generation") is not None
+    with lib.open() as store:
+        assert len(store.tracks("ok")) == 3
+        np.testing.assert_array_equal(store.get_codes(ids[0]).segment_codes, items[0][1][1])
+
+
+def test_stamp_changes_exactly_when_the_valid_codes_do(lib, rng):
+    ids, items = fill(lib, rng, n=3)
+    with lib.writer() as store:
+        seen = [store.stamp()]
+
+        def changed() -> bool:
+            seen.append(store.stamp())
+            return seen[-1] != seen[-2]
+
+        rec, codes = items[0]
+        moved = store.update_file(ids[0], "/music/moved.mp3", rec.size, rec.mtime)
+        assert not changed()  # a move keeps the codes
+        store.put_track(replace(rec, path=moved.path, content_hash="f" * 64), *codes)
+        assert changed()
+        store.put_error(items[1][0].path, "e" * 64, 1, 0.0, "cannot decode")
+        assert changed()
+        store.remove([ids[2]])
+        assert changed()
+        assert len(set(seen)) == len(seen) - 1  # never back to an earlier value
+    with h5py.File(lib.codes, "a") as h5:
+        del h5[f"tracks/{ids[0]}"]  # a crash lost the codes of an 'ok' row
+    with lib.writer() as store:  # repair marks it pending
+        assert store.repair_report.marked_pending == (ids[0],)
+        assert store.stamp() != seen[-1]
+
+
+def test_put_tracks_commits_many_at_once(lib, rng):
+    items = [make_track(rng, i) for i in range(5)]
+    with lib.writer() as store:
+        tracks = store.put_tracks([(rec, *codes, None) for rec, codes in items])
+        assert [t.path for t in tracks] == [rec.path for rec, _ in items]
+        assert all(t.status == "ok" and t.n_segments == len(c[1]) for t, (_, c) in zip(tracks, items))
+        assert store.put_tracks([]) == []
+        with pytest.raises(ValueError, match="the same path twice"):
+            store.put_tracks([(items[0][0], *items[0][1], None)] * 2)
+        bad = (items[1][0], items[1][1][0][:-1], *items[1][1][1:], None)
+        with pytest.raises(ValueError, match="track_code must be uint8"):
+            store.put_tracks([(items[0][0], *items[0][1], None), bad])
+    with lib.open() as store:
+        for t, (_, codes) in zip(tracks, items):
+            got = store.get_codes(t.id)
+            np.testing.assert_array_equal(got.segment_codes, codes[1])
+            np.testing.assert_array_equal(got.track_code, codes[0])
 
 
 def test_repair_removes_orphan_group(lib, rng):
@@ -401,7 +486,7 @@ def test_crash_between_codes_and_commit(lib, rng, monkeypatch):
     ids, _ = fill(lib, rng, n=1)
     rec, codes = make_track(rng, 9)
 
-    def crash(self, track_id, n_segments):
+    def crash(self, n_segments):
         raise KeyboardInterrupt("killed after the HDF5 flush")
 
     store = lib.writer()

@@ -17,7 +17,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from musichash.errors import MusichashError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the oldest format a writer upgrades in place (``store._upgrade_v1``); older ones are re-indexed
+MIN_SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "pending")
 
 # --------------------------------------------------------------------- errors

@@ -3,7 +3,8 @@
 A library is a folder::
 
     library.db   SQLite (or any SQLAlchemy URL given as ``db_url``): tables
-                 ``meta`` (schema_version, code_model, bits, code_digest, created) and
+                 ``meta`` (schema_version, code_model, bits, code_digest, created,
+                 generation: bumped by every commit that changes which codes are valid) and
                  ``tracks`` (one row per file, ``status`` 'ok' | 'error' | 'pending')
     codes.h5     root attrs ``code_model``, ``bits``, ``schema_version``; one group
                  ``tracks/<id>`` per 'ok' track holding
@@ -34,6 +35,11 @@ so every crash would look like a corrupt file, and it shuts out readers.
 Flushes do not fsync: a power cut may still cost the codes file (set aside as
 above), never the metadata.
 
+Format versions.  v2 added ``meta.generation``, so that ``stamp()`` reads one row
+instead of aggregating every track (7 ms a search at 10k tracks, about ten times that at
+100k). A writer opening a v1 library upgrades it in place (nothing else changed); a
+reader of a v1 library falls back to the aggregate.
+
 Concurrency.  One writer at a time, enforced by ``.lock``; readers take no lock.
 SQLite runs in WAL mode so readers never wait for the writer.  HDF5's own file
 locking is off (``.lock`` does that job, and HDF5 locks fail on some network
@@ -53,7 +59,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from sqlalchemy import delete, func, inspect, select, update
+from sqlalchemy import Integer, Text, cast, delete, func, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -64,6 +70,7 @@ from musichash.indexer.codes_file import (
     open_codes_for_write,
 )
 from musichash.indexer.records import (
+    MIN_SCHEMA_VERSION,
     SCHEMA_VERSION,
     STATUSES,
     LibraryError,
@@ -133,6 +140,8 @@ class LibraryStore:
         self._engine = engine
         self._h5 = h5
         self._lock_fd = lock_fd
+        #: whether ``meta`` keeps ``generation`` (format v2; a v1 library opened read-only does not)
+        self._generation = True
 
     # ------------------------------------------------------------ open/close
 
@@ -180,6 +189,8 @@ class LibraryStore:
                     raise ValueError("code_model and bits are needed to create a library")
                 meta = _create_schema(engine, code_model, bits, code_digest)
             _check_meta(meta, folder, code_model, bits)
+            if write and "generation" not in meta:
+                meta = _upgrade_v1(engine)
             stored_model, stored_bits = meta["code_model"], int(meta["bits"])
             set_aside = None
             if write:
@@ -197,6 +208,7 @@ class LibraryStore:
                 _release_lock(lock_fd)
             raise
         store = cls(folder, engine, h5, lock_fd, stored_model, stored_bits, meta.get("code_digest"))
+        store._generation = "generation" in meta
         if write:
             try:
                 report = store.repair()
@@ -240,31 +252,54 @@ class LibraryStore:
         ``track_code: uint8 [bits/8]``, ``segment_codes: uint8 [n, bits/8]``,
         ``segment_times: float [n]``, ``chroma: uint8 [m]`` (packed, optional).
         """
+        return self.put_tracks([(record, track_code, segment_codes, segment_times, chroma)])[0]
+
+    def put_tracks(
+        self,
+        items: Sequence[tuple[TrackRecord, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+    ) -> list[Track]:
+        """``put_track`` for many tracks at once: two SQL transactions and one flush in all.
+
+        items: (record, track_code, segment_codes, segment_times, chroma or None) each, as
+        ``put_track`` takes them; paths must be distinct. Crash-safe the same way: every row is
+        committed 'pending' before any code is written, and 'ok' only after all are flushed.
+        """
         self._check_writable()
         nbytes = self.bits // 8
-        segment_codes = np.asarray(segment_codes)
-        n = len(segment_codes)
-        _check_array("track_code", track_code, np.uint8, (nbytes,))
-        _check_array("segment_codes", segment_codes, np.uint8, (n, nbytes))
-        _check_array("segment_times", segment_times, None, (n,))
-        segment_times = np.asarray(segment_times, dtype=np.float32)
-        if chroma is not None:
-            _check_array("chroma", chroma, np.uint8, (len(chroma),))
-        tags = None if record.tags is None else np.asarray(record.tags, dtype="<f4").tobytes()
+        checked = []
+        for record, track_code, segment_codes, segment_times, chroma in items:
+            segment_codes = np.asarray(segment_codes)
+            n = len(segment_codes)
+            _check_array("track_code", track_code, np.uint8, (nbytes,))
+            _check_array("segment_codes", segment_codes, np.uint8, (n, nbytes))
+            _check_array("segment_times", segment_times, None, (n,))
+            if chroma is not None:
+                _check_array("chroma", chroma, np.uint8, (len(chroma),))
+            checked.append((record, track_code, segment_codes, np.asarray(segment_times, dtype=np.float32), chroma))
+        if len({str(c[0].path) for c in checked}) != len(checked):
+            raise ValueError("put_tracks: the same path twice")
+        if not checked:
+            return []
 
-        # 1. commit the row as 'pending', so a crash while its codes are rewritten
-        #    leaves a row the next index redoes rather than stale metadata marked 'ok'.
+        # 1. commit the rows as 'pending', so a crash while their codes are rewritten
+        #    leaves rows the next index redoes rather than stale metadata marked 'ok'.
+        ids = []
         with Session(self._engine) as s, s.begin():
-            row = self._upsert(s, record.path)
-            row.content_hash, row.size, row.mtime = record.content_hash, record.size, record.mtime
-            row.duration_s, row.format, row.tags = record.duration_s, record.format, tags
-            row.status, row.error, row.n_segments = "pending", None, 0
-            s.flush()
-            track_id = row.id
+            for record, *_ in checked:
+                tags = None if record.tags is None else np.asarray(record.tags, dtype="<f4").tobytes()
+                row = self._upsert(s, record.path)
+                row.content_hash, row.size, row.mtime = record.content_hash, record.size, record.mtime
+                row.duration_s, row.format, row.tags = record.duration_s, record.format, tags
+                row.status, row.error, row.n_segments = "pending", None, 0
+                s.flush()
+                ids.append(row.id)
+            _bump_generation(s)
         # 2. codes on disk.
-        self._write_codes(track_id, track_code, segment_codes, segment_times, chroma)
+        for track_id, (_, track_code, segment_codes, segment_times, chroma) in zip(ids, checked):
+            self._write_codes(track_id, track_code, segment_codes, segment_times, chroma)
+        self._h5.flush()
         # 3. only now are they valid.
-        return self._mark_ok(track_id, len(segment_codes))
+        return self._mark_ok({tid: len(c[2]) for tid, c in zip(ids, checked)})
 
     def put_error(
         self, path: str, content_hash: str, size: int, mtime: float, reason: str
@@ -278,6 +313,7 @@ class LibraryStore:
             row.status, row.error, row.n_segments = "error", reason, 0
             s.flush()
             track = row.to_track()
+            _bump_generation(s)
         self._delete_codes([track.id])
         return track
 
@@ -292,6 +328,7 @@ class LibraryStore:
             n = sum(
                 s.execute(delete(_Track).where(_Track.id.in_(c))).rowcount for c in _chunks(ids)
             )
+            _bump_generation(s)
         self._delete_codes(ids)
         return n
 
@@ -333,6 +370,8 @@ class LibraryStore:
                     .where(_Track.id.in_(chunk))
                     .values(status="pending", n_segments=0, updated=time.time())
                 )
+            if pending:
+                _bump_generation(s)
         return RepairReport(
             orphans_removed=tuple(sorted(int(n) for n in orphans if n.isdigit())),
             marked_pending=tuple(sorted(pending)),
@@ -418,7 +457,14 @@ class LibraryStore:
         return np.asarray(ids, np.int64), np.asarray(codes, np.uint8).reshape(-1, nbytes)
 
     def stamp(self) -> str:
-        """A token that changes whenever the set of valid codes changes (for derived caches)."""
+        """A token that changes whenever the set of valid codes changes (for derived caches).
+
+        One row read (``meta.generation``); a v1 library opened read-only aggregates its tracks.
+        """
+        if self._generation:
+            with self._engine.connect() as conn:
+                gen = conn.execute(select(_Meta.value).where(_Meta.key == "generation")).scalar_one()
+            return f"{self.code_model}:{self.bits}:g{gen}"
         with Session(self._engine) as s:
             n, ids, segs, last = s.execute(
                 select(
@@ -494,14 +540,19 @@ class LibraryStore:
         g.create_dataset("segment_times", data=segment_times)
         if chroma is not None:
             g.create_dataset("chroma", data=chroma)
-        self._h5.flush()
 
-    def _mark_ok(self, track_id: int, n_segments: int) -> Track:
+    def _mark_ok(self, n_segments: dict[int, int]) -> list[Track]:
+        """Mark these rows (id -> segment count) 'ok' in one transaction; their rows, in that order."""
+        now = time.time()
         with Session(self._engine) as s, s.begin():
-            row = s.get(_Track, track_id)
-            row.status, row.n_segments, row.updated = "ok", n_segments, time.time()
+            rows = []
+            for track_id, n in n_segments.items():
+                row = s.get(_Track, track_id)
+                row.status, row.n_segments, row.updated = "ok", n, now
+                rows.append(row)
             s.flush()
-            return row.to_track()
+            _bump_generation(s)
+            return [row.to_track() for row in rows]
 
     def _delete_codes(self, track_ids: Sequence[int]) -> None:
         groups = self._h5["tracks"]
@@ -563,6 +614,7 @@ def _create_schema(engine: Engine, code_model: str, bits: int, code_digest: str 
         "bits": str(bits),
         **({"code_digest": code_digest} if code_digest else {}),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "generation": "0",
     }
     with Session(engine) as s, s.begin():
         s.add_all(_Meta(key=k, value=v) for k, v in meta.items())
@@ -573,7 +625,7 @@ def _check_meta(
     meta: dict[str, str], folder: Path, code_model: str | None, bits: int | None
 ) -> None:
     version = int(meta.get("schema_version", 0))
-    if version < SCHEMA_VERSION:
+    if version < MIN_SCHEMA_VERSION:
         raise SchemaVersionError(
             f"{folder}: library format v{version} is older than this musichash's v{SCHEMA_VERSION} "
             f"and cannot be converted in place; move the folder away and index the music again: "
@@ -593,6 +645,19 @@ def _check_meta(
             f"{folder}: library holds codes of model {stored[0]} ({stored[1]} bits), not {wanted}; "
             f"leave out --code-model to keep using {stored[0]}, or give another --library for {code_model or stored[0]}"
         )
+
+
+def _upgrade_v1(engine: Engine) -> dict[str, str]:
+    """Format v1 -> v2 in place: add ``meta.generation``. Returns the new meta."""
+    with Session(engine) as s, s.begin():
+        s.add(_Meta(key="generation", value="0"))
+        s.execute(update(_Meta).where(_Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+    return _read_meta(engine)
+
+
+def _bump_generation(s: Session) -> None:
+    """In a write transaction: the set of valid codes changes (``stamp``)."""
+    s.execute(update(_Meta).where(_Meta.key == "generation").values(value=cast(cast(_Meta.value, Integer) + 1, Text)))
 
 
 def _chunks(ids: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
