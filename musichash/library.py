@@ -253,17 +253,28 @@ class Library:
         """The vote's ranking with its first ``HARMONY_CANDIDATES`` tracks re-ranked by harmony too,
         and the chroma agreement of the track now first (None: not compared).
 
-        Where one of them has no chroma (indexed before tracks kept it) the order is the vote's.
+        Where one of those compared has no chroma (indexed before tracks kept it) the order is the
+        vote's. A track is compared only if it could overtake the best so far (its agreement can be
+        at most 1), so the first often settles it in one comparison.
         """
         head = votes[:HARMONY_CANDIDATES]
         if not head or enc.chroma is None or head[0].score <= 0:
             return votes, None
-        agree = [self.harmony(enc, v) for v in head]
-        if any(a is None for a in agree):
-            return votes, agree[0]
-        key = [v.score / head[0].score + HARMONY_WEIGHT * a for v, a in zip(head, agree)]
-        best = int(np.argmax(key))  # the first of equals: the vote's order
-        return [head[best], *(v for i, v in enumerate(votes) if i != best)], agree[best]
+        first = self.harmony(enc, head[0])
+        if first is None:
+            return votes, None
+        best, best_key, best_agree = 0, 1.0 + HARMONY_WEIGHT * first, first
+        for i, v in enumerate(head[1:], 1):
+            # agreement is at most 1: a track that could not beat the best even so is not compared
+            if v.score / head[0].score + HARMONY_WEIGHT <= best_key:
+                continue
+            a = self.harmony(enc, v)
+            if a is None:
+                return votes, first
+            key = v.score / head[0].score + HARMONY_WEIGHT * a
+            if key > best_key:  # the first of equals: the vote's order
+                best, best_key, best_agree = i, key, a
+        return [head[best], *(v for i, v in enumerate(votes) if i != best)], best_agree
 
     def harmony(self, enc: Encoded, vote: TrackVote) -> float | None:
         """``chroma.agreement`` of an encoded clip (``harmony=True``) with a voted track at the vote's

@@ -189,3 +189,31 @@ def test_harmony_reranks_the_first_tracks_of_the_vote(songs, tmp_path):
         # without the clip's chroma the vote's order stands
         ranked, agree = lib.verify(replace(enc, chroma=None), [vote("b.wav", 0.5), vote("a.wav", 0.4)])
         assert ranked[0].track_id == ids["b.wav"] and agree is None
+
+
+def test_harmony_compares_only_tracks_that_could_overtake(songs, tmp_path, monkeypatch):
+    from musichash.library import HARMONY_CANDIDATES, HARMONY_WEIGHT
+    from musichash.search.vote import TrackVote
+
+    sf.write(songs / "b.wav", progression(SONG_B, minor=True), SR)
+    with Library.open(tmp_path / "lib", write=True, code_model=MODEL) as lib:
+        lib.index([songs], workers=0)
+        ids = {t.path.rsplit("/", 1)[1]: t.id for t in lib.store.tracks("ok")}
+        enc = lib.encode(Clip("a", progression(SONG_A)[int(3.3 * SR) : int(9.3 * SR)]), track=False, harmony=True)
+        agree = {tid: lib.harmony(enc, TrackVote(tid, 3.3, 1.0, 4, 5, (3.3, 6.3))) for tid in ids.values()}
+        calls = []
+        harmony = Library.harmony
+        monkeypatch.setattr(Library, "harmony", lambda self, e, v: calls.append(v.track_id) or harmony(self, e, v))
+        for first, second, scores in [("a.wav", "b.wav", (0.5, 0.05)), ("a.wav", "b.wav", (0.5, 0.45)),
+                                      ("b.wav", "a.wav", (0.5, 0.05)), ("b.wav", "a.wav", (0.5, 0.4))]:
+            votes = [TrackVote(ids[n], 3.3, sc, 4, 5, (3.3, 6.3)) for n, sc in zip((first, second), scores)]
+            calls.clear()
+            ranked, got = lib.verify(enc, votes)
+            # the same choice as comparing every candidate
+            key = [v.score / votes[0].score + HARMONY_WEIGHT * agree[v.track_id] for v in votes[:HARMONY_CANDIDATES]]
+            want = votes[int(np.argmax(key))].track_id
+            assert ranked[0].track_id == want and got == pytest.approx(agree[want])
+            # a second track with no chance is never compared
+            could = scores[1] / scores[0] + HARMONY_WEIGHT > 1.0 + HARMONY_WEIGHT * agree[ids[first]]
+            assert calls == [ids[first], ids[second]] if could else calls == [ids[first]]
+        assert agree[ids["a.wav"]] > 0.8  # so (0.5, 0.05) with a first settles it in one comparison
