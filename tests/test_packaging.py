@@ -37,3 +37,17 @@ def test_version_matches_metadata():
         assert importlib.metadata.version("musichash") == musichash.__version__
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("musichash is not installed")
+
+
+@pytest.mark.parametrize("given, seen", [(None, musichash.GOMP_SPINCOUNT), ("5000", "5000")])
+def test_import_caps_openmp_spinning_unless_the_user_chose(given, seen):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    if given is not None:
+        env["GOMP_SPINCOUNT"] = given
+    code = "import os, musichash, torch, faiss; print(os.environ['GOMP_SPINCOUNT'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == seen
