@@ -146,9 +146,17 @@ def _scale(r: dict) -> Iterator[tuple[str, str, object]]:
                 yield f"{n}: {run['variant']} recall", QUALITY, run["recall"]
 
 
+def _libscale(r: dict) -> Iterator[tuple[str, str, object]]:
+    for row in r.get("results", []):
+        n = f"{row['n_tracks']:,} tracks"
+        yield f"{n}: Library.search p50 ms", COST, row["p50_ms"], row.get("rounds_ms")
+        yield f"{n}: Library.encode p50 ms", COST, row["encode_p50_ms"]
+        yield f"{n}: top-1 of real clips", QUALITY, row["top1"]
+
+
 STEPS: dict[str, Callable[[dict], Iterator[tuple[str, str, object]]]] = {
-    "engine": _engine, "chromaprint": _chromaprint, "interim": _interim, "index": _index, "tag": _tag,
-    "similarity": _similarity, "tagging": _tagging, "scale": _scale,
+    "engine": _engine, "libscale": _libscale, "chromaprint": _chromaprint, "interim": _interim, "index": _index,
+    "tag": _tag, "similarity": _similarity, "tagging": _tagging, "scale": _scale,
 }
 
 

@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_chromaprint  # noqa: E402
 import bench_index  # noqa: E402
+import bench_library_scale  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_similarity  # noqa: E402
 import bench_tag  # noqa: E402
@@ -67,6 +68,7 @@ class Profile:
     index_workers: tuple[int, ...]
     tag_minutes: float
     scale: tuple[str, ...]  # bench_scale.py's arguments
+    libscale: tuple[str, ...] = ()  # bench_library_scale.py's arguments besides its library and work folders
     similarity_windows: int = 16  # musichash evaluate --windows
     interim: bool = False  # the interim step: the engine's queries again with the interim codes
 
@@ -78,16 +80,19 @@ INTERIM_MODEL = "interim_vgg_itq64"
 PROFILES = {
     "smoke": Profile("quick", 1, 1.0, 2, 1, 5, 1, (0,), 0.5,
                      ("--sizes", "1000", "--queries", "2", "--budget-s", "1", "--min-queries", "4",
-                      "--kinds", "flat", "ivf", "--nprobe", "16", "--core-reps", "50"), similarity_windows=4),
+                      "--kinds", "flat", "ivf", "--nprobe", "16", "--core-reps", "50"), similarity_windows=4,
+                     libscale=("--sizes", "200", "--per-condition", "2", "--rounds", "1")),
     "quick": Profile("quick", 10, 5.0, 4, 4, 30, 3, (0,), 3.0,
                      # --multihash-max also drops the 2-thread flat runs past 10k tracks (~20 s at 100k)
                      ("--sizes", "1000", "10000", "100000", "--queries", "4", "--budget-s", "2", "--min-queries", "8",
                       "--kinds", "flat", "ivf", "hnsw", "--nprobe", "16", "64", "--multihash-max", "2e6",
-                      "--core-reps", "100")),
+                      "--core-reps", "100"),
+                     libscale=("--sizes", "1000", "10000", "--per-condition", "10", "--rounds", "2")),
     "full": Profile("full", 20, 5.0, 4, 8, 30, None, (0, 1), 10.0,
-                    ("--sizes", "1000", "10000", "100000", "1000000"), interim=True),
+                    ("--sizes", "1000", "10000", "100000", "1000000"), interim=True,
+                    libscale=("--sizes", "1000", "10000", "100000")),
 }
-STEPS = ("engine", "chromaprint", "interim", "index", "tag", "similarity", "tagging", "scale")
+STEPS = ("engine", "libscale", "chromaprint", "interim", "index", "tag", "similarity", "tagging", "scale")
 #: the similarity step's code models unless --code-model names others: CRNNH at each bit count evaluated
 SIMILARITY_MODELS = ("crnnh16", "crnnh32", "crnnh64")
 VERSIONS = ("torch", "faiss-cpu", "numpy", "librosa", "pedalboard", "av")
@@ -102,6 +107,9 @@ def step_args(name: str, p: Profile, a: argparse.Namespace, manifest: Path) -> l
     if name == "engine":
         return ["eval_engine.py", *common, "--dedup-tracks", str(p.dedup_tracks),
                 "--latency-queries", str(p.latency_queries)]
+    if name == "libscale":  # the engine step's library, grown with synthetic tracks in a copy
+        return ["bench_library_scale.py", "--library", str(work / "lib-default"), "--audio", str(work / "audio" / "library"),
+                "--work", str(a.work / "libscale"), "--seed", str(a.seed), *p.libscale]
     if name == "interim":  # the same queries, no dedup set, no latency
         return ["eval_engine.py", *common, "--code-model", INTERIM_MODEL, "--dedup-tracks", "0", "--latency-queries", "0"]
     if name == "chromaprint":
@@ -228,8 +236,8 @@ def targets(data: dict) -> str:
         fp = (cp or {}).get("fingerprinting")
         rows.append(f"| indexing >= 100x real time | {x:.0f}x end to end | "
                     f"{'%.0fx (fpcalc)' % fp['x_real_time'] if fp else '–'} | {_met(x >= 100)} |")
-    if e or sc:
-        rows.append(warm_query_row(e, sc))
+    if e or sc or data.get("libscale"):
+        rows.append(warm_query_row(e, sc, data.get("libscale")))
     if sc:
         big = [r for r in sc["results"] if r["n_tracks"] >= 1_000_000]
         core = big[0]["core"]["single_p50_ms"] if big else None
@@ -255,8 +263,18 @@ def _spread(rounds: list[float] | None) -> str:
     return f"; median of {len(rounds)} timing rounds, {min(rounds):.2f}–{max(rounds):.2f} ms"
 
 
-def warm_query_row(e: dict | None, sc: dict | None) -> str:
-    """End to end on the small real library plus search + vote at 100k synthetic tracks: an estimate."""
+def warm_query_row(e: dict | None, sc: dict | None, ls: dict | None = None) -> str:
+    """Measured through ``Library.search`` at 100k tracks (the libscale step) where it ran; else the
+    small real library end to end plus search + vote at 100k synthetic tracks, an estimate."""
+    big = [r for r in (ls or {}).get("results", []) if r["n_tracks"] >= 100_000]
+    if big:
+        r = big[0]
+        ix = r["index"]
+        kind = ix["kind"] + (f" {ix['nlist']} lists, nprobe {ix['nprobe']}" if ix["kind"] == "ivf" else "")
+        return (f"| warm 10 s query < 50 ms at 100k tracks | {r['p50_ms']:.1f} ms p50 through `Library.search` at "
+                f"{r['n_tracks']:,} tracks ({ls['real_tracks']} real, the rest synthetic; {kind}), "
+                f"{r['encode_p50_ms']:.1f} ms of it encoding the clip{_spread(r['rounds_ms'])} | – | "
+                f"{_met(r['p50_ms'] < 50)} |")
     front = e["latency_ms"]["p50"] if e else None
     best = None
     for r in (sc or {}).get("results", []):
@@ -310,6 +328,8 @@ def render(run: dict, data: dict, figures: dict[str, Path], out: Path) -> str:
         if cp:
             md.append(bench_chromaprint.render_latency(cp))
         md.append("")
+    if data.get("libscale"):
+        md += ["### Query latency as the library grows\n", bench_library_scale.render(data["libscale"]) + "\n"]
         if "dedup" in e:
             md += ["## Deduplication\n", eval_engine.render_dedup(e["dedup"])]
             if cp and cp.get("dedup"):
