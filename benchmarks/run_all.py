@@ -14,9 +14,12 @@ LSH, ITQ, interim and CRNNH codes (crnnh16/32/64, or --code-model's), with 4 win
 16 otherwise), bench_tagging_auc.py (per-tag ROC-AUC and PR-AUC of both
 taggers where the manifest's labels map to a tag) and bench_scale.py (search
 latency, recall, build cost, memory and scan rate against a numpy copy on
-synthetic libraries up to 1M tracks; --quick stops at 100k). Steps:
+synthetic libraries up to 1M tracks; --quick stops at 100k) and
+bench_library_scale.py (warm queries through Library.search on the engine
+step's library grown with synthetic tracks: to 100k with --full, 10k with
+--quick). Steps:
 
-    engine, chromaprint, interim (--full only), index, tag, similarity, tagging, scale   (--steps picks some)
+    engine, libscale, chromaprint, interim (--full only), index, tag, similarity, tagging, scale   (--steps picks some)
 
 The Markdown is assembled from that data by the scripts' own ``render``
 functions, and plots.py draws the figures, so every number in the file comes
