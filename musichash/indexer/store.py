@@ -36,8 +36,8 @@ Flushes do not fsync: a power cut may still cost the codes file (set aside as
 above), never the metadata.
 
 Format versions.  v2 added ``meta.generation``, so that ``stamp()`` reads one row
-instead of aggregating every track (7 ms a search at 10k tracks, about ten times that at
-100k). A writer opening a v1 library upgrades it in place (nothing else changed); a
+instead of aggregating every track (7-10 ms a search at 10k tracks, and linear in the
+tracks). A writer opening a v1 library upgrades it in place (nothing else changed); a
 reader of a v1 library falls back to the aggregate.
 
 Concurrency.  One writer at a time, enforced by ``.lock``; readers take no lock.
