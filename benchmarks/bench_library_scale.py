@@ -58,7 +58,7 @@ BATCH = 2000
 def synthetic_tracks(n: int, first: int, rng: np.random.Generator, n_tags: int):
     """``put_tracks`` items for ``n`` synthetic tracks numbered from ``first``, in batches."""
     lib = bench_scale.synth_library(n, rng)
-    seg = lib.codes.view(np.uint8).reshape(-1, 8)
+    seg, track_codes = lib.codes.view(np.uint8).reshape(-1, 8), lib.track_codes()
     for b0 in range(0, n, BATCH):
         items = []
         for t in range(b0, min(b0 + BATCH, n)):
@@ -71,7 +71,7 @@ def synthetic_tracks(n: int, first: int, rng: np.random.Generator, n_tags: int):
                 tags=tuple(float(p) for p in rng.random(n_tags, dtype=np.float32) * 0.3),
             )
             chroma = pack(rng.random((int(duration), 12)) < 0.3)
-            items.append((record, lib.track_codes()[t].copy(), seg[s0:s1].copy(),
+            items.append((record, track_codes[t].copy(), seg[s0:s1].copy(),
                           np.arange(s1 - s0, dtype=np.float32) * bench_scale.SEG_HOP_S, chroma))
         yield items
 
@@ -167,6 +167,11 @@ def run(a: argparse.Namespace) -> dict:
     return out
 
 
+def index_label(ix: dict) -> str:
+    """``ivf 4096 lists, nprobe 64`` or ``flat``: a result's segment index (``index_info``)."""
+    return ix["kind"] + (f" {ix['nlist']} lists, nprobe {ix['nprobe']}" if ix["kind"] == "ivf" else "")
+
+
 def _rounds(r: dict) -> str:
     return f"{r['p50_ms']:.1f} ({min(r['rounds_ms']):.1f}–{max(r['rounds_ms']):.1f})"
 
@@ -185,9 +190,7 @@ def render(d: dict) -> str:
     ]
     for r in d["results"]:
         ix = r["index"]
-        kind = ix["kind"] + (f" {ix['nlist']} lists, nprobe {ix['nprobe']}" if ix["kind"] == "ivf" else "")
-        if "imbalance" in ix:
-            kind += f", imbalance {ix['imbalance']:.2f}"
+        kind = index_label(ix) + (f", imbalance {ix['imbalance']:.2f}" if "imbalance" in ix else "")
         lines.append(f"| {r['n_tracks']:,} | {kind} ({ix['segments']:,} segments) | {_rounds(r)} | {r['p99_ms']:.1f} | "
                      f"{r['encode_p50_ms']:.1f} | {100 * r['top1']:.0f} ({100 * r['top1_matched']:.0f}) | "
                      f"{r['fill_s']:.0f} | {r['build_s']:.0f} |")

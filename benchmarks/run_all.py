@@ -272,10 +272,9 @@ def warm_query_row(e: dict | None, sc: dict | None, ls: dict | None = None) -> s
     big = [r for r in (ls or {}).get("results", []) if r["n_tracks"] >= 100_000]
     if big:
         r = big[0]
-        ix = r["index"]
-        kind = ix["kind"] + (f" {ix['nlist']} lists, nprobe {ix['nprobe']}" if ix["kind"] == "ivf" else "")
         return (f"| warm 10 s query < 50 ms at 100k tracks | {r['p50_ms']:.1f} ms p50 through `Library.search` at "
-                f"{r['n_tracks']:,} tracks ({ls['real_tracks']} real, the rest synthetic; {kind}), "
+                f"{r['n_tracks']:,} tracks ({ls['real_tracks']} real, the rest synthetic; "
+                f"{bench_library_scale.index_label(r['index'])}), "
                 f"{r['encode_p50_ms']:.1f} ms of it encoding the clip{_spread(r['rounds_ms'])} | – | "
                 f"{_met(r['p50_ms'] < 50)} |")
     front = e["latency_ms"]["p50"] if e else None
@@ -303,6 +302,8 @@ def warm_query_row(e: dict | None, sc: dict | None, ls: dict | None = None) -> s
 def render(run: dict, data: dict, figures: dict[str, Path], out: Path) -> str:
     e, cp = data.get("engine"), data.get("chromaprint")
     rel = {k: os.path.relpath(v, out.parent) for k, v in figures.items()}
+    ls = data.get("libscale")
+    growth = ["### Query latency as the library grows\n", bench_library_scale.render(ls) + "\n"] if ls else []
     md = ["# Benchmarks\n", stamp(run) + "\n", "```sh\n" + run["command"] + "\n```\n", steps_table(run, data) + "\n",
           "## Against the issue's targets\n", "The engine:\n", targets(data) + "\n",
           "CRNNH (the similarity step and, with `--full`, the interim step):\n", crnnh_targets(data) + "\n"]
@@ -331,12 +332,13 @@ def render(run: dict, data: dict, figures: dict[str, Path], out: Path) -> str:
         if cp:
             md.append(bench_chromaprint.render_latency(cp))
         md.append("")
-    if data.get("libscale"):
-        md += ["### Query latency as the library grows\n", bench_library_scale.render(data["libscale"]) + "\n"]
+        md += growth
         if "dedup" in e:
             md += ["## Deduplication\n", eval_engine.render_dedup(e["dedup"])]
             if cp and cp.get("dedup"):
                 md += ["Chromaprint, by pair BER (the same files):\n", bench_chromaprint.render_dedup(cp["dedup"]) + "\n"]
+    else:
+        md += growth
     if e and data.get("interim"):
         md += ["## Query by example: CRNNH against the interim codes\n", interim_section(e, data["interim"]) + "\n"]
     md.append("## Indexing and tagging throughput\n")

@@ -265,13 +265,14 @@ class Library:
             return votes, None
         best, best_key, best_agree = 0, 1.0 + HARMONY_WEIGHT * first, first
         for i, v in enumerate(head[1:], 1):
+            ratio = v.score / head[0].score
             # agreement is at most 1: a track that could not beat the best even so is not compared
-            if v.score / head[0].score + HARMONY_WEIGHT <= best_key:
+            if ratio + HARMONY_WEIGHT <= best_key:
                 continue
             a = self.harmony(enc, v)
             if a is None:
                 return votes, first
-            key = v.score / head[0].score + HARMONY_WEIGHT * a
+            key = ratio + HARMONY_WEIGHT * a
             if key > best_key:  # the first of equals: the vote's order
                 best, best_key, best_agree = i, key, a
         return [head[best], *(v for i, v in enumerate(votes) if i != best)], best_agree

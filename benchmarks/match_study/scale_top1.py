@@ -43,8 +43,7 @@ def main() -> int:
     lib_files = sorted((a.eval / "audio" / "library").glob("*.flac"))
     held = sorted((a.eval / "audio" / "held-out").glob("*.flac"))
     small, grown = Library.open(a.eval / "lib-default"), Library.open(a.grown)
-    libs = {"small": (small, small.search_index())}
-    gi = grown.search_index()
+    si, gi = small.search_index(), grown.search_index()
     print(f"small: {small.stats().n_tracks} tracks; grown: {grown.stats().n_tracks} tracks, {gi.segments.kind}")
     ids = {name: {Path(t.path).name: int(t.id) for t in lib.store.tracks("ok")} for name, lib in (("small", small), ("grown", grown))}
     hits: dict = defaultdict(list)
@@ -53,7 +52,7 @@ def main() -> int:
         if not inside or length not in (5.0, 10.0):
             continue
         enc = small.encode(Clip(f.name, y), track=False, harmony=True)
-        hits[("small", length)].append(first(small, libs["small"][1], enc) == ids["small"][f.name])
+        hits[("small", length)].append(first(small, si, enc) == ids["small"][f.name])
         for nprobe in a.nprobe:
             gi.segments.set_search_params(nprobe=nprobe)
             t0 = time.perf_counter()
