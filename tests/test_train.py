@@ -108,6 +108,8 @@ def test_train_command_and_index_with_the_checkpoint(tmp_path):
     meta32 = json.loads((tmp_path / "run32" / "crnnh.json").read_text())
     assert meta32["config"]["select"] == "similarity" and meta32["train"]["lambda_s"] == 0
     assert meta32["train"]["lambda_p"] == 0.5 and meta32["train"]["per_file"] == 0
+    # the cache's settings go with the checkpoint: how many views it learnt from
+    assert meta32["cache_config"]["views"] == 1 and meta32["cache_config"]["max_minutes"] == 0.2
     meta16 = json.loads((out / "crnnh.json").read_text())["train"]
     assert (meta16["lambda_s"], meta16["lambda_p"], meta16["per_file"]) == (TrainConfig.lambda_s, 1.0, 8) == (20, 1.0, 8)
     lib = tmp_path / "lib"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from musichash.train.cache import CacheConfig, build_cache, load_cache
@@ -43,7 +43,8 @@ def run_training(
     cache = Path(cache) if cache is not None else out / f"features-{cache_cfg.key()}.h5"
     build_cache(dataset, cache, cache_cfg, progress=file_done)
     feats = load_cache(cache, dataset)
-    meta = {"backbone": cache_cfg.backbone, "data": dataset.summary(), "cache": cache.name, "windows": len(feats.clean)}
+    meta = {"backbone": cache_cfg.backbone, "data": dataset.summary(), "cache": cache.name,
+            "cache_config": asdict(cache_cfg), "windows": len(feats.clean)}
     ckpt = train(feats, out, train_cfg, grid=cache_cfg.grid, multilabel=dataset.layout != "classes", meta=meta,
                  resume=resume, progress=epoch_done)
     metrics = json.loads(ckpt.with_suffix(".json").read_text()).get("metrics", {})
