@@ -15,6 +15,7 @@ Each method mirrors a CLI command and returns typed records
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -24,9 +25,9 @@ import numpy as np
 import torch
 
 from musichash import chroma
-from musichash.audio import AudioError, iter_audio_blocks, iter_mel_blocks, log_mel
+from musichash.audio import SAMPLE_RATE, AudioError, iter_audio_blocks, iter_mel_blocks, log_mel
 from musichash.errors import MusichashError
-from musichash.indexer.encoder import LIBRARY_HOP, QUERY_HOP, CodeModel, Encoded
+from musichash.indexer.encoder import LIBRARY_HOP, CodeModel, Encoded, query_hop
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
 from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, ModelMismatchError, Track
 from musichash.models import DEFAULT_CODE_MODEL, ModelError, get_spec, tag_names
@@ -113,6 +114,7 @@ class Library:
         self.precision = precision
         self._model: CodeModel | None = None
         self._index: SearchIndex | None = None
+        self._vocabulary: tuple[str, ...] | None = None
 
     @classmethod
     def open(
@@ -186,8 +188,10 @@ class Library:
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
-        spec = get_spec(self.code_model)
-        return tag_names(get_spec(spec.backbone).vocabulary)
+        # once: a checkpoint's spec and the tag list are read from files, and every result shows tags
+        if self._vocabulary is None:
+            self._vocabulary = tag_names(get_spec(get_spec(self.code_model).backbone).vocabulary)
+        return self._vocabulary
 
     def search_index(self, *, force: bool = False) -> SearchIndex:
         """The FAISS index of the library's codes, loaded from ``index/`` or rebuilt if stale."""
@@ -235,17 +239,25 @@ class Library:
         return self.store.stats()
 
     def encode(
-        self, clip: str | os.PathLike | Clip, hop: int = QUERY_HOP, *, track: bool = True, harmony: bool = False
+        self, clip: str | os.PathLike | Clip, hop: int | None = None, *, track: bool = True, harmony: bool = False
     ) -> Encoded:
         """Codes of a file or an in-memory clip, windows every ``hop`` frames.
 
-        ``track=False``: no track code; ``harmony=True``: with the clip's chroma (``Encoded.chroma``).
+        ``hop=None``: a query's (``encoder.query_hop`` of the clip's length); ``track=False``: no
+        track code; ``harmony=True``: with the clip's chroma (``Encoded.chroma``).
         """
         if isinstance(clip, Clip):
+            hop = query_hop(len(clip.wave) / SAMPLE_RATE) if hop is None else hop
             enc = self.model.encode(log_mel(clip.wave), hop, track=track)
             return replace(enc, chroma=chroma.clip_chroma([clip.wave])) if harmony else enc
+        waves = iter_audio_blocks(clip)
+        if hop is None:
+            # blocks are a minute long but for the last: the first tells whether the clip is long
+            head = next(waves, None)
+            hop = query_hop(0.0 if head is None else len(head) / SAMPLE_RATE)
+            waves = itertools.chain([] if head is None else [head], waves)
         cc = chroma.ClipChroma()
-        waves = cc.tap(iter_audio_blocks(clip)) if harmony else iter_audio_blocks(clip)
+        waves = cc.tap(waves) if harmony else waves
         enc = self.model.encode((torch.from_numpy(c) for c in iter_mel_blocks(waves)), hop, track=track)
         return replace(enc, chroma=cc.frames()) if harmony else enc
 
@@ -474,7 +486,8 @@ class Library:
             return ()
         p = np.asarray(t.tags)
         order = np.argsort(-p, kind="stable")[:TAGS_SHOWN]
-        return tuple(TagScore(self.vocabulary[i], float(p[i])) for i in order)
+        vocab = self.vocabulary
+        return tuple(TagScore(vocab[i], float(p[i])) for i in order)
 
     def _tag_filter(self, tags: Sequence[str], exclude_tags: Sequence[str], min_p: float):
         vocab = {name: i for i, name in enumerate(self.vocabulary)}

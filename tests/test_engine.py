@@ -116,6 +116,42 @@ def test_search_finds_a_track_by_its_own_audio(music, lib_dir):
         assert len(top.tags) == 5 and all(0 <= t.p <= 1 for t in top.tags)
 
 
+def test_query_windows_are_half_as_dense_from_8_s(music, lib_dir, tmp_path):
+    """Short clips keep windows every 0.256 s; from 8 s on every 0.512 s, the same windows' codes."""
+    from musichash.indexer.encoder import LONG_QUERY_HOP, QUERY_HOP, query_hop
+
+    assert (query_hop(3.0), query_hop(7.99), query_hop(8.0), query_hop(600.0)) == (16, 16, 32, 32)
+    index(lib_dir, music)
+    song = make_song(7, seconds=12)
+    with Library.open(lib_dir) as lib:
+        for seconds, hop in ((5, QUERY_HOP), (10, LONG_QUERY_HOP)):
+            wave = song[: seconds * SR]
+            sf.write(tmp_path / f"clip{seconds}.wav", wave, SR)
+            from_file = lib.encode(tmp_path / f"clip{seconds}.wav", track=False, harmony=True)
+            in_memory = lib.encode(Clip("clip", wave), track=False, harmony=True)
+            gaps = np.diff(from_file.times)  # the last window ends with the clip
+            assert np.allclose(gaps[:-1], hop * FRAME_S) and 0 < gaps[-1] <= hop * FRAME_S + 1e-6
+            assert np.array_equal(from_file.times, in_memory.times)  # the file's streamed mel may differ in rounding
+            # the same windows as a dense encoding's at those starts
+            dense = lib.encode(tmp_path / f"clip{seconds}.wav", QUERY_HOP, track=False)
+            at = np.searchsorted(dense.times, from_file.times)
+            assert np.array_equal(dense.times[at], from_file.times) and np.array_equal(dense.codes[at], from_file.codes)
+            assert len(dense.times) > len(from_file.times) if hop > QUERY_HOP else len(dense.times) == len(from_file.times)
+
+
+def test_result_tags_read_the_vocabulary_once(music, lib_dir, monkeypatch):
+    """Tags on every result: the tag list (and a checkpoint's spec) is read from files once per library, not per tag."""
+    import musichash.library as library
+
+    index(lib_dir, music)
+    calls = []
+    real = library.tag_names
+    monkeypatch.setattr(library, "tag_names", lambda v: calls.append(v) or real(v))
+    with Library.open(lib_dir) as lib:
+        results = list(lib.search([music / "song1.wav", music / "song2.wav"], top_k=4))
+    assert sum(len(h.tags) for r in results for h in r.results) >= 10 and len(calls) == 1
+
+
 def test_top_k_does_not_narrow_the_harmony_reranking(music, lib_dir, monkeypatch):
     from musichash.library import HARMONY_CANDIDATES
 

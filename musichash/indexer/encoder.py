@@ -29,6 +29,17 @@ LIBRARY_HOP = 80
 #: frames between query windows: 0.256 s, so some query window lies within
 #: 0.128 s of every library segment start
 QUERY_HOP = 16
+#: clips at least this long are queried with windows every ``LONG_QUERY_HOP`` frames (0.512 s):
+#: half the windows to search and vote on. At 100k tracks that kept 10 s clips' top-1 (98.2 %
+#: against 97.3 % at QUERY_HOP, 220 clips) for 4 ms less search, where 5 s clips lost 3.6
+#: points (benchmarks/match_study/query_hop.py, benchmarks/HISTORY.md)
+LONG_QUERY_S = 8.0
+LONG_QUERY_HOP = 32
+
+
+def query_hop(duration_s: float) -> int:
+    """Frames between the windows of a query clip this long."""
+    return QUERY_HOP if duration_s < LONG_QUERY_S else LONG_QUERY_HOP
 #: seconds per mel frame
 FRAME_S = HOP / SAMPLE_RATE
 #: seconds covered by one window (187 frames)
