@@ -19,6 +19,8 @@ them), each the code of the nearest library segment, moved along the walk
 for the 0, 0.256 or 0.512 s it lies off the segment grid, then degraded by
 flipping 5, 15 or 25 % of all bits at random. Out-of-library queries are clips of
 extra tracks, made the same way (15 % flips), that are not indexed.
+Since ``ff54590`` the engine queries clips of 8 s and longer every 0.512 s
+(``encoder.query_hop``): its 10 s queries are the "hop 0.512 s" rows.
 
 Per library size, in a fresh child process (so peak RSS is its own):
 

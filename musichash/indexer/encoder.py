@@ -26,8 +26,8 @@ from musichash.models.registry import WEIGHTS_PACKAGE, resolve_device
 
 #: frames between library segments: 1.28 s, a multiple of the VGG's 16-frame stride
 LIBRARY_HOP = 80
-#: frames between query windows: 0.256 s, so some query window lies within
-#: 0.128 s of every library segment start
+#: frames between the windows of a query clip shorter than ``LONG_QUERY_S``: 0.256 s, so some
+#: query window lies within 0.128 s of every library segment start
 QUERY_HOP = 16
 #: clips at least this long are queried with windows every ``LONG_QUERY_HOP`` frames (0.512 s):
 #: half the windows to encode, search and vote on, about 5 ms of a 10 s query at 100k tracks.
