@@ -23,9 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from queries import draw_queries  # noqa: E402
-from scale_top1 import first  # noqa: E402
+from scale_top1 import first, open_libraries  # noqa: E402
 
-from musichash.library import Clip, Library  # noqa: E402
+from musichash.indexer.encoder import FRAME_S  # noqa: E402
+from musichash.library import Clip  # noqa: E402
 
 
 def main() -> int:
@@ -36,14 +37,11 @@ def main() -> int:
     ap.add_argument("--hops", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--nprobe", type=int, default=64)
     a = ap.parse_args()
-    lib_files = sorted((a.eval / "audio" / "library").glob("*.flac"))
-    held = sorted((a.eval / "audio" / "held-out").glob("*.flac"))
-    small, grown = Library.open(a.eval / "lib-default"), Library.open(a.grown)
+    lib_files, held, small, grown, ids = open_libraries(a.eval, a.grown)
     si, gi = small.search_index(), grown.search_index()
     gi.segments.set_search_params(nprobe=a.nprobe)
     print(f"small: {small.stats().n_tracks} tracks; grown: {grown.stats().n_tracks} tracks, "
           f"{gi.segments.kind}, nprobe {a.nprobe}")
-    ids = {name: {Path(t.path).name: int(t.id) for t in lib.store.tracks("ok")} for name, lib in (("small", small), ("grown", grown))}
     hits: dict = defaultdict(list)
     t_enc: dict = defaultdict(list)
     t_search: dict = defaultdict(list)
@@ -65,7 +63,7 @@ def main() -> int:
           "| encode 10 s p50 ms | search + vote + verify 10 s, grown, p50 ms |\n|---|---|---|---|---|---|---|")
     for hop in a.hops:
         cells = [f"{100 * np.mean(hits[(lib, hop, n)]):.1f} %" for lib in ("small", "grown") for n in (5.0, 10.0)]
-        print(f"| {hop} ({hop * 0.016:.3f} s) | " + " | ".join(cells)
+        print(f"| {hop} ({hop * FRAME_S:.3f} s) | " + " | ".join(cells)
               + f" | {1000 * np.median(t_enc[(hop, 10.0)]):.1f} | {1000 * np.median(t_search[(hop, 10.0)]):.1f} |")
     return 0
 

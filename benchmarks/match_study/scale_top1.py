@@ -33,6 +33,16 @@ def first(lib: Library, index, enc) -> int | None:
     return votes[0].track_id if votes else None
 
 
+def open_libraries(eval_dir: Path, grown_dir: Path):
+    """The engine step's cuts, its library and the grown copy: (lib_files, held, small, grown, ids),
+    ``ids[name][file name]`` a cut's track id in the "small" or "grown" library."""
+    lib_files = sorted((eval_dir / "audio" / "library").glob("*.flac"))
+    held = sorted((eval_dir / "audio" / "held-out").glob("*.flac"))
+    small, grown = Library.open(eval_dir / "lib-default"), Library.open(grown_dir)
+    ids = {name: {Path(t.path).name: int(t.id) for t in lib.store.tracks("ok")} for name, lib in (("small", small), ("grown", grown))}
+    return lib_files, held, small, grown, ids
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval", type=Path)
@@ -40,12 +50,9 @@ def main() -> int:
     ap.add_argument("n", type=int)
     ap.add_argument("--nprobe", type=int, nargs="+", default=[64])
     a = ap.parse_args()
-    lib_files = sorted((a.eval / "audio" / "library").glob("*.flac"))
-    held = sorted((a.eval / "audio" / "held-out").glob("*.flac"))
-    small, grown = Library.open(a.eval / "lib-default"), Library.open(a.grown)
+    lib_files, held, small, grown, ids = open_libraries(a.eval, a.grown)
     si, gi = small.search_index(), grown.search_index()
     print(f"small: {small.stats().n_tracks} tracks; grown: {grown.stats().n_tracks} tracks, {gi.segments.kind}")
-    ids = {name: {Path(t.path).name: int(t.id) for t in lib.store.tracks("ok")} for name, lib in (("small", small), ("grown", grown))}
     hits: dict = defaultdict(list)
     t_search: dict = defaultdict(list)
     for length, cond, inside, f, y, _ in draw_queries(lib_files, held, a.n, 0, "full"):
