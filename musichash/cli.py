@@ -549,9 +549,13 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
                    "(default 20; 0: off; the shipped track heads use 5 with --pull 0 --batches random).")
 @click.option("--pull", "lambda_p", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Weight of the term pulling two augmented views of a window together (0: off).")
-@click.option("--batches", type=click.Choice(["file-runs", "random"]), default="file-runs", show_default=True,
+@click.option("--batches", type=click.Choice(["file-runs", "label-runs", "random"]), default="file-runs", show_default=True,
               help="file-runs: runs of 8 windows of one file per batch, so that codes tell moments of a track apart "
-                   "(segment codes); random: windows drawn at random (track codes).")
+                   "(segment codes); label-runs: the same, with the runs of a batch from files with the same labels "
+                   "(hard negatives; needs labels); random: windows drawn at random (track codes).")
+@click.option("--classes", type=click.Choice(["labels", "files"]), default="labels", show_default=True,
+              help="The classification term's classes: the data's labels (or tags), or one class per file "
+                   "(codes that tell tracks with the same labels apart).")
 @click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Feature cache file to build or reuse (default: in --out); one cache serves every --bits.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -559,8 +563,8 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @json_option
 @quiet_option
 @reports_errors
-def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s, lambda_p, batches, cache, seed, resume,
-          as_json, quiet):
+def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s, lambda_p, batches, classes, cache, seed,
+          resume, as_json, quiet):
     """Train a CRNNH code model on DATA; backbone features are cached so epochs need no audio."""
     from musichash.train.cache import CacheConfig
     from musichash.train.data import load_dataset
@@ -568,6 +572,9 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s,
     from musichash.train.run import run_training
 
     dataset = load_dataset(data, layout)
+    if batches == "label-runs" and dataset.targets is None:
+        raise click.UsageError("--batches label-runs groups files by their labels; unlabelled data has none "
+                               "(give --layout manifest, csv or classes, or use --batches file-runs)")
     say = (lambda msg: None) if (quiet or as_json) else (lambda msg: click.echo(msg, err=True))
 
     def epoch_done(epoch, rec):
@@ -584,7 +591,8 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s,
 
         report = run_training(dataset, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed),
                               TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select, lambda_p=lambda_p,
-                                          per_file=TrainConfig.per_file if batches == "file-runs" else 0,
+                                          per_file=0 if batches == "random" else TrainConfig.per_file,
+                                          batch_by="labels" if batches == "label-runs" else "any", classes=classes,
                                           **({} if lambda_s is None else {"lambda_s": lambda_s})),
                               cache=cache, resume=resume, file_done=file_done, epoch_done=epoch_done)
     if as_json:

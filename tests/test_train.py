@@ -191,6 +191,58 @@ def test_batch_order_keeps_runs_of_one_file():
     assert sorted(random.tolist()) == rows.tolist()
 
 
+def test_batch_order_by_group_keeps_a_group_s_runs_together():
+    from musichash.train.loop import batch_order
+
+    item = np.repeat(np.arange(6), [5, 9, 3, 8, 4, 6])
+    group = np.array([0, 1, 0, 2, 1, 0])[item]  # files 0, 2, 5 share labels, and files 1, 4
+    rows = np.arange(len(item))
+    for seed in range(5):
+        order = batch_order(rows, item, np.random.default_rng(seed), 4, group)
+        assert sorted(order.tolist()) == rows.tolist()
+        # each group's windows in one stretch: the group changes twice, in some order
+        assert len(np.unique(group[order])) == 3 and np.count_nonzero(np.diff(group[order])) == 2
+    orders = {tuple(group[batch_order(rows, item, np.random.default_rng(s), 4, group)][[0, -1]]) for s in range(20)}
+    assert len(orders) > 1  # the groups come in random order
+
+
+def _noisy_features(n_files: int, per_file: int, n_classes: int, seed: int = 0, *, soft: bool = False) -> Features:
+    rng = np.random.default_rng(seed)
+    n = n_files * per_file
+    clean = rng.standard_normal((n, 5, 4, 8)).astype(np.float16)
+    views = (clean[:, None] + 0.1 * rng.standard_normal((n, 2, 5, 4, 8))).astype(np.float16)
+    item = np.repeat(np.arange(n_files), per_file).astype(np.int32)
+    targets = rng.random((n, n_classes)) if soft else np.eye(n_classes)[item % n_classes]
+    return Features(clean, views, targets.astype(np.float32), item, "unittest_vgg")
+
+
+def test_classes_files_trains_one_class_per_file(tmp_path):
+    feats = _noisy_features(10, 4, 2)  # two label classes, ten files
+    cfg = TrainConfig(bits=16, epochs=2, batch=8, hidden=8, n_select=2, lambda_s=0.0, classes="files", batch_by="labels")
+    ckpt = train(feats, tmp_path / "run", cfg, grid=(4, 2), multilabel=True)
+    meta = json.loads(ckpt.with_suffix(".json").read_text())
+    assert meta["config"]["n_classes"] == 10 and meta["train"]["classes"] == "files" and meta["train"]["batch_by"] == "labels"
+    assert all(h["classification"] > 0 for h in meta["history"])
+    labels = train(feats, tmp_path / "labels", TrainConfig(bits=16, epochs=1, batch=8, hidden=8, n_select=2), grid=(4, 2),
+                   multilabel=True)
+    assert json.loads(labels.with_suffix(".json").read_text())["config"]["n_classes"] == 2
+    with pytest.raises(ValueError, match="batch_by='labels' needs labelled files"):
+        train(_noisy_features(10, 4, 3, soft=True), tmp_path / "soft", TrainConfig(bits=16, epochs=1, batch_by="labels"),
+              grid=(4, 2), multilabel=True)
+    with pytest.raises(ValueError, match="classes must be one of labels, files, got 'tracks'"):
+        train(feats, tmp_path / "bad", TrainConfig(bits=16, epochs=1, classes="tracks"), grid=(4, 2), multilabel=True)
+
+
+def test_train_command_refuses_label_runs_without_labels(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_song(music / "s0.wav", seed=0, seconds=7)
+    r = CliRunner().invoke(cli, ["train", str(music), "--out", str(tmp_path / "run"), "--batches", "label-runs"])
+    assert r.exit_code == 2
+    assert "Error: --batches label-runs groups files by their labels; unlabelled data has none" in r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_split_fit_sends_every_third_file_to_calibration(tmp_path, capsys):
     from scripts import load_script
 

@@ -49,11 +49,19 @@ class TrainConfig:
     #: the pairwise term's negatives: "batch" (every other window of the batch) or "file" (only
     #: other windows of the same file; other files are left to the similarity term)
     negatives: str = "batch"
+    #: the classification term's classes: "labels" (the dataset's labels or tags) or "files" (one class
+    #: per training file: codes that tell tracks apart, also tracks with the same labels; segment heads)
+    classes: str = "labels"
+    #: with ``per_file``, which files' runs share a batch: "any" (drawn at random) or "labels" (files
+    #: with the same labels, e.g. one soundtrack: each other's hardest negatives)
+    batch_by: str = "any"
     seed: int = 0
 
 
 VAL_EVERY = 10
 NEGATIVES = ("batch", "file")
+CLASSES = ("labels", "files")
+BATCH_BY = ("any", "labels")
 CHECKPOINT = "crnnh.safetensors"
 STATE = "train_state.json"
 
@@ -74,8 +82,14 @@ def train(
     With ``resume``, training continues from the last finished epoch in
     ``out`` (weights and the RNG stream; the optimiser restarts its moments).
     """
-    if cfg.negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}, got {cfg.negatives!r}")
+    for name, allowed in (("negatives", NEGATIVES), ("classes", CLASSES), ("batch_by", BATCH_BY)):
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    label_group = None
+    if cfg.batch_by == "labels":
+        label_group = np.unique(feats.targets, axis=0, return_inverse=True)[1].reshape(-1)
+        if len(np.unique(np.stack([feats.item, label_group]), axis=1).T) != len(np.unique(feats.item)):
+            raise ValueError("batch_by='labels' needs labelled files (one label set per file); these targets vary within files")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt, state_path = out / CHECKPOINT, out / STATE
@@ -87,18 +101,25 @@ def train(
     fit = np.flatnonzero(~held)
     if resume and ckpt.is_file() and state_path.is_file():
         state = json.loads(state_path.read_text())
-        if {k: v for k, v in state["config"].items() if k != "epochs"} != {k: v for k, v in asdict(cfg).items() if k != "epochs"}:
+        before = {**asdict(TrainConfig()), **state["config"]}  # settings added since then had their defaults
+        if {k: v for k, v in before.items() if k != "epochs"} != {k: v for k, v in asdict(cfg).items() if k != "epochs"}:
             raise ValueError(f"{out} holds a run with other settings; use another --out or the same settings")
         model = load_checkpoint(ckpt)
         start = state["epoch"]
     else:
-        model = CRNNH(cfg.bits, feats.targets.shape[1], grid=grid, n_select=cfg.n_select, hidden=cfg.hidden,
+        n_classes = len(np.unique(feats.item)) if cfg.classes == "files" else feats.targets.shape[1]
+        model = CRNNH(cfg.bits, n_classes, grid=grid, n_select=cfg.n_select, hidden=cfg.hidden,
                       channels=feats.clean.shape[2], select=cfg.select)
         if cfg.select == "similarity":  # ranked once, on (a sample of) the training windows
             sample = np.sort(np.random.default_rng(cfg.seed).permutation(fit)[:4096])
             model.set_selection(rank_channels(torch.from_numpy(feats.clean[sample].astype(np.float32))))
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.classes == "files":
+        multilabel = False
+        targets = torch.from_numpy(np.unique(feats.item, return_inverse=True)[1].astype(np.int64).reshape(-1))
+    else:
+        targets = torch.from_numpy(feats.targets) if multilabel else torch.from_numpy(feats.targets.argmax(1))
     loss_fn = CRNNHLoss(cfg.lambda_q, cfg.lambda_b, cfg.lambda_p, multilabel=multilabel, lambda_s=cfg.lambda_s,
                         temperature_s=cfg.temperature_s)
     teacher = None
@@ -106,11 +127,10 @@ def train(
         teacher = torch.from_numpy(teacher_features(feats.clean))
         teacher -= teacher[fit].mean(dim=0)
     n = len(fit)
-    targets = torch.from_numpy(feats.targets) if multilabel else torch.from_numpy(feats.targets.argmax(1))
     history = json.loads(state_path.read_text())["history"] if start else []
     for epoch in range(start, cfg.epochs):
         rng = np.random.default_rng([cfg.seed, epoch])  # an epoch's batches do not depend on earlier epochs
-        order = batch_order(fit, feats.item, rng, cfg.per_file)
+        order = batch_order(fit, feats.item, rng, cfg.per_file, label_group)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         for b in range(0, n - 1, cfg.batch):
@@ -154,15 +174,25 @@ def teacher_features(x: np.ndarray) -> np.ndarray:
     return np.stack([last[:, :, 0], last[:, :, -1]], axis=2).reshape(len(x), -1)
 
 
-def batch_order(rows: np.ndarray, item: np.ndarray, rng: np.random.Generator, per_file: int) -> np.ndarray:
-    """An epoch's order of ``rows``: shuffled, in runs of up to ``per_file`` windows of one file (0: no runs)."""
+def batch_order(rows: np.ndarray, item: np.ndarray, rng: np.random.Generator, per_file: int,
+                group: np.ndarray | None = None) -> np.ndarray:
+    """An epoch's order of ``rows``: shuffled, in runs of up to ``per_file`` windows of one file (0: no runs).
+
+    With ``group`` (int [N], by row, the same for all windows of a file; e.g. the files' label sets) the
+    runs of a group come together, in random order, and the groups in random order: consecutive
+    batches hold runs of files of one group.
+    """
     order = rows[rng.permutation(len(rows))]
     if per_file <= 0:
         return order
     order = order[np.argsort(item[order], kind="stable")]  # by file, shuffled within
     cuts = np.flatnonzero(np.diff(item[order])) + 1
     runs = [run for group in np.split(order, cuts) for run in np.array_split(group, -(-len(group) // per_file))]
-    return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
+    shuffled = rng.permutation(len(runs))
+    if group is not None:
+        rank = rng.permutation(int(group.max()) + 1)  # groups in random order
+        shuffled = shuffled[np.argsort(rank[group[[runs[i][0] for i in shuffled]]], kind="stable")]
+    return np.concatenate([runs[i] for i in shuffled])
 
 
 def validate(model: CRNNH, feats: Features, rows: np.ndarray) -> dict:
