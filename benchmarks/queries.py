@@ -267,6 +267,9 @@ def threshold_data(outs: list[Outcome], fixed: float, fixed_chroma: float | None
 
     out = {"n_pos": len(pos), "n_neg": len(neg)}
     held = [o for o, c in zip(neg, cal) if not c]
+    if has_chroma:  # both thresholds fitted together: the most in-library matches at 95 % of the negatives
+        out["joint_half"] = rates(*fit_joint(pos[::2], hit[::2], [o for o, c in zip(neg, cal) if c]), pos[1::2], hit[1::2], held)
+        out["joint_all"] = rates(*fit_joint(pos, hit, neg), pos, hit, neg)
     out["fixed"] = rates(fixed, fixed_chroma, pos[1::2], hit[1::2], held)
     out["half"] = rates(*fit([o for o, c in zip(neg, cal) if c], has_chroma), pos[1::2], hit[1::2], held)
     out["all"] = rates(*fit(neg, has_chroma), pos, hit, neg)
@@ -274,6 +277,35 @@ def threshold_data(outs: list[Outcome], fixed: float, fixed_chroma: float | None
     if has_chroma:
         out["code_all"] = rates(*fit(neg, False), pos, hit, neg)
     return out
+
+
+def fit_joint(pos: list[Outcome], hit: np.ndarray, neg: list[Outcome], target_tnr: float = 0.95) -> tuple[float, float]:
+    """The code score's and the chroma's thresholds together: of the pairs that reject at least ``target_tnr``
+    of ``neg``, the one that matches the most of ``pos`` whose top track is right (``hit``); ties: the higher code threshold.
+
+    For each code threshold (each negative's score, and below them all) the chroma threshold is the lowest
+    that keeps the negatives above both to ``floor((1 - target_tnr) * len(neg))``.
+    """
+    if not neg:
+        raise ValueError("fit_joint needs at least one out-of-library outcome")
+    allowed = int(np.floor((1.0 - target_tnr) * len(neg) + 1e-9))
+    ns = np.array([o.score for o in neg])
+    nc = np.array([np.inf if o.chroma is None else o.chroma for o in neg])  # no chroma: the chroma check passes
+    ps = np.array([o.score for o in pos])
+    pc = np.array([np.inf if o.chroma is None else o.chroma for o in pos])
+    best = None
+    for t in np.concatenate([[ns.min() - 1.0], np.unique(ns)]):
+        through = np.sort(nc[ns > t])[::-1]  # negatives the code score lets through, highest chroma first
+        if len(through) <= allowed:
+            tc = -1.0
+        elif np.isinf(through[allowed]):
+            continue  # too many without chroma to reject
+        else:
+            tc = float(through[allowed])  # match needs chroma > tc: rejects through[allowed:]
+        kept = int(np.count_nonzero(hit & (ps > t) & (pc > tc)))
+        if best is None or kept >= best[0]:
+            best = (kept, float(t), tc)
+    return best[1], best[2]
 
 
 def threshold_table(d: dict, fixed_name: str, unit: str = "threshold", show=lambda t: t, shipping: str = "") -> str:
@@ -288,6 +320,11 @@ def threshold_table(d: dict, fixed_name: str, unit: str = "threshold", show=lamb
             f"| {_pct(d['half']['tpr'])} |",
             f"| calibrated on all {d['n_neg']} out-of-library queries{shipping}: {t(d['all'])} "
             f"| {_pct(d['all']['tnr'])} (fitted) | {_pct(d['all']['tpr'])} |"]
+    if "joint_all" in d:
+        rows.append(f"| both fitted together, on half: {t(d['joint_half'])} | {_pct(d['joint_half']['tnr'])} "
+                    f"| {_pct(d['joint_half']['tpr'])} |")
+        rows.append(f"| both fitted together, on all of them: {t(d['joint_all'])} | {_pct(d['joint_all']['tnr'])} (fitted) "
+                    f"| {_pct(d['joint_all']['tpr'])} |")
     if "code_all" in d:
         rows.append(f"| the code score alone, calibrated on all of them: {t(d['code_all'])} "
                     f"| {_pct(d['code_all']['tnr'])} (fitted) | {_pct(d['code_all']['tpr'])} |")
