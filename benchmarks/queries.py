@@ -267,9 +267,10 @@ def threshold_data(outs: list[Outcome], fixed: float, fixed_chroma: float | None
 
     out = {"n_pos": len(pos), "n_neg": len(neg)}
     held = [o for o, c in zip(neg, cal) if not c]
-    if has_chroma:  # both thresholds fitted together: the most in-library matches at 95 % of the negatives
-        out["joint_half"] = rates(*fit_joint(pos[::2], hit[::2], [o for o, c in zip(neg, cal) if c]), pos[1::2], hit[1::2], held)
-        out["joint_all"] = rates(*fit_joint(pos, hit, neg), pos, hit, neg)
+    if has_chroma:  # both thresholds fitted together: the most in-library matches at JOINT_TNR of the negatives
+        out["joint_half"] = rates(*fit_joint(pos[::2], hit[::2], [o for o, c in zip(neg, cal) if c], JOINT_TNR),
+                                  pos[1::2], hit[1::2], held)
+        out["joint_all"] = rates(*fit_joint(pos, hit, neg, JOINT_TNR), pos, hit, neg)
     out["fixed"] = rates(fixed, fixed_chroma, pos[1::2], hit[1::2], held)
     out["half"] = rates(*fit([o for o, c in zip(neg, cal) if c], has_chroma), pos[1::2], hit[1::2], held)
     out["all"] = rates(*fit(neg, has_chroma), pos, hit, neg)
@@ -277,6 +278,12 @@ def threshold_data(outs: list[Outcome], fixed: float, fixed_chroma: float | None
     if has_chroma:
         out["code_all"] = rates(*fit(neg, False), pos, hit, neg)
     return out
+
+
+#: out-of-library clips the shipped thresholds reject when fitted together (fit_joint) on the calibration
+#: third: there the in-library matches barely change between 95 and 98 % (90.6 and 90.0 %), so the
+#: margin over the 90 % goal is kept (benchmarks/HISTORY.md)
+JOINT_TNR = 0.975
 
 
 def fit_joint(pos: list[Outcome], hit: np.ndarray, neg: list[Outcome], target_tnr: float = 0.95) -> tuple[float, float]:
@@ -318,13 +325,13 @@ def threshold_table(d: dict, fixed_name: str, unit: str = "threshold", show=lamb
             f"| {fixed_name}: {t(d['fixed'])} | {_pct(d['fixed']['tnr'])} | {_pct(d['fixed']['tpr'])} |",
             f"| calibrated on the other half: {t(d['half'])} | {_pct(d['half']['tnr'])} "
             f"| {_pct(d['half']['tpr'])} |",
-            f"| calibrated on all {d['n_neg']} out-of-library queries{shipping}: {t(d['all'])} "
+            f"| calibrated on all {d['n_neg']} out-of-library queries{'' if 'joint_all' in d else shipping}: {t(d['all'])} "
             f"| {_pct(d['all']['tnr'])} (fitted) | {_pct(d['all']['tpr'])} |"]
     if "joint_all" in d:
-        rows.append(f"| both fitted together, on half: {t(d['joint_half'])} | {_pct(d['joint_half']['tnr'])} "
-                    f"| {_pct(d['joint_half']['tpr'])} |")
-        rows.append(f"| both fitted together, on all of them: {t(d['joint_all'])} | {_pct(d['joint_all']['tnr'])} (fitted) "
-                    f"| {_pct(d['joint_all']['tpr'])} |")
+        rows.append(f"| both fitted together to {JOINT_TNR:.1%} on the other half: {t(d['joint_half'])} "
+                    f"| {_pct(d['joint_half']['tnr'])} | {_pct(d['joint_half']['tpr'])} |")
+        rows.append(f"| both fitted together to {JOINT_TNR:.1%} on all of them{shipping}: {t(d['joint_all'])} "
+                    f"| {_pct(d['joint_all']['tnr'])} (fitted) | {_pct(d['joint_all']['tpr'])} |")
     if "code_all" in d:
         rows.append(f"| the code score alone, calibrated on all of them: {t(d['code_all'])} "
                     f"| {_pct(d['code_all']['tnr'])} (fitted) | {_pct(d['code_all']['tpr'])} |")

@@ -239,7 +239,7 @@ def test_shipped_crnnh_models_load_and_encode(bits):
     assert meta["registry_name"] == f"crnnh{bits}" and meta["config"]["bits"] == bits and meta["backbone"] == "MTT_vgg"
     # two thirds of the fit corpus, labelled; the track head: the similarity term, random batches, no pull
     track = ("lambda_s", "lambda_p", "per_file")
-    assert meta["data"]["files"] == 50 and meta["data"]["layout"] == "manifest"
+    assert meta["data"]["files"] == 114 and meta["data"]["layout"] == "manifest"
     assert [meta["train"][k] for k in track] == [5, 0, 0]
     assert 0 < meta["metrics"]["val_top1"] <= 1
     # the segment head: same data, no similarity term, views pulled together in runs of one file,

@@ -9,23 +9,24 @@
 #
 #   sh data/code_models/train_crnnh.sh [FIT_CORPUS] [WORK]
 #
-# FIT_CORPUS (default /tmp/corpus_fit) is built when missing, with the evaluation corpus
-# (/tmp/corpus_fit's scores must not overlap it): see data/code_models/README.md for the packages.
-# Two feature caches: two degraded views per window for the track heads (about 350 MB, ~9 min on 2 cores),
-# six for the segment heads (about 820 MB, ~11 min: more degradations of the same windows made 5 s clips
-# found top-1 95.9 % against 92.5 % on the calibration third, benchmarks/HISTORY.md); ~1.5 min a head.
+# FIT_CORPUS (default /tmp/corpus_crnnh) is built when missing, with the evaluation corpus
+# (FIT_CORPUS's scores must not overlap it): the interim models' fit corpus plus supertuxkart-data and
+# 40 more MIDI renders (170 files; see data/code_models/README.md). Two feature caches: two degraded views
+# per window for the track heads (about 0.7 GB, ~15 min on 2 cores), six for the segment heads (about
+# 1.7 GB, ~20 min: more degradations of the same windows, then more music, each raised the share of 5 s
+# clips found top-1, benchmarks/HISTORY.md); about a minute a head.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-corpus=${1:-/tmp/corpus_fit}
+corpus=${1:-/tmp/corpus_crnnh}
 work=${2:-/tmp/crnnh_train}
 weights="$root/musichash/models/weights"
 
 if [ ! -f "$corpus/manifest.jsonl" ]; then
     [ -f /tmp/corpus_full/manifest.jsonl ] || python "$root/benchmarks/corpus.py" --out /tmp/corpus_full \
         --packages planetblupi-music-ogg fb-music-high --midi 10
-    python "$root/benchmarks/corpus.py" --out "$corpus" --seed 1 --midi 40 \
-        --packages pushover-data tomatoes-data xmoto-data extremetuxracer-data openclonk-data \
+    python "$root/benchmarks/corpus.py" --out "$corpus" --seed 1 --midi 80 \
+        --packages pushover-data tomatoes-data xmoto-data extremetuxracer-data openclonk-data supertuxkart-data \
         --exclude-scores-of /tmp/corpus_full/manifest.jsonl
 fi
 python "$here/split_fit.py" "$corpus"
@@ -44,4 +45,4 @@ done
 python "$root/benchmarks/eval_engine.py" --manifest "$corpus/calibration.jsonl" --work "$work/calibration" \
     --code-model crnnh64 --minutes-per-track 3 --held-out 6 --query-set core --queries 20 --dedup-tracks 8 \
     --json "$work/calibration.json" > "$work/calibration.md"
-echo "thresholds: see $work/calibration.md (match: calibrated on all out-of-library queries; dedup: best F1)"
+echo "thresholds: see $work/calibration.md (match: both fitted together on all out-of-library queries; dedup: best F1)"
