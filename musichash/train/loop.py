@@ -187,7 +187,7 @@ def batch_order(rows: np.ndarray, item: np.ndarray, rng: np.random.Generator, pe
         return order
     order = order[np.argsort(item[order], kind="stable")]  # by file, shuffled within
     cuts = np.flatnonzero(np.diff(item[order])) + 1
-    runs = [run for group in np.split(order, cuts) for run in np.array_split(group, -(-len(group) // per_file))]
+    runs = [run for file in np.split(order, cuts) for run in np.array_split(file, -(-len(file) // per_file))]
     shuffled = rng.permutation(len(runs))
     if group is not None:
         rank = rng.permutation(int(group.max()) + 1)  # groups in random order
