@@ -85,10 +85,12 @@ def train(
     for name, allowed in (("negatives", NEGATIVES), ("classes", CLASSES), ("batch_by", BATCH_BY)):
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    file_index = np.unique(feats.item, return_inverse=True)[1].reshape(-1)  # each row's file, numbered 0..n_files-1
+    n_files = int(file_index.max()) + 1
     label_group = None
     if cfg.batch_by == "labels":
         label_group = np.unique(feats.targets, axis=0, return_inverse=True)[1].reshape(-1)
-        if len(np.unique(np.stack([feats.item, label_group]), axis=1).T) != len(np.unique(feats.item)):
+        if np.unique(np.stack([file_index, label_group]), axis=1).shape[1] != n_files:
             raise ValueError("batch_by='labels' needs labelled files (one label set per file); these targets vary within files")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,7 @@ def train(
         model = load_checkpoint(ckpt)
         start = state["epoch"]
     else:
-        n_classes = len(np.unique(feats.item)) if cfg.classes == "files" else feats.targets.shape[1]
+        n_classes = n_files if cfg.classes == "files" else feats.targets.shape[1]
         model = CRNNH(cfg.bits, n_classes, grid=grid, n_select=cfg.n_select, hidden=cfg.hidden,
                       channels=feats.clean.shape[2], select=cfg.select)
         if cfg.select == "similarity":  # ranked once, on (a sample of) the training windows
@@ -117,7 +119,7 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.classes == "files":
         multilabel = False
-        targets = torch.from_numpy(np.unique(feats.item, return_inverse=True)[1].astype(np.int64).reshape(-1))
+        targets = torch.from_numpy(file_index.astype(np.int64))
     else:
         targets = torch.from_numpy(feats.targets) if multilabel else torch.from_numpy(feats.targets.argmax(1))
     loss_fn = CRNNHLoss(cfg.lambda_q, cfg.lambda_b, cfg.lambda_p, multilabel=multilabel, lambda_s=cfg.lambda_s,
