@@ -57,7 +57,7 @@ from queries import (  # noqa: E402
     threshold_table,
 )
 
-from musichash.audio import SAMPLE_RATE  # noqa: E402
+from musichash.features.audio import SAMPLE_RATE  # noqa: E402
 
 ITEM_S = 1365 / 11025  # chromaprint's hop: FRAME_SIZE 4096 with OVERLAP 4096 - 4096 / 3, at 11025 Hz
 DEFAULT_BER = 0.35

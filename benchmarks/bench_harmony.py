@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from musichash import chroma  # noqa: E402
-from musichash.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from musichash.features import chroma  # noqa: E402
+from musichash.features.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from musichash.indexer import pipeline  # noqa: E402
 from musichash.library import Clip, Library  # noqa: E402
 

@@ -30,8 +30,8 @@ from musichash.models import DEFAULT_CODE_MODEL  # noqa: E402
 def stages(path: Path, code_model: str) -> dict:
     import torch
 
-    from musichash.audio import SAMPLE_RATE, iter_audio_blocks, iter_mel_blocks
-    from musichash.indexer.encoder import LIBRARY_HOP, CodeModel
+    from musichash.features.audio import SAMPLE_RATE, iter_audio_blocks, iter_mel_blocks
+    from musichash.models.encoder import LIBRARY_HOP, CodeModel
 
     # the front end's first use imports librosa and builds the filterbank (about a second): once per process
     np.concatenate(list(iter_mel_blocks(iter([np.zeros(SAMPLE_RATE, np.float32)]))))

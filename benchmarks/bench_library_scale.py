@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_scale  # noqa: E402
 from common import machine, peak_rss_mb  # noqa: E402
 
-from musichash import augment  # noqa: E402
-from musichash.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from musichash.chroma import pack  # noqa: E402
+from musichash.train import augment  # noqa: E402
+from musichash.features.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from musichash.features.chroma import pack  # noqa: E402
 from musichash.indexer.store import TrackRecord  # noqa: E402
 from musichash.library import Clip, Library  # noqa: E402
 

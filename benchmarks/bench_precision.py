@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_harmony import ten_second_clips  # noqa: E402
 from common import machine  # noqa: E402
 
-from musichash.audio import load_audio, log_mel  # noqa: E402
-from musichash.indexer.encoder import CodeModel  # noqa: E402
+from musichash.features.audio import load_audio, log_mel  # noqa: E402
+from musichash.models.encoder import CodeModel  # noqa: E402
 from musichash.library import Library  # noqa: E402
 
 PRECISIONS = ("float32", "bfloat16")

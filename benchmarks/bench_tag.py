@@ -58,7 +58,7 @@ def make_long_file(path: Path, minutes: float, demo: Path) -> str:
 def child(model: str, audio: str, device: str) -> None:
     import torch
 
-    from musichash.tagging import Tagger
+    from musichash.models.tagging import Tagger
 
     t0 = time.perf_counter()
     tagger = Tagger(model, device)

@@ -104,7 +104,7 @@ def ground_truth(rows: list[dict], vocabulary: tuple[str, ...]) -> tuple[list[st
 
 def run(manifest: Path, work: Path, minutes: float, held_out: int, seed: int, models: list[str],
         device: str | None) -> dict:
-    from musichash.tagging import Tagger
+    from musichash.models.tagging import Tagger
 
     # cut_corpus names each cut after its track's id
     rows = {r["id"].replace("/", "__"): r for r in map(json.loads, filter(str.strip, manifest.read_text().splitlines()))}

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musichash.indexer.encoder import _load_binarizer
+from musichash.models.encoder import _load_binarizer
 from musichash.models.registry import get_spec
 from musichash.train.cache import Features, load_cache
 from musichash.train.data import load_dataset

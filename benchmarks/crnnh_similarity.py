@@ -8,7 +8,7 @@ feature cache, and is scored on up to 16 evenly spaced clean windows of each
 held-out file:
 
 - ``mAP@R``: each window a query against the windows of the other held-out
-  files, relevance a shared label (``musichash.evaluate.score``, as
+  files, relevance a shared label (``musichash.train.evaluate.score``, as
   ``musichash evaluate`` scores);
 - ``view->window``: ``val_top1`` of the training loop's ``validate_codes`` on
   all held-out windows (a degraded view's code finds its own clean window).
@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musichash.evaluate import score, tie_order
-from musichash.indexer.binarize import Binarizer
+from musichash.train.evaluate import score, tie_order
+from musichash.train import fit_binarizer
+from musichash.models.binarizer import Binarizer
 from musichash.models.crnnh import load_checkpoint
 from musichash.train.cache import load_cache
 from musichash.train.data import Dataset, load_dataset
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     ref = score(x, lab, item, tiebreak=tiebreak)
     results = {"float (pool5, cosine)": ref.map_at_r}
     for kind in ("lsh", "itq"):
-        codes = Binarizer.fit(x, args.bits, kind=kind, seed=0, feature="pool5").encode(x)
+        codes = fit_binarizer.fit(x, args.bits, kind=kind, seed=0, feature="pool5").encode(x)
         results[f"{kind}-{args.bits} (fitted on the scored windows)"] = score(codes, lab, item, tiebreak=tiebreak).map_at_r
     all_held = np.flatnonzero(held)
     interim = interim_codes(args.bits)

@@ -24,7 +24,7 @@ from eval_engine import score_dedup  # noqa: E402
 
 from musichash.library import Library  # noqa: E402
 from musichash.search import engine  # noqa: E402
-from musichash.search.recording import SAME_RECORDING, Spectra, agreement  # noqa: E402
+from musichash.features.spectra import SAME_RECORDING, Spectra, spectrogram_agreement  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     spectra, rows = Spectra(size=len(tracks)), []
     t0 = time.perf_counter()
     for p in best.values():
-        agree = agreement(spectra.get(tracks[p.a].path), spectra.get(tracks[p.b].path), p.offset_s, p.rate)
+        agree = spectrogram_agreement(spectra.get(tracks[p.a].path), spectra.get(tracks[p.b].path), p.offset_s, p.rate)
         rows.append({"a": names[p.a], "b": names[p.b], "same": family(names[p.a]) == family(names[p.b]),
                      "code_score": p.score, "agreement": agree})
     check_s = time.perf_counter() - t0

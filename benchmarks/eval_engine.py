@@ -54,8 +54,8 @@ from queries import (  # noqa: E402
     threshold_table,
 )
 
-from musichash import augment  # noqa: E402
-from musichash.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from musichash.train import augment  # noqa: E402
+from musichash.features.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from musichash.library import Clip, Library  # noqa: E402
 from musichash.search import engine  # noqa: E402
 

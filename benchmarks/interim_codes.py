@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musichash import augment
-from musichash.audio import SAMPLE_RATE, load_audio, log_mel
-from musichash.indexer.binarize import Binarizer
+from musichash.train import augment
+from musichash.features.audio import SAMPLE_RATE, load_audio, log_mel
+from musichash.train import fit_binarizer
+from musichash.models.binarizer import Binarizer
 from musichash.models import build_backbone
 from musichash.search.faiss_index import hamming_knn
 from musichash.search.vote import SegmentHits, vote
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     seg_track, seg_time, lib = library_features(tracks, lib_tracks, models, cache)
     print(f"library: {len(seg_track)} segments ({time.time() - t0:.0f}s, cache {cache})", file=sys.stderr)
 
-    binz = {f: Binarizer.fit(lib[f], bits=BITS, kind="itq", seed=args.seed, feature=f) for f in feats_used}
+    binz = {f: fit_binarizer.fit(lib[f], bits=BITS, kind="itq", seed=args.seed, feature=f) for f in feats_used}
     xb = {f: binz[f].encode(lib[f]) for f in feats_used}
 
     queries = draw_queries(tracks, lib_tracks, held_out, args.queries, args.out_queries, rng)

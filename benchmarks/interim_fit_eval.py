@@ -43,9 +43,10 @@ from interim_codes import (  # noqa: E402  (benchmarks/interim_codes.py)
 
 from fit_interim import window_features as pool5  # noqa: E402  (the fit's own feature extraction)
 
-from musichash import augment  # noqa: E402
-from musichash.audio import SAMPLE_RATE  # noqa: E402
-from musichash.indexer.binarize import Binarizer  # noqa: E402
+from musichash.train import augment  # noqa: E402
+from musichash.features.audio import SAMPLE_RATE  # noqa: E402
+from musichash.train import fit_binarizer
+from musichash.models.binarizer import Binarizer  # noqa: E402
 from musichash.models import build_backbone  # noqa: E402
 from musichash.search.faiss_index import hamming_knn  # noqa: E402
 from musichash.search.vote import SegmentHits, vote  # noqa: E402
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{[tracks[i][0] for i in s['held_out']]} ({time.time() - t0:.0f}s)", file=sys.stderr)
         models = [(name, Binarizer.load(path)) for name, path in named]
         if args.library_itq:
-            models.append(("itq on library (shortcut)", Binarizer.fit(s["lib"], 64, "itq", seed=seed)))
+            models.append(("itq on library (shortcut)", fit_binarizer.fit(s["lib"], 64, "itq", seed=seed)))
         for name, b in models:
             res, o = evaluate(b, s)
             for k, v in res.items():

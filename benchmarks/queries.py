@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from musichash import augment
-from musichash.audio import SAMPLE_RATE, load_audio
+from musichash.train import augment
+from musichash.features.audio import SAMPLE_RATE, load_audio
 from musichash.search.vote import calibrate_threshold
 
 STRETCH_ROOM = 1.06  # an excerpt is cut this much longer than asked, so a slowed-down one still fills it
@@ -94,7 +94,7 @@ class Outcome:
     score: float
     latency_s: float
     clip: str = ""  # clip_id of the excerpt: two systems' outcomes can be checked query for query
-    chroma: float | None = None  # harmony agreement with the top track (musichash.chroma); None: not checked
+    chroma: float | None = None  # harmony agreement with the top track (musichash.features.chroma); None: not checked
 
 
 def matched(o: Outcome, t: float, tc: float | None) -> bool:

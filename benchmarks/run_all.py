@@ -316,7 +316,7 @@ def render(run: dict, data: dict, figures: dict[str, Path], out: Path) -> str:
                f"Query set `{qs['name']}`: excerpts of {', '.join(f'{x:g}' for x in qs['lengths'])} s at a random offset "
                f"of a library track, {e['queries_per_cell']} per length x degradation (seed {e['seed']}); "
                f"out-of-library clips of the held-out tracks under {', '.join(qs['out_conditions'])}. "
-               f"Degradations (`musichash.augment`): {conds}.\n"]
+               f"Degradations (`musichash.train.augment`): {conds}.\n"]
         if cp:
             md += [bench_chromaprint.render_intro(cp) + "\n", same_queries(e, cp) + "\n"]
         if "hit_rate" in rel:

@@ -83,8 +83,8 @@ def tag(files: tuple[Path, ...], model: str, top: int, as_json: bool, device: st
     """
     from tqdm import tqdm
 
-    from musichash.audio import AudioError, audio_info
-    from musichash.tagging import Tagger
+    from musichash.features.audio import AudioError, audio_info
+    from musichash.models.tagging import Tagger
 
     tagger = Tagger(model, device)
     show_bar = not (quiet or as_json) and sys.stderr.isatty()
@@ -511,9 +511,10 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
     sharing a label. Methods: float backbone features (cosine), LSH and ITQ
     on them, the interim codes, and the --code-model ones.
     """
-    from musichash.eval_run import EvalConfig, evaluate as run, report_json, report_lines
-    from musichash.evaluate import DEFAULT_K
     from musichash.train.data import guess_layout, load_dataset
+    from musichash.train.eval_run import EvalConfig, report_json, report_lines
+    from musichash.train.eval_run import evaluate as run
+    from musichash.train.evaluate import DEFAULT_K
 
     dataset = load_dataset(data, guess_layout(data) if layout == "auto" else layout)
     cfg = EvalConfig(bits=tuple(sorted({int(b) for b in bits})) or (16, 32, 64), code_models=code_models,
@@ -566,6 +567,7 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s, lambda_p, batches, classes, cache, seed,
           resume, as_json, quiet):
     """Train a CRNNH code model on DATA; backbone features are cached so epochs need no audio."""
+    _need_train_extra()
     from musichash.train.cache import CacheConfig
     from musichash.train.data import load_dataset
     from musichash.train.loop import TrainConfig
@@ -601,6 +603,15 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s,
     else:
         click.echo(f"{report.checkpoint}: CRNNH, {bits} bits, trained on {report.windows} windows of {report.files} files; "
                    f"use it with: musichash index --code-model {report.checkpoint} ...")
+
+
+def _need_train_extra() -> None:
+    """Training degrades audio with pedalboard and scipy, which a plain ``pip install musichash`` leaves out."""
+    import importlib.util
+
+    missing = [m for m in ("pedalboard", "scipy") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MusichashError(f"musichash train needs {' and '.join(missing)}: pip install 'musichash[train]'")
 
 
 def _duration(seconds: float) -> str:

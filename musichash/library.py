@@ -24,15 +24,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musichash import chroma
-from musichash.audio import SAMPLE_RATE, AudioError, iter_audio_blocks, iter_mel_blocks, log_mel
+from musichash.devices import faiss_device
 from musichash.errors import MusichashError
-from musichash.indexer.encoder import LIBRARY_HOP, CodeModel, Encoded, query_hop
+from musichash.features import chroma, spectra
+from musichash.features.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    iter_audio_blocks,
+    iter_mel_blocks,
+    log_mel,
+)
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
-from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, ModelMismatchError, Track
+from musichash.indexer.store import (
+    LibraryError,
+    LibraryStats,
+    LibraryStore,
+    ModelMismatchError,
+    Track,
+)
 from musichash.models import DEFAULT_CODE_MODEL, ModelError, get_spec, tag_names
+from musichash.models.encoder import LIBRARY_HOP, CodeModel, Encoded, query_hop
 from musichash.models.registry import weights_digest
-from musichash.search import engine, recording
+from musichash.models.tagging import TagScore
+from musichash.search import engine
 from musichash.search.cache import SearchIndex, load_or_build, read_config, write_config
 from musichash.search.faiss_index import IndexConfig
 from musichash.search.results import (
@@ -44,7 +58,6 @@ from musichash.search.results import (
     SimilarResult,
 )
 from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, TrackVote, match_decision
-from musichash.tagging import TagScore
 
 #: shortest query clip, seconds (one 3 s window)
 MIN_CLIP_S = 3.0
@@ -196,7 +209,7 @@ class Library:
     def search_index(self, *, force: bool = False) -> SearchIndex:
         """The FAISS index of the library's codes, loaded from ``index/`` or rebuilt if stale."""
         if force or self._index is None or self._index.stamp != self.store.stamp():
-            self._index = load_or_build(self.store, _faiss_device(self.device), force=force)
+            self._index = load_or_build(self.store, faiss_device(self.device), force=force)
         return self._index
 
     # ------------------------------------------------------------------ writes
@@ -290,12 +303,12 @@ class Library:
         return [head[best], *(v for i, v in enumerate(votes) if i != best)], best_agree
 
     def harmony(self, enc: Encoded, vote: TrackVote) -> float | None:
-        """``chroma.agreement`` of an encoded clip (``harmony=True``) with a voted track at the vote's
+        """``chroma.harmony_agreement`` of an encoded clip (``harmony=True``) with a voted track at the vote's
         alignment; None when the track has no chroma (indexed before musichash kept it)."""
         packed = self.store.get_chroma(vote.track_id)
         if packed is None or enc.chroma is None:
             return None
-        return chroma.agreement(enc.chroma, chroma.unpack(packed), vote.offset_s, vote.rate)
+        return chroma.harmony_agreement(enc.chroma, chroma.unpack(packed), vote.offset_s, vote.rate)
 
     def search(
         self,
@@ -409,12 +422,12 @@ class Library:
     def _same_recording(pairs, tracks, progress) -> list[engine.DuplicatePair]:
         """The pairs whose audio agrees along their alignment (or cannot be read): each pair's best alignment only."""
         best = engine.best_pairs(pairs)
-        spectra = recording.Spectra()
+        cache = spectra.Spectra()
         kept = []
         for done, p in enumerate(sorted(best.values(), key=lambda p: (p.a, p.b)), 1):
-            a, b = spectra.get(tracks[p.a].path), spectra.get(tracks[p.b].path)
-            agree = None if a is None or b is None else recording.agreement(a, b, p.offset_s, p.rate)
-            if agree is None or agree >= recording.SAME_RECORDING:
+            a, b = cache.get(tracks[p.a].path), cache.get(tracks[p.b].path)
+            agree = None if a is None or b is None else spectra.spectrogram_agreement(a, b, p.offset_s, p.rate)
+            if agree is None or agree >= spectra.SAME_RECORDING:
                 kept.append(p)
             if progress:
                 progress(done, len(best))
@@ -528,7 +541,4 @@ class Library:
             raise QueryError(f"{seed}: {e.reason}") from None
         return enc.track_code, enc.codes, enc.times, None, enc.duration_s
 
-
-def _faiss_device(device: str) -> str:
-    return "cpu" if device == "cpu" else ("cuda" if str(device).startswith("cuda") else "auto")
 

@@ -1,4 +1,4 @@
-"""Decoding, error reporting and the mel front end of musichash.audio.
+"""Decoding, error reporting and the mel front end of musichash.features.audio.
 
 All audio is synthesised here (harmonic tones plus noise, fixed seed) and
 written into ``tmp_path``; compressed formats come from soundfile or the
@@ -20,7 +20,8 @@ import soundfile as sf
 import soxr
 import torch
 
-from musichash.audio import (
+from musichash.errors import MusichashError
+from musichash.features.audio import (
     HOP,
     N_MELS,
     SAMPLE_RATE,
@@ -40,7 +41,6 @@ from musichash.audio import (
     load_audio,
     log_mel,
 )
-from musichash.errors import MusichashError
 
 SEED = 1338
 NATIVE_SR = 44100

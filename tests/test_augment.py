@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from musichash import augment as A
+from musichash.train import augment as A
 
 SR = A.SAMPLE_RATE
 

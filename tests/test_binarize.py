@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from musichash.errors import MusichashError
-from musichash.indexer.binarize import (
+from musichash.models.binarizer import (
     BITS,
     KINDS,
     Binarizer,
@@ -14,6 +14,7 @@ from musichash.indexer.binarize import (
     hamming,
     unpack,
 )
+from musichash.train import fit_binarizer
 
 N, D, RANK, CLUSTERS = 1000, 128, 32, 20
 
@@ -42,7 +43,7 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def fitted(data) -> dict[str, Binarizer]:
     x, _ = data
-    return {kind: Binarizer.fit(x, 32, kind, seed=0, feature="synthetic") for kind in KINDS}
+    return {kind: fit_binarizer.fit(x, 32, kind, seed=0, feature="synthetic") for kind in KINDS}
 
 
 def precision_at_10(codes: np.ndarray, labels: np.ndarray) -> float:
@@ -61,7 +62,7 @@ def precision_at_10(codes: np.ndarray, labels: np.ndarray) -> float:
 @pytest.mark.parametrize("bits", BITS)
 def test_codes_are_packed_and_match_projection_signs(data, kind, bits):
     x = data[0][:200]
-    b = Binarizer.fit(x, bits, kind, seed=0, n_iter=3)
+    b = fit_binarizer.fit(x, bits, kind, seed=0, n_iter=3)
     codes = b.encode(x)
     proj = b.project(x)
     assert codes.dtype == np.uint8 and codes.shape == (200, bits // 8)
@@ -156,8 +157,8 @@ def test_noisy_copy_stays_within_a_few_bits(fitted, data, kind):
 def test_standardize_makes_codes_invariant_to_feature_scales(data):
     x = data[0][:300]
     scales = np.random.default_rng(3).uniform(0.01, 100.0, D).astype(np.float32)
-    a = Binarizer.fit(x, 32, "itq", seed=0, standardize=True)
-    b = Binarizer.fit(x * scales, 32, "itq", seed=0, standardize=True)
+    a = fit_binarizer.fit(x, 32, "itq", seed=0, standardize=True)
+    b = fit_binarizer.fit(x * scales, 32, "itq", seed=0, standardize=True)
     assert not np.allclose(b.scale, 1.0)
     agree = (unpack(a.encode(x)) == unpack(b.encode(x * scales))).mean()
     assert agree >= 0.99
@@ -170,12 +171,12 @@ def test_standardize_makes_codes_invariant_to_feature_scales(data):
 @pytest.mark.parametrize("kind", KINDS)
 def test_fit_is_deterministic_for_a_seed(data, kind):
     x = data[0][:300]
-    a = Binarizer.fit(x, 32, kind, seed=7, n_iter=10)
-    b = Binarizer.fit(x, 32, kind, seed=7, n_iter=10)
+    a = fit_binarizer.fit(x, 32, kind, seed=7, n_iter=10)
+    b = fit_binarizer.fit(x, 32, kind, seed=7, n_iter=10)
     for name in ("mean", "scale", "components", "rotation"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     if kind != "pca_sign":
-        c = Binarizer.fit(x, 32, kind, seed=8, n_iter=10)
+        c = fit_binarizer.fit(x, 32, kind, seed=8, n_iter=10)
         assert not np.array_equal(a.encode(x), c.encode(x))
 
 
@@ -213,7 +214,7 @@ def test_load_missing_file(tmp_path):
     with pytest.raises(BinarizerError) as e:
         Binarizer.load(path)
     assert str(e.value) == (
-        f"{path}: binarizer file not found; fit one with Binarizer.fit(...) and save it there"
+        f"{path}: binarizer file not found; fit one with musichash.train.fit_binarizer.fit(...) and save it there"
     )
     assert isinstance(e.value, MusichashError)
 
@@ -263,7 +264,7 @@ def test_encode_wrong_dimension(fitted, data):
         (
             {"kind": "lda_itq"},
             "an lda_itq binarizer is fitted on clean and degraded pairs;"
-            " use Binarizer.fit_pairs(x_clean, x_aug, bits)",
+            " use fit_binarizer.fit_pairs(x_clean, x_aug, bits)",
         ),
         (
             {"x": np.zeros((10, 128), np.float32)},
@@ -284,7 +285,7 @@ def test_encode_wrong_dimension(fitted, data):
 def test_fit_rejects_bad_arguments(data, kwargs, message):
     args = {"x": data[0], "bits": 32, "kind": "itq"} | kwargs
     with pytest.raises(BinarizerError) as e:
-        Binarizer.fit(**args)
+        fit_binarizer.fit(**args)
     assert str(e.value) == message
 
 
@@ -314,8 +315,8 @@ def pairs() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("bits", [16, 32])
 def test_lda_itq_keeps_degraded_copies_closer_than_itq(pairs, bits):
     x, x_aug = pairs
-    robust = Binarizer.fit_pairs(x, x_aug, bits, seed=0)
-    plain = Binarizer.fit(x, bits, "itq", seed=0)
+    robust = fit_binarizer.fit_pairs(x, x_aug, bits, seed=0)
+    plain = fit_binarizer.fit(x, bits, "itq", seed=0)
     test, test_aug = nuisance_pairs(seed=4, n=500)  # fresh pairs: not the fit data
     d_robust = hamming(robust.encode(test), robust.encode(test_aug)).mean()
     d_plain = hamming(plain.encode(test), plain.encode(test_aug)).mean()
@@ -329,8 +330,8 @@ def test_lda_itq_tends_to_itq_as_the_ridge_grows(data):
     is plain PCA, so the projection spans the same subspace as ITQ's."""
     x = data[0]
     x_aug = x + 0.01 * np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
-    robust = Binarizer.fit_pairs(x, x_aug, 16, seed=0, ridge=1e4)
-    plain = Binarizer.fit(x, 16, "itq", seed=0)
+    robust = fit_binarizer.fit_pairs(x, x_aug, 16, seed=0, ridge=1e4)
+    plain = fit_binarizer.fit(x, 16, "itq", seed=0)
     q1 = np.linalg.qr(robust.components)[0]
     q2 = np.linalg.qr(plain.components)[0]
     cosines = np.linalg.svd(q1.T @ q2, compute_uv=False)
@@ -339,7 +340,7 @@ def test_lda_itq_tends_to_itq_as_the_ridge_grows(data):
 
 def test_lda_itq_saves_and_loads_with_its_ridge(tmp_path, pairs):
     x, x_aug = pairs
-    b = Binarizer.fit_pairs(x, x_aug, 32, seed=5, n_iter=10, ridge=0.2, feature="pool5")
+    b = fit_binarizer.fit_pairs(x, x_aug, 32, seed=5, n_iter=10, ridge=0.2, feature="pool5")
     b.save(tmp_path / "lda.safetensors")
     loaded = Binarizer.load(tmp_path / "lda.safetensors")
     np.testing.assert_array_equal(loaded.encode(x_aug), b.encode(x_aug))
@@ -350,8 +351,8 @@ def test_lda_itq_saves_and_loads_with_its_ridge(tmp_path, pairs):
 
 def test_lda_itq_is_deterministic_and_balanced(pairs):
     x, x_aug = pairs
-    a = Binarizer.fit_pairs(x, x_aug, 32, seed=1)
-    b = Binarizer.fit_pairs(x, x_aug, 32, seed=1)
+    a = fit_binarizer.fit_pairs(x, x_aug, 32, seed=1)
+    b = fit_binarizer.fit_pairs(x, x_aug, 32, seed=1)
     np.testing.assert_array_equal(a.encode(x), b.encode(x))
     assert np.abs(unpack(a.encode(x)).mean(axis=0) - 0.5).max() < 0.1
 
@@ -376,5 +377,5 @@ def test_lda_itq_is_deterministic_and_balanced(pairs):
 def test_fit_pairs_rejects_bad_arguments(pairs, kwargs, message):
     args = {"x_clean": pairs[0], "x_aug": pairs[1], "bits": 32} | kwargs
     with pytest.raises(BinarizerError) as e:
-        Binarizer.fit_pairs(**args)
+        fit_binarizer.fit_pairs(**args)
     assert str(e.value) == message

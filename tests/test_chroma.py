@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from musichash import chroma
 from musichash.cli import cli
+from musichash.features import chroma
 from musichash.library import Clip, Library
 
 SR = 16000
@@ -75,17 +75,17 @@ def test_agreement_follows_the_alignment_pitch_and_harmony():
     track = chroma.track_bits(progression(SONG_A))
     a = progression(SONG_A)
     clip = chroma.clip_chroma([a[int(5.2 * SR) : int(13.2 * SR)]])
-    right = chroma.agreement(clip, track, 5.2)
+    right = chroma.harmony_agreement(clip, track, 5.2)
     assert right > 0.8
-    assert chroma.agreement(clip, track, 5.2 + 0.6) == pytest.approx(right, abs=0.05)  # within the slack
-    assert chroma.agreement(clip, track, 0.0) < right - 0.3  # elsewhere in the track
+    assert chroma.harmony_agreement(clip, track, 5.2 + 0.6) == pytest.approx(right, abs=0.05)  # within the slack
+    assert chroma.harmony_agreement(clip, track, 0.0) < right - 0.3  # elsewhere in the track
     up = progression(SONG_A, semitones=1.0)[int(5.2 * SR) : int(13.2 * SR)]
-    assert chroma.agreement(chroma.clip_chroma([up]), track, 5.2) > 0.8  # pitched up a semitone
+    assert chroma.harmony_agreement(chroma.clip_chroma([up]), track, 5.2) > 0.8  # pitched up a semitone
     other = progression(SONG_B, minor=True)[int(5.2 * SR) : int(13.2 * SR)]
-    assert chroma.agreement(chroma.clip_chroma([other]), track, 5.2) < 0.5
+    assert chroma.harmony_agreement(chroma.clip_chroma([other]), track, 5.2) < 0.5
     fast = a[int(5.2 * SR) : int(13.2 * SR) : 2]  # twice as fast: rate 2 (pitch up an octave)
-    assert chroma.agreement(chroma.clip_chroma([fast]), track, 5.2, rate=2.0) > 0.8
-    assert chroma.agreement(clip, track, 40.0) is None  # past the track's end: nothing to compare
+    assert chroma.harmony_agreement(chroma.clip_chroma([fast]), track, 5.2, rate=2.0) > 0.8
+    assert chroma.harmony_agreement(clip, track, 40.0) is None  # past the track's end: nothing to compare
 
 
 @pytest.fixture

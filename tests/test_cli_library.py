@@ -4,10 +4,9 @@ import json
 import re
 
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 from synth import SR, make_song, write_song
-
-import soundfile as sf
 
 from musichash.cli import cli
 from musichash.library import Library

@@ -227,8 +227,8 @@ def test_shipped_crnnh_models_load_and_encode(bits):
     import json
     from importlib import resources
 
-    from musichash.audio import log_mel
-    from musichash.indexer.encoder import CodeModel
+    from musichash.features.audio import log_mel
+    from musichash.models.encoder import CodeModel
 
     model = CodeModel(f"crnnh{bits}")
     t = np.arange(16000 * 6) / 16000
@@ -255,10 +255,11 @@ def test_shipped_crnnh_models_load_and_encode(bits):
 
 def test_bfloat16_codes_of_crnnh64_keep_their_bits(monkeypatch):
     """The default precision's codes (bfloat16 convolutions on CPUs that have them) against the float32 port's."""
-    from musichash.audio import log_mel
-    from musichash.indexer.encoder import CodeModel
-    from musichash.models import registry
     from synth import make_song
+
+    from musichash.features.audio import log_mel
+    from musichash.models import registry
+    from musichash.models.encoder import CodeModel
 
     monkeypatch.delenv("MUSICHASH_PRECISION", raising=False)
     monkeypatch.setattr(registry, "_cpu_has_bf16", lambda: True)

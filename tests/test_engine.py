@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 from synth import SR, make_song, write_song
 
-from musichash.indexer.encoder import FRAME_S, LIBRARY_HOP
 from musichash.indexer.store import ModelMismatchError
 from musichash.library import Clip, Library, QueryError
+from musichash.models.encoder import FRAME_S, LIBRARY_HOP
 from musichash.search.cache import INDEX_DIR
 
 MODEL = "unittest_hash"
@@ -118,7 +118,7 @@ def test_search_finds_a_track_by_its_own_audio(music, lib_dir):
 
 def test_query_windows_are_half_as_dense_from_8_s(music, lib_dir, tmp_path):
     """Short clips keep windows every 0.256 s; from 8 s on every 0.512 s, the same windows' codes."""
-    from musichash.indexer.encoder import LONG_QUERY_HOP, QUERY_HOP, query_hop
+    from musichash.models.encoder import LONG_QUERY_HOP, QUERY_HOP, query_hop
 
     assert (query_hop(3.0), query_hop(7.99), query_hop(8.0), query_hop(600.0)) == (16, 16, 32, 32)
     index(lib_dir, music)
@@ -329,9 +329,9 @@ def _register(monkeypatch, name, weights, segment_weights=None, bits=32):
 
 def test_two_heads_segment_codes_from_one_track_code_from_the_other(music, tmp_path, monkeypatch):
     """A model with a segment head: its segment codes are that head's, its track code the other head's."""
-    from musichash.audio import load_audio, log_mel
-    from musichash.indexer.encoder import CodeModel
+    from musichash.features.audio import load_audio, log_mel
     from musichash.models import ModelError
+    from musichash.models.encoder import CodeModel
 
     track, seg = _tiny_head(tmp_path / "track.safetensors", 1), _tiny_head(tmp_path / "seg.safetensors", 2)
     _register(monkeypatch, "t_split", track, seg)
@@ -360,8 +360,8 @@ def test_crnnh_codes_from_resized_maps_equal_codes_from_cut_windows(music, tmp_p
     """The encoder hands CRNNH maps resized by the backbone; the codes are those of the cut windows."""
     import torch
 
-    from musichash.audio import load_audio, log_mel
-    from musichash.indexer.encoder import CodeModel
+    from musichash.features.audio import load_audio, log_mel
+    from musichash.models.encoder import CodeModel
 
     _register(monkeypatch, "t_one", _tiny_head(tmp_path / "h.safetensors", 4))
     model = CodeModel("t_one")

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from synth import write_song
 
 from musichash.cli import cli
-from musichash.evaluate import (
+from musichash.train.data import DatasetError, guess_layout, load_dataset
+from musichash.train.evaluate import (
     MapAtR,
     RadiusPrecision,
     cosine_distances,
@@ -22,7 +23,6 @@ from musichash.evaluate import (
     score,
     tie_order,
 )
-from musichash.train.data import DatasetError, guess_layout, load_dataset
 
 T, F = True, False
 

@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
+from musichash.devices import DeviceError
 from musichash.search.faiss_index import (
     INDEX_TYPES,
     MISSING_DISTANCE,
@@ -314,7 +315,7 @@ def test_bits_not_a_multiple_of_8_raises():
 
 def test_cuda_without_gpu_support_raises(ds64, monkeypatch):
     monkeypatch.delattr(faiss, "GpuIndexBinaryFlat", raising=False)
-    with pytest.raises(SearchError) as exc:
+    with pytest.raises(DeviceError) as exc:
         BinaryIndex.build(ds64.xb, device="cuda")
     assert str(exc.value) == (
         "device 'cuda' asked for, but the installed FAISS has no GPU support (faiss-cpu); "
@@ -326,7 +327,7 @@ def test_cuda_without_gpu_support_raises(ds64, monkeypatch):
 def test_cuda_without_visible_gpu_raises(ds64, monkeypatch):
     monkeypatch.setattr(faiss, "GpuIndexBinaryFlat", object, raising=False)
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
-    with pytest.raises(SearchError) as exc:
+    with pytest.raises(DeviceError) as exc:
         BinaryIndex.build(ds64.xb, device="cuda")
     assert str(exc.value) == (
         "device 'cuda' asked for, but FAISS sees no GPU; check the CUDA driver and "

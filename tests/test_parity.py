@@ -119,7 +119,7 @@ def test_end_to_end_from_the_audio_file(model, clip):
     resamplers differ slightly (soxr streaming vs librosa.load), so the
     bound is looser than the network's 1e-4: measured max 0.0015.
     """
-    from musichash.audio import load_audio, log_mel
+    from musichash.features.audio import load_audio, log_mel
 
     path = Path(clip["path"])
     if not path.is_file():

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np, librosa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from queries import cut_corpus, draw_queries
-from musichash.audio import load_audio, SAMPLE_RATE as SR
+from musichash.features.audio import load_audio, SAMPLE_RATE as SR
 manifest, work, minutes, held_out, qset = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 P = pickle.load(open(work / "dump.pkl", "rb")); T = P["tracks"]
 lib_files, held = cut_corpus(manifest, work / "audio", minutes, held_out, 0)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from queries import draw_queries  # noqa: E402
 from scale_top1 import first, open_libraries  # noqa: E402
 
-from musichash.indexer.encoder import FRAME_S  # noqa: E402
+from musichash.models.encoder import FRAME_S  # noqa: E402
 from musichash.library import Clip  # noqa: E402
 
 

@@ -20,7 +20,7 @@ random offset of up to half a library hop, the misalignment a query window
 has from its nearest library segment.
 
 ``--kind lda_itq`` (the default, what ships) fits
-``Binarizer.fit_pairs(clean, degraded)``; ``--kind itq`` fits plain ITQ on the
+``fit_binarizer.fit_pairs(clean, degraded)``; ``--kind itq`` fits plain ITQ on the
 clean segments (the baseline). Outputs go to ``--out``:
 ``interim_vgg_itq{bits}.safetensors`` for each of ``BITS`` and
 ``interim_codes.json`` (provenance and sha256 of each file).
@@ -47,9 +47,10 @@ sys.path.insert(0, str(REPO))
 
 import corpus as corpus_builder  # noqa: E402  (benchmarks/corpus.py)
 
-from musichash import augment  # noqa: E402
-from musichash.audio import SAMPLE_RATE, load_audio, log_mel  # noqa: E402
-from musichash.indexer.binarize import BITS, Binarizer  # noqa: E402
+from musichash.train import augment  # noqa: E402
+from musichash.features.audio import SAMPLE_RATE, load_audio, log_mel  # noqa: E402
+from musichash.train import fit_binarizer
+from musichash.models.binarizer import BITS, Binarizer  # noqa: E402
 from musichash.models import build_backbone  # noqa: E402
 from musichash.models.backbones import WINDOW_FRAMES  # noqa: E402
 
@@ -170,8 +171,8 @@ def extract(tracks: list, root: Path, cache: Path, minutes: float, n_views: int,
 
 def fit(feats: dict[str, np.ndarray], bits: int, kind: str, seed: int, ridge: float) -> Binarizer:
     if kind == "itq":
-        return Binarizer.fit(feats["lib"], bits, kind="itq", seed=seed, feature=FEATURE)
-    return Binarizer.fit_pairs(feats["clean"], feats["aug"], bits, seed=seed, ridge=ridge, feature=FEATURE)
+        return fit_binarizer.fit(feats["lib"], bits, kind="itq", seed=seed, feature=FEATURE)
+    return fit_binarizer.fit_pairs(feats["clean"], feats["aug"], bits, seed=seed, ridge=ridge, feature=FEATURE)
 
 
 def holdout_check(feats: dict[str, np.ndarray], kinds: list[tuple[str, float]], seed: int, bits: int = 64,

@@ -8,7 +8,7 @@ Decisions per file (cheapest first):
   row is pointed at the file, codes kept; same bytes as an 'ok' track whose
   file is still there: an exact copy, noted, and its codes are copied;
 - else decoded (worker processes: decode, resample, log-mel and the
-  track's chroma, ``musichash.chroma``) and encoded (main process: the
+  track's chroma, ``musichash.features.chroma``) and encoded (main process: the
   model, batched over each track's windows).
 
 Every track is committed on its own (``LibraryStore.put_track`` is crash
@@ -32,11 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from musichash import chroma
-from musichash.audio import AudioError, audio_info, iter_audio_blocks, iter_mel_blocks
 from musichash.errors import MusichashError
-from musichash.indexer.encoder import LIBRARY_HOP, CodeModel
+from musichash.features import chroma
+from musichash.features.audio import (
+    AudioError,
+    audio_info,
+    iter_audio_blocks,
+    iter_mel_blocks,
+)
 from musichash.indexer.store import LibraryStore, Track, TrackRecord
+from musichash.models.encoder import LIBRARY_HOP, CodeModel
 
 #: file name endings scanned in folders (files named explicitly are always tried)
 AUDIO_EXTENSIONS = frozenset(

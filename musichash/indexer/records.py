@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import BigInteger, CheckConstraint, Float, Integer, LargeBinary, String, Text, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -83,7 +93,7 @@ class TrackCodes:
     track_code: np.ndarray  # uint8 [bits/8]
     segment_codes: np.ndarray  # uint8 [n, bits/8]
     segment_times: np.ndarray  # float32 [n], segment start in seconds
-    chroma: np.ndarray | None = None  # uint8 [m], musichash.chroma.pack of bool [seconds, 12]
+    chroma: np.ndarray | None = None  # uint8 [m], musichash.features.chroma.pack of bool [seconds, 12]
 
 
 class SegmentTable(NamedTuple):

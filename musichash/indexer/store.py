@@ -10,7 +10,7 @@ A library is a folder::
                  ``tracks/<id>`` per 'ok' track holding
                  ``track_code: uint8 [bits/8]``, ``segment_codes: uint8 [n, bits/8]``,
                  ``segment_times: float32 [n]`` (segment start, seconds), ``chroma:
-                 uint8 [m]`` (``musichash.chroma.pack``; optional: older tracks lack it)
+                 uint8 [m]`` (``musichash.features.chroma.pack``; optional: older tracks lack it)
     index/       FAISS cache, derived from codes.h5 (not managed here)
     .lock        held by the one writer (``fcntl.flock``), holds its PID
 

@@ -37,7 +37,7 @@ CRNNH_BITS = (16, 32, 48, 64, 128)
 #: match and dedup thresholds of the shipped CRNNH models, fitted by data/code_models/train_crnnh.sh on
 #: the third of the fit corpus the models were not trained on (calibration.jsonl): the code score's
 #: (scored with the query's unquantised codes, engine.query_codes' ``relaxed``) and the harmony
-#: check's (``chroma_threshold``, musichash.chroma), fitted together (benchmarks/queries.py,
+#: check's (``chroma_threshold``, musichash.features.chroma), fitted together (benchmarks/queries.py,
 #: ``fit_joint``): of the pairs that reject 97.5 % of out-of-library clips there, the one that matches
 #: the most in-library clips (90 %; each fitted to 95 % on its own, 0.325 and 0.617, they matched 56 %),
 #: with the first tracks re-ranked by harmony (Library.verify). The harmony check does most of the
@@ -198,11 +198,11 @@ def weights_digest(spec: ModelSpec) -> str:
         if w is None:
             h.update(b"seeded")
             continue
-        path = Path(w) if Path(w).is_absolute() else Path(str(resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{w}")))
+        path = weights_file(w)
         try:
             st = path.stat()
         except OSError:
-            raise ModelError(f"weights for {spec.name} are missing ({w}); reinstall musichash") from None
+            raise missing_weights(spec, w) from None
         h.update(_file_digest(str(path), st.st_size, st.st_mtime_ns).encode())
     return h.hexdigest()[:16]
 
@@ -217,12 +217,20 @@ def _file_digest(path: str, _size: int, _mtime_ns: int) -> str:
 @lru_cache(maxsize=None)
 def tag_names(vocabulary: str) -> tuple[str, ...]:
     """The tag vocabulary (``MTT`` or ``MSD``), in the order of the model's outputs."""
-    text = resources.files(WEIGHTS_PACKAGE).joinpath("weights/tags.json").read_text()
+    text = weights_file("tags.json").read_text()
     return tuple(json.loads(text)[vocabulary])
 
 
-def weights_path(spec: ModelSpec):
-    return resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{spec.weights}")
+def weights_file(filename: str) -> Path:
+    """The one weights lookup: a file shipped in ``musichash/models/weights/``, or an absolute path
+    (a trained checkpoint) as it is. The file may not exist; callers say what is missing."""
+    if Path(filename).is_absolute():
+        return Path(filename)
+    return Path(str(resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{filename}")))
+
+
+def missing_weights(spec: ModelSpec, filename: str, fix: str = "reinstall musichash") -> ModelError:
+    return ModelError(f"weights for {spec.name} are missing ({filename}); {fix}")
 
 
 def build_backbone(name: str, device: str | torch.device = "cpu", precision: str = "float32") -> _Backbone:
@@ -240,14 +248,11 @@ def build_backbone(name: str, device: str | torch.device = "cpu", precision: str
         torch.manual_seed(0)
         model = ARCHS[spec.arch](n_tags=n_tags, **spec.config)
     if spec.weights is not None:
-        path = weights_path(spec)
+        path = weights_file(spec.weights)
         if not path.is_file():
-            raise ModelError(
-                f"weights for {name} are missing ({spec.weights}); reinstall musichash, "
-                "or convert them: musichash convert-weights musicnn-0.1.0-py3-none-any.whl"
-            )
-        with resources.as_file(path) as p:
-            state = load_file(str(p))
+            raise missing_weights(spec, spec.weights, "reinstall musichash, or convert them: "
+                                  "musichash convert-weights musicnn-0.1.0-py3-none-any.whl")
+        state = load_file(str(path))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -289,10 +294,3 @@ def _cpu_has_bf16() -> bool:
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    """``None`` or ``"auto"`` picks CUDA when a GPU is usable, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} asked for, but no CUDA GPU is usable here; use --device cpu")
-    return torch.device(device)

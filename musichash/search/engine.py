@@ -14,7 +14,13 @@ import numpy as np
 
 from musichash.bits import asymmetric_distance, hamming
 from musichash.search.cache import SearchIndex
-from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, SegmentHits, TrackVote, match_decision, vote
+from musichash.search.vote import (
+    DEFAULT_MATCH_THRESHOLD,
+    SegmentHits,
+    TrackVote,
+    match_decision,
+    vote,
+)
 
 #: library segments fetched per query window
 DEFAULT_K = 10

@@ -37,15 +37,15 @@ import faiss
 import numpy as np
 
 from musichash.bits import hamming
+from musichash.devices import faiss_device
 from musichash.errors import MusichashError
 
 __all__ = [
-    "DEVICES", "INDEX_TYPES", "MISSING_DISTANCE", "BinaryIndex", "IndexConfig", "SearchError",
-    "hamming_distances", "hamming_knn", "recall_at_k", "resolve_device",
+    "INDEX_TYPES", "MISSING_DISTANCE", "BinaryIndex", "IndexConfig", "SearchError",
+    "hamming_distances", "hamming_knn", "recall_at_k",
 ]
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "multihash")
-DEVICES = ("auto", "cpu", "cuda")
 
 # FAISS pads with INT32_MAX (flat) or INT32_MIN (hnsw); one value for all kinds
 # keeps "smaller is better" sorting correct.
@@ -116,36 +116,6 @@ class IndexConfig:
     @property
     def nbytes(self) -> int:
         return self.bits // 8
-
-
-def _faiss_has_gpu() -> bool:
-    return hasattr(faiss, "GpuIndexBinaryFlat")
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` → ``"cuda"`` if FAISS can use a GPU, else ``"cpu"``.
-
-    Asking for ``"cuda"`` when FAISS cannot use one raises ``SearchError``.
-    """
-    if device not in DEVICES:
-        raise SearchError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
-    if device == "cpu":
-        return "cpu"
-    if not _faiss_has_gpu():
-        if device == "cuda":
-            raise SearchError(
-                "device 'cuda' asked for, but the installed FAISS has no GPU support "
-                "(faiss-cpu); install faiss-gpu, or use --device cpu"
-            )
-        return "cpu"
-    if faiss.get_num_gpus() < 1:
-        if device == "cuda":
-            raise SearchError(
-                "device 'cuda' asked for, but FAISS sees no GPU; check the CUDA driver "
-                "and CUDA_VISIBLE_DEVICES, or use --device cpu"
-            )
-        return "cpu"
-    return "cuda"
 
 
 def _check_codes(x: np.ndarray, bits: int, what: str) -> np.ndarray:
@@ -324,7 +294,7 @@ class BinaryIndex:
         codes = _check_codes(codes, config.bits, "codes")
         n = codes.shape[0]
         ids = cls._check_ids(ids, n)
-        device = resolve_device(device)
+        device = faiss_device(device)
         if config.kind != "flat":
             device = "cpu"
 
@@ -589,7 +559,7 @@ class BinaryIndex:
                 f"{path}: not a musichash index (no id map); rebuild it with: musichash reindex"
             )
         config = _config_of(faiss.downcast_IndexBinary(index.index))
-        device = resolve_device(device)
+        device = faiss_device(device)
         if config.kind != "flat" or device == "cpu":
             return cls(index, config, "cpu")
         cpu = cls(index, config, "cpu")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from musichash.tagging import TagScore
+from musichash.models.tagging import TagScore
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class SearchHit:
 @dataclass(frozen=True)
 class SearchResult:
     """chroma: how well the clip's harmony follows the first result's at the voted alignment
-    (``musichash.chroma.agreement``, in [-1, 1]); None without results or without the track's chroma."""
+    (``musichash.features.chroma.harmony_agreement``, in [-1, 1]); None without results or without the track's chroma."""
 
     query: str
     match: bool

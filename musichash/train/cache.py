@@ -30,11 +30,17 @@ import h5py
 import numpy as np
 import torch
 
-from musichash import augment
-from musichash.audio import N_MELS, SAMPLE_RATE, AudioError, load_audio, log_mel
+from musichash.features.audio import (
+    N_MELS,
+    SAMPLE_RATE,
+    AudioError,
+    load_audio,
+    log_mel,
+)
 from musichash.models import build_backbone
 from musichash.models.backbones import WINDOW_FRAMES
 from musichash.models.crnnh import LAYERS, grid_features, resize_maps
+from musichash.train import augment
 from musichash.train.data import Dataset
 
 

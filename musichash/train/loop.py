@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musichash.models.crnnh import CRNNH, CRNNHLoss, load_checkpoint, rank_channels, save_checkpoint
+from musichash.models.crnnh import (
+    CRNNH,
+    CRNNHLoss,
+    load_checkpoint,
+    rank_channels,
+    save_checkpoint,
+)
 from musichash.train.cache import Features
 
 

@@ -9,9 +9,14 @@ from click.testing import CliRunner
 from synth import SR, make_song
 
 from musichash.cli import cli
+from musichash.features.spectra import (
+    SAME_RECORDING,
+    Spectra,
+    spectrogram,
+    spectrogram_agreement,
+)
 from musichash.library import Library
 from musichash.search import engine
-from musichash.search.recording import SAME_RECORDING, Spectra, agreement, spectrogram
 
 SECONDS = 30
 
@@ -30,31 +35,31 @@ def copy_of(y: np.ndarray, trim_s: float = 1.3) -> np.ndarray:
 
 def test_a_copy_agrees_along_its_alignment(song):
     a, b = spectrogram(song), spectrogram(copy_of(song))
-    assert agreement(a, b, -1.3, 1.0) >= 0.95
+    assert spectrogram_agreement(a, b, -1.3, 1.0) >= 0.95
     # the vote's offset may be a window off: the chunks find the true one within the slack
-    assert agreement(a, b, -1.3 + 2.0, 1.0) >= 0.95
-    assert agreement(b, a, 1.3, 1.0) >= 0.95
+    assert spectrogram_agreement(a, b, -1.3 + 2.0, 1.0) >= 0.95
+    assert spectrogram_agreement(b, a, 1.3, 1.0) >= 0.95
 
 
 def test_a_speed_change_agrees_at_its_rate(song):
     import soxr
 
     faster = soxr.resample(song, SR * 1.02, SR)  # 2 % faster and higher, as a resampled copy is
-    assert agreement(spectrogram(song), spectrogram(faster), 0.0, 1 / 1.02) >= SAME_RECORDING
+    assert spectrogram_agreement(spectrogram(song), spectrogram(faster), 0.0, 1 / 1.02) >= SAME_RECORDING
 
 
 def test_another_voicing_or_tune_does_not(song):
     a = spectrogram(song)
     arrangement = spectrogram(make_song(1, SECONDS, timbre=1))  # the same notes in step, other instruments
     other = spectrogram(make_song(2, SECONDS))
-    assert agreement(a, arrangement, 0.0, 1.0) < SAME_RECORDING
-    assert agreement(a, other, 0.0, 1.0) < SAME_RECORDING
+    assert spectrogram_agreement(a, arrangement, 0.0, 1.0) < SAME_RECORDING
+    assert spectrogram_agreement(a, other, 0.0, 1.0) < SAME_RECORDING
 
 
 def test_no_overlap_is_none(song):
     a = spectrogram(song)
-    assert agreement(a, a, SECONDS + 5.0, 1.0) is None
-    assert agreement(a[: 4 * SR // 512], a, 0.0, 1.0) is None  # shorter than one chunk
+    assert spectrogram_agreement(a, a, SECONDS + 5.0, 1.0) is None
+    assert spectrogram_agreement(a[: 4 * SR // 512], a, 0.0, 1.0) is None  # shorter than one chunk
 
 
 def test_spectra_cache_and_unreadable_files(tmp_path, song):

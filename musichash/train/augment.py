@@ -40,7 +40,7 @@ from scipy import signal
 
 from musichash.errors import MusichashError
 
-# Same value as musichash.audio.SAMPLE_RATE, repeated so that data-loader
+# Same value as musichash.features.audio.SAMPLE_RATE, repeated so that data-loader
 # workers can degrade audio without importing torch.
 SAMPLE_RATE = 16000
 
@@ -180,7 +180,7 @@ def _pedalboard():
     try:
         import pedalboard
     except ImportError as e:
-        raise AugmentError("this degradation needs pedalboard: pip install 'pedalboard>=0.9'") from e
+        raise AugmentError("this degradation needs pedalboard: pip install 'musichash[train]'") from e
     return pedalboard
 
 

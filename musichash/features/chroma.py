@@ -5,7 +5,7 @@ same style can share them; what tells them apart is harmony. Every library
 track keeps its chroma, one 12-bit word a second (a pitch class is set when
 it is above that second's mean over the 12), 1.5 bytes a second, 5.4 KB an
 hour. A query clip's chroma is kept per STFT frame at three tunings, and
-``agreement`` compares it with the top track's at the alignment the vote found
+``harmony_agreement`` compares it with the top track's at the alignment the vote found
 (benchmarks/HISTORY.md, "What keeps out-of-library clips out").
 
 Both sides use librosa's chroma filters on a 4096-point STFT, hop 1024, of the
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from musichash.audio import SAMPLE_RATE
+from musichash.features.audio import SAMPLE_RATE
 
 N_FFT = 4096
 HOP = 1024
@@ -167,7 +167,7 @@ def unpack(packed: np.ndarray) -> np.ndarray:
     return np.unpackbits(np.asarray(packed, np.uint8))[: n * 12].reshape(n, 12).astype(bool)
 
 
-def agreement(clip: np.ndarray, track: np.ndarray, offset_s: float, rate: float = 1.0) -> float | None:
+def harmony_agreement(clip: np.ndarray, track: np.ndarray, offset_s: float, rate: float = 1.0) -> float | None:
     """How well a clip's harmony follows a track's where the vote aligned them, in [-1, 1].
 
     clip: ``clip_chroma`` float [n_tunings, F, 12]; track: bool [seconds, 12];

@@ -7,7 +7,7 @@ spectrograms do not: a copy's follows the original's bin for bin whatever its
 gain, codec, trim or fade, while another instrument puts its energy elsewhere
 (benchmarks/HISTORY.md, "Dedup checked on the audio").
 
-``agreement`` compares two log-mel spectrograms along the pair's alignment: a's
+``spectrogram_agreement`` compares two log-mel spectrograms along the pair's alignment: a's
 audio in chunks of ``CHUNK_S``, each correlated with b's at every shift within
 ``SLACK_S`` of where the alignment puts it (the vote's offset can be a beat or
 a window off in repetitive music), and the median over chunks of each chunk's
@@ -23,7 +23,7 @@ from collections import OrderedDict
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from musichash.audio import SAMPLE_RATE, AudioError, load_audio
+from musichash.features.audio import SAMPLE_RATE, AudioError, load_audio
 
 N_FFT = 2048
 HOP = 512
@@ -50,7 +50,7 @@ def spectrogram(y: np.ndarray) -> np.ndarray:
     return np.maximum(db, db.max() - FLOOR_DB)
 
 
-def agreement(a: np.ndarray, b: np.ndarray, offset_s: float, rate: float) -> float | None:
+def spectrogram_agreement(a: np.ndarray, b: np.ndarray, offset_s: float, rate: float) -> float | None:
     """How alike spectrograms a and b are where time t of a is ``offset_s + rate * t`` of b, in [-1, 1].
 
     None when no chunk of a lies wholly inside b.

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from musichash.audio import HOP, SAMPLE_RATE
-from musichash.indexer.binarize import Binarizer, BinarizerError
-from musichash.models import DEFAULT_CODE_MODEL, ModelError, build_backbone, get_spec, tag_names
-from musichash.models.registry import WEIGHTS_PACKAGE, resolve_device
+from musichash.devices import torch_device
+from musichash.features.audio import HOP, SAMPLE_RATE
+from musichash.models import (
+    DEFAULT_CODE_MODEL,
+    ModelError,
+    build_backbone,
+    get_spec,
+    tag_names,
+)
+from musichash.models.binarizer import Binarizer, BinarizerError
+from musichash.models.registry import missing_weights, weights_file
 
 #: frames between library segments: 1.28 s, a multiple of the VGG's 16-frame stride
 LIBRARY_HOP = 80
@@ -61,7 +67,7 @@ class Encoded:
                                  where > 0): a query's search weighs its bits by their magnitudes.
                                  None for the interim codes (their thresholds were fitted on
                                  Hamming distances alone)
-    chroma: float32 [3, F, 12]   a query's ``musichash.chroma.clip_chroma``, for the harmony check
+    chroma: float32 [3, F, 12]   a query's ``musichash.features.chroma.clip_chroma``, for the harmony check
                                  of its match (set by ``Library.encode(..., harmony=True)``)
     """
 
@@ -88,7 +94,7 @@ class CodeModel:
         self.spec = spec
         self.name = name
         self.bits = int(spec.bits)
-        self.device = resolve_device(device)
+        self.device = torch_device(device)
         self.backbone = build_backbone(spec.backbone, self.device, precision)
         self.vocabulary = tag_names(get_spec(spec.backbone).vocabulary)
         #: the track code's head (similarity); ``segment_head`` makes the segment codes
@@ -183,11 +189,10 @@ def _load_head(spec, backbone, device, n_tags: int, weights: str | None):
             except ValueError as e:
                 raise ModelError(str(e)) from None
         else:
-            path = resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{weights}")
+            path = weights_file(weights)
             if not path.is_file():
-                raise ModelError(f"weights for {spec.name} are missing ({weights}); reinstall musichash")
-            with resources.as_file(path) as p:
-                model = load_checkpoint(p)
+                raise missing_weights(spec, weights)
+            model = load_checkpoint(path)
         if model.bits != spec.bits:
             raise ModelError(f"{weights} holds a {model.bits}-bit CRNNH head, {spec.name} needs {spec.bits}")
         return _CRNNHHead(model.eval().to(device))
@@ -197,12 +202,11 @@ def _load_head(spec, backbone, device, n_tags: int, weights: str | None):
 def _load_binarizer(spec, backbone) -> Binarizer:
     if spec.weights is None:
         return _random_projection(spec, backbone)
-    path = resources.files(WEIGHTS_PACKAGE).joinpath(f"weights/{spec.weights}")
+    path = weights_file(spec.weights)
     if not path.is_file():
-        raise ModelError(f"weights for {spec.name} are missing ({spec.weights}); reinstall musichash")
+        raise missing_weights(spec, spec.weights)
     try:
-        with resources.as_file(path) as p:
-            b = Binarizer.load(p)
+        b = Binarizer.load(path)
     except BinarizerError as e:
         raise ModelError(f"{spec.name}: {e}") from e
     if b.bits != spec.bits:

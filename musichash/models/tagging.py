@@ -9,9 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musichash.audio import HOP, SAMPLE_RATE, iter_audio_blocks, iter_mel_blocks
+from musichash.devices import torch_device
+from musichash.features.audio import (
+    HOP,
+    SAMPLE_RATE,
+    iter_audio_blocks,
+    iter_mel_blocks,
+)
 from musichash.models import DEFAULT_TAGGER, build_backbone, get_spec, tag_names
-from musichash.models.registry import resolve_device
 
 #: frames between tagging windows: 2.816 s, the multiple of the VGG's 16-frame
 #: stride closest to musicnn's own non-overlapping 3 s patches
@@ -44,7 +49,7 @@ class Tagger:
 
     def __init__(self, model: str = DEFAULT_TAGGER, device: str | None = None, hop: int = TAG_HOP):
         self.spec = get_spec(model)
-        self.device = resolve_device(device)
+        self.device = torch_device(device)
         self.backbone = build_backbone(model, self.device)
         self.vocabulary = tag_names(self.spec.vocabulary)
         self.hop = hop

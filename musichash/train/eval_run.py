@@ -1,4 +1,4 @@
-"""`musichash evaluate`: every code method on the same labelled windows, scored by :mod:`musichash.evaluate`.
+"""`musichash evaluate`: every code method on the same labelled windows, scored by :mod:`musichash.train.evaluate`.
 
 Items are 3 s windows: up to ``windows`` per file, evenly spaced over its
 first ``max_minutes`` (on the backbone's 16-frame grid, cut from the conv
@@ -29,15 +29,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musichash.audio import AudioError, load_audio, log_mel
+from musichash.devices import torch_device
 from musichash.errors import MusichashError
-from musichash.evaluate import DEFAULT_K, DEFAULT_RADIUS, Scores, relevant_counts, score, tie_order
-from musichash.indexer.binarize import Binarizer
-from musichash.indexer.encoder import CodeModel
+from musichash.features.audio import AudioError, load_audio, log_mel
 from musichash.models import DEFAULT_CODE_MODEL
 from musichash.models.backbones import WINDOW_FRAMES
-from musichash.models.registry import resolve_device
+from musichash.models.encoder import CodeModel
+from musichash.train import fit_binarizer
 from musichash.train.data import Dataset
+from musichash.train.evaluate import (
+    DEFAULT_K,
+    DEFAULT_RADIUS,
+    Scores,
+    relevant_counts,
+    score,
+    tie_order,
+)
 
 #: registry names of the shipped interim code models
 INTERIM = "interim_vgg_itq{bits}"
@@ -134,7 +141,7 @@ def evaluate(
         raise EvaluationError("evaluation needs labels; give class sub-folders, a CSV of tags or a manifest (--layout)")
     if not cfg.bits:
         raise EvaluationError("no code lengths to evaluate; give --bits")
-    models = code_models(cfg, resolve_device(device))
+    models = code_models(cfg, torch_device(device))
     items = extract_items(dataset, models, cfg, progress)
     n = len(items.file)
     R = relevant_counts(items.labels, items.file)
@@ -156,7 +163,7 @@ def evaluate(
     methods: list[tuple[str, int | None, str, np.ndarray]] = [("float", None, ref, x - x.mean(axis=0))]
     for kind in ("lsh", "itq"):
         for b in cfg.bits:
-            fitted = Binarizer.fit(x, b, kind=kind, seed=cfg.seed, feature=ref_model.spec.feature)
+            fitted = fit_binarizer.fit(x, b, kind=kind, seed=cfg.seed, feature=ref_model.spec.feature)
             methods.append((f"{kind}-{b}", b, f"{ref}, fitted on the evaluated windows", fitted.encode(x)))
     methods += [(method, m.bits, m.name, items.codes[method]) for method, m in models]
     results = [
