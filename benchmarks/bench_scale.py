@@ -73,7 +73,8 @@ from common import machine, peak_rss_mb  # noqa: E402
 
 from musichash.search.cache import AUTO_IVF_TRACKS, TRACK_NPROBE  # noqa: E402
 from musichash.search.faiss_index import BinaryIndex, IndexConfig  # noqa: E402
-from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, SegmentHits, vote  # noqa: E402
+from musichash.search.thresholds import DEFAULT_MATCH_THRESHOLD  # noqa: E402
+from musichash.search.vote import SegmentHits, vote  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEG_HOP_S = 1.28

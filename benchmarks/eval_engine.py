@@ -57,7 +57,7 @@ from queries import (  # noqa: E402
 from musichash.train import augment  # noqa: E402
 from musichash.features.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from musichash.library import Clip, Library  # noqa: E402
-from musichash.search import engine  # noqa: E402
+from musichash.search import dedup, query  # noqa: E402
 
 DEDUP_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 #: the copies of each original in the dedup set, named STEM.VARIANT.EXT (dedup_ceiling.py reads them back)
@@ -68,11 +68,11 @@ def _vote_settings(k: int | str) -> tuple[int, int | None, bool]:
     """``10`` -> the engine's default sharing; ``10n`` -> none; ``10s4`` -> slack 4; a trailing ``h``
     (``10h``, ``10nh``) ranks by Hamming distance alone, without the query's unquantised codes."""
     if isinstance(k, int):
-        return k, engine.DEFAULT_SHARE_SLACK, True
+        return k, query.DEFAULT_SHARE_SLACK, True
     asym = not k.endswith("h")
     k = k.removesuffix("h")
     if k.isdigit():
-        return int(k), engine.DEFAULT_SHARE_SLACK, asym
+        return int(k), query.DEFAULT_SHARE_SLACK, asym
     if k.endswith("n"):
         return int(k[:-1]), None, asym
     kk, slack = k.split("s")
@@ -176,7 +176,7 @@ def best_pair_scores(lib: Library) -> dict[frozenset, float]:
     names = {t.id: Path(t.path).name for t in lib.store.tracks("ok")}
     for t in lib.store.tracks("ok"):
         c = lib.store.get_codes(t.id)
-        for p in engine.duplicates_of(index, c.segment_codes, c.segment_times, lib.store.bits,
+        for p in dedup.duplicates_of(index, c.segment_codes, c.segment_times, lib.store.bits,
                                       self_id=t.id, duration_s=t.duration_s, threshold=0.0):
             key = frozenset((names[t.id], names[p.b]))
             best[key] = max(best.get(key, 0.0), p.score)
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-queries", type=int, default=30, help="warm 10 s clips timed through Library.search")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="delete this code model's libraries in --work first")
-    ap.add_argument("--k", nargs="+", default=[str(engine.DEFAULT_K)],
+    ap.add_argument("--k", nargs="+", default=[str(query.DEFAULT_K)],
                     help="neighbours per query window (several: a sweep); KsS shares each window's weight among "
                          "the tracks within S bits of its best hit (e.g. 10s2; plain K uses the engine's default slack, Kn none); "
                          "a trailing h ranks by Hamming distance alone (10h)")

@@ -30,7 +30,7 @@ import soundfile as sf
 
 from musichash.train import augment
 from musichash.features.audio import SAMPLE_RATE, load_audio
-from musichash.search.vote import calibrate_threshold
+from musichash.search.calibrate import JOINT_TNR, calibrate_threshold, fit_joint, matched
 
 STRETCH_ROOM = 1.06  # an excerpt is cut this much longer than asked, so a slowed-down one still fills it
 
@@ -95,11 +95,6 @@ class Outcome:
     latency_s: float
     clip: str = ""  # clip_id of the excerpt: two systems' outcomes can be checked query for query
     chroma: float | None = None  # harmony agreement with the top track (musichash.features.chroma); None: not checked
-
-
-def matched(o: Outcome, t: float, tc: float | None) -> bool:
-    """Library.search's match: score above t and, where both exist, chroma above tc."""
-    return o.score > t and (tc is None or o.chroma is None or o.chroma > tc)
 
 
 def clip_id(y: np.ndarray) -> str:
@@ -257,9 +252,9 @@ def threshold_data(outs: list[Outcome], fixed: float, fixed_chroma: float | None
     cal = np.arange(len(neg)) % 2 == 0
 
     def fit(sel: list[Outcome], chroma: bool) -> tuple[float, float | None]:
-        t = calibrate_threshold([o.score for o in pos], [o.score for o in sel], target_tnr=0.95)
+        t = calibrate_threshold([o.score for o in sel], target_tnr=0.95)
         cs = [o.chroma for o in sel if o.chroma is not None]
-        return float(t), (calibrate_threshold([0.0], cs, target_tnr=0.95) if chroma and cs else None)
+        return float(t), (calibrate_threshold(cs, target_tnr=0.95) if chroma and cs else None)
 
     def rates(t: float, tc: float | None, p: list[Outcome], h: np.ndarray, n: list[Outcome]) -> dict:
         return {"t": float(t), "tc": tc, "tnr": float(np.mean([not matched(o, t, tc) for o in n])),
@@ -268,9 +263,9 @@ def threshold_data(outs: list[Outcome], fixed: float, fixed_chroma: float | None
     out = {"n_pos": len(pos), "n_neg": len(neg)}
     held = [o for o, c in zip(neg, cal) if not c]
     if has_chroma:  # both thresholds fitted together: the most in-library matches at JOINT_TNR of the negatives
-        out["joint_half"] = rates(*fit_joint(pos[::2], hit[::2], [o for o, c in zip(neg, cal) if c], JOINT_TNR),
+        out["joint_half"] = rates(*fit_joint(pos[::2] + [o for o, c in zip(neg, cal) if c], JOINT_TNR),
                                   pos[1::2], hit[1::2], held)
-        out["joint_all"] = rates(*fit_joint(pos, hit, neg, JOINT_TNR), pos, hit, neg)
+        out["joint_all"] = rates(*fit_joint(pos + neg, JOINT_TNR), pos, hit, neg)
     out["fixed"] = rates(fixed, fixed_chroma, pos[1::2], hit[1::2], held)
     out["half"] = rates(*fit([o for o, c in zip(neg, cal) if c], has_chroma), pos[1::2], hit[1::2], held)
     out["all"] = rates(*fit(neg, has_chroma), pos, hit, neg)
@@ -278,41 +273,6 @@ def threshold_data(outs: list[Outcome], fixed: float, fixed_chroma: float | None
     if has_chroma:
         out["code_all"] = rates(*fit(neg, False), pos, hit, neg)
     return out
-
-
-#: out-of-library clips the shipped thresholds reject when fitted together (fit_joint) on the calibration
-#: third: there the in-library matches barely change between 95 and 98 % (90.6 and 90.0 %), so the
-#: margin over the 90 % goal is kept (benchmarks/HISTORY.md)
-JOINT_TNR = 0.975
-
-
-def fit_joint(pos: list[Outcome], hit: np.ndarray, neg: list[Outcome], target_tnr: float = 0.95) -> tuple[float, float]:
-    """The code score's and the chroma's thresholds together: of the pairs that reject at least ``target_tnr``
-    of ``neg``, the one that matches the most of ``pos`` whose top track is right (``hit``); ties: the higher code threshold.
-
-    For each code threshold (each negative's score, and below them all) the chroma threshold is the lowest
-    that keeps the negatives above both to ``floor((1 - target_tnr) * len(neg))``.
-    """
-    if not neg:
-        raise ValueError("fit_joint needs at least one out-of-library outcome")
-    allowed = int(np.floor((1.0 - target_tnr) * len(neg) + 1e-9))
-    ns = np.array([o.score for o in neg])
-    nc = np.array([np.inf if o.chroma is None else o.chroma for o in neg])  # no chroma: the chroma check passes
-    ps = np.array([o.score for o in pos])
-    pc = np.array([np.inf if o.chroma is None else o.chroma for o in pos])
-    best = None
-    for t in np.concatenate([[ns.min() - 1.0], np.unique(ns)]):
-        through = np.sort(nc[ns > t])[::-1]  # negatives the code score lets through, highest chroma first
-        if len(through) <= allowed:
-            tc = -1.0
-        elif np.isinf(through[allowed]):
-            continue  # too many without chroma to reject
-        else:
-            tc = float(through[allowed])  # match needs chroma > tc: rejects through[allowed:]
-        kept = int(np.count_nonzero(hit & (ps > t) & (pc > tc)))
-        if best is None or kept >= best[0]:
-            best = (kept, float(t), tc)
-    return best[1], best[2]
 
 
 def threshold_table(d: dict, fixed_name: str, unit: str = "threshold", show=lambda t: t, shipping: str = "") -> str:

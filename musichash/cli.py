@@ -119,10 +119,12 @@ def tag(files: tuple[Path, ...], model: str, top: int, as_json: bool, device: st
 def models(show_all: bool, as_json: bool):
     """List the available models and which one is the default."""
     from musichash.models import DEFAULT_CODE_MODEL, DEFAULT_TAGGER, REGISTRY
+    from musichash.search.thresholds import Thresholds
 
     rows = [
         {"name": s.name, "kind": s.kind, "bits": s.bits, "default": s.name in (DEFAULT_TAGGER, DEFAULT_CODE_MODEL),
-         "description": s.description}
+         "description": s.description,
+         **({"thresholds": Thresholds.of(s.name).to_dict()} if s.kind == "hash" else {})}
         for s in REGISTRY.values()
         if show_all or not s.test_only
     ]
@@ -133,7 +135,8 @@ def models(show_all: bool, as_json: bool):
     for r in rows:
         mark = "*" if r["default"] else " "
         bits = "-" if r["bits"] is None else str(r["bits"])
-        click.echo(f"{mark} {r['name']:<{width}}  {r['kind']:<7} {bits:>4}  {r['description']}")
+        calibrated = f"; {Thresholds(**r['thresholds']).describe()}" if "thresholds" in r else ""
+        click.echo(f"{mark} {r['name']:<{width}}  {r['kind']:<7} {bits:>4}  {r['description']}{calibrated}")
 
 
 @cli.command("convert-weights")

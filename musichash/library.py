@@ -15,73 +15,36 @@ Each method mirrors a CLI command and returns typed records
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from musichash.devices import faiss_device
 from musichash.errors import MusichashError
-from musichash.features import chroma, spectra
-from musichash.features.audio import (
-    SAMPLE_RATE,
-    AudioError,
-    iter_audio_blocks,
-    iter_mel_blocks,
-    log_mel,
-)
+from musichash.features.audio import AudioError
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
-from musichash.indexer.store import (
-    LibraryError,
-    LibraryStats,
-    LibraryStore,
-    ModelMismatchError,
-    Track,
-)
+from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, ModelMismatchError, Track
 from musichash.models import DEFAULT_CODE_MODEL, ModelError, get_spec, tag_names
-from musichash.models.encoder import LIBRARY_HOP, CodeModel, Encoded, query_hop
+from musichash.models.encoder import LIBRARY_HOP, Clip, CodeModel, Encoded, encode_clip
 from musichash.models.registry import weights_digest
 from musichash.models.tagging import TagScore
-from musichash.search import engine
+from musichash.search import dedup, query, similar
 from musichash.search.cache import SearchIndex, load_or_build, read_config, write_config
 from musichash.search.faiss_index import IndexConfig
-from musichash.search.results import (
-    DuplicateGroup,
-    GroupMember,
-    SearchHit,
-    SearchResult,
-    SimilarHit,
-    SimilarResult,
-)
-from musichash.search.vote import DEFAULT_MATCH_THRESHOLD, TrackVote, match_decision
+from musichash.search.results import DuplicateGroup, SearchResult, SimilarResult
+from musichash.search.similar import DEFAULT_TAG_P
+from musichash.search.thresholds import Thresholds
 
-#: shortest query clip, seconds (one 3 s window)
-MIN_CLIP_S = 3.0
-#: a clip's first tracks by the vote whose harmony is compared with the clip's (``Library.verify``)
-HARMONY_CANDIDATES = 3
-#: they are ranked by score / best score + HARMONY_WEIGHT * chroma agreement. Chosen on the fit
-#: corpus's calibration third, where it raised top-1 at 3 / 5 / 10 s from 71.4 / 87.7 / 95.9 % to
-#: 77.0 / 91.8 / 97.7 % (weights 0.5 to 4 and score-ratio rules compared: benchmarks/HISTORY.md)
-HARMONY_WEIGHT = 2.0
-#: a track "has" a tag for --tag / --exclude-tag when its probability reaches this
-DEFAULT_TAG_P = 0.2
+__all__ = ["Clip", "Library", "QueryError", "default_folder"]
+
 TAGS_SHOWN = 5
 
 
 class QueryError(MusichashError):
     """A query (clip, seed or tag) cannot be used as given."""
-
-
-@dataclass(frozen=True)
-class Clip:
-    """Audio already in memory: ``wave: float32 [n]`` at 16 kHz, named for the results."""
-
-    name: str
-    wave: np.ndarray
 
 
 def default_folder() -> Path:
@@ -251,64 +214,16 @@ class Library:
     def stats(self) -> LibraryStats:
         return self.store.stats()
 
+    @property
+    def thresholds(self) -> Thresholds:
+        """The code model's decision thresholds (``search.thresholds``), resolved once."""
+        return Thresholds.of(self.code_model)
+
     def encode(
         self, clip: str | os.PathLike | Clip, hop: int | None = None, *, track: bool = True, harmony: bool = False
     ) -> Encoded:
-        """Codes of a file or an in-memory clip, windows every ``hop`` frames.
-
-        ``hop=None``: a query's (``encoder.query_hop`` of the clip's length); ``track=False``: no
-        track code; ``harmony=True``: with the clip's chroma (``Encoded.chroma``).
-        """
-        if isinstance(clip, Clip):
-            hop = query_hop(len(clip.wave) / SAMPLE_RATE) if hop is None else hop
-            enc = self.model.encode(log_mel(clip.wave), hop, track=track)
-            return replace(enc, chroma=chroma.clip_chroma([clip.wave])) if harmony else enc
-        waves = iter_audio_blocks(clip)
-        if hop is None:
-            # blocks are a minute long but for the last: the first tells whether the clip is long
-            head = next(waves, None)
-            hop = query_hop(0.0 if head is None else len(head) / SAMPLE_RATE)
-            waves = itertools.chain([] if head is None else [head], waves)
-        cc = chroma.ClipChroma()
-        waves = cc.tap(waves) if harmony else waves
-        enc = self.model.encode((torch.from_numpy(c) for c in iter_mel_blocks(waves)), hop, track=track)
-        return replace(enc, chroma=cc.frames()) if harmony else enc
-
-    def verify(self, enc: Encoded, votes: list[TrackVote]) -> tuple[list[TrackVote], float | None]:
-        """The vote's ranking with its first ``HARMONY_CANDIDATES`` tracks re-ranked by harmony too,
-        and the chroma agreement of the track now first (None: not compared).
-
-        Where one of those compared has no chroma (indexed before tracks kept it) the order is the
-        vote's. A track is compared only if it could overtake the best so far (its agreement can be
-        at most 1), so the first often settles it in one comparison.
-        """
-        head = votes[:HARMONY_CANDIDATES]
-        if not head or enc.chroma is None or head[0].score <= 0:
-            return votes, None
-        first = self.harmony(enc, head[0])
-        if first is None:
-            return votes, None
-        best, best_key, best_agree = 0, 1.0 + HARMONY_WEIGHT * first, first
-        for i, v in enumerate(head[1:], 1):
-            ratio = v.score / head[0].score
-            # agreement is at most 1: a track that could not beat the best even so is not compared
-            if ratio + HARMONY_WEIGHT <= best_key:
-                continue
-            a = self.harmony(enc, v)
-            if a is None:
-                return votes, first
-            key = ratio + HARMONY_WEIGHT * a
-            if key > best_key:  # the first of equals: the vote's order
-                best, best_key, best_agree = i, key, a
-        return [head[best], *(v for i, v in enumerate(votes) if i != best)], best_agree
-
-    def harmony(self, enc: Encoded, vote: TrackVote) -> float | None:
-        """``chroma.harmony_agreement`` of an encoded clip (``harmony=True``) with a voted track at the vote's
-        alignment; None when the track has no chroma (indexed before musichash kept it)."""
-        packed = self.store.get_chroma(vote.track_id)
-        if packed is None or enc.chroma is None:
-            return None
-        return chroma.harmony_agreement(enc.chroma, chroma.unpack(packed), vote.offset_s, vote.rate)
+        """Codes of a file or an in-memory clip (``models.encoder.encode_clip``)."""
+        return encode_clip(self.model, clip, hop, track=track, harmony=harmony)
 
     def search(
         self,
@@ -317,65 +232,26 @@ class Library:
         top_k: int = 10,
         threshold: float | None = None,
         chroma_threshold: float | None = None,
-        k: int = engine.DEFAULT_K,
+        k: int = query.DEFAULT_K,
+        batch: int = 16,
     ) -> Iterator[SearchResult]:
-        """One result per clip, in order; a clip that cannot be used gets ``error`` set.
+        """One result per clip, in order; a clip that cannot be used gets ``error`` set (``search.query``).
 
-        Tracks are ranked by the vote, the first few by harmony too (``verify``). A clip
-        matches when its first track's score passes ``threshold`` and, where the model has
-        a ``chroma_threshold`` (or one is given; -1 turns the check off), the clip's harmony
-        agrees with that track's at the voted alignment (``harmony``).
-        ``k``: library segments fetched per query window before the vote.
+        ``threshold`` / ``chroma_threshold`` replace the model's (-1: no harmony check); ``k``: library
+        segments fetched per query window; ``batch``: clips looked up together.
         """
-        threshold = self.match_threshold if threshold is None else threshold
-        chroma_threshold = self.chroma_threshold if chroma_threshold is None else chroma_threshold
-        index = self.search_index()
+        t = self.thresholds
+        t = replace(t, match=t.match if threshold is None else threshold,
+                    chroma=t.chroma if chroma_threshold is None else chroma_threshold)
+        settings = query.Settings(top_k=top_k, k=k)
+        pending = []
         for clip in clips:
-            name = clip.name if isinstance(clip, Clip) else str(clip)
-            try:
-                enc = self.encode(clip, track=False, harmony=True)  # the vote needs segment codes only
-            except AudioError as e:
-                yield SearchResult(name, False, (), 0.0, error=e.reason)
-                continue
-            if enc.duration_s < MIN_CLIP_S - 0.05:
-                yield SearchResult(
-                    name, False, (), enc.duration_s,
-                    error=f"clip is {enc.duration_s:.1f} s long; queries need at least {MIN_CLIP_S:g} s",
-                )
-                continue
-            votes, _ = engine.query_codes(  # at least the candidates verify re-ranks, whatever top_k
-                index, enc.codes, enc.times, self.store.bits, top_k=max(top_k, HARMONY_CANDIDATES), k=k,
-                relaxed=enc.relaxed,
-            )
-            votes, agree = self.verify(enc, votes)
-            votes = votes[:top_k]
-            hits = []
-            tracks = self.store.get_many(v.track_id for v in votes)
-            for v in votes:
-                t = tracks.get(v.track_id)
-                if t is None:  # removed since the index was built
-                    continue
-                hits.append(SearchHit(v.track_id, t.path, v.score, v.hamming, v.offset_s, v.rate, v.votes, self._top_tags(t)))
-            if not hits or hits[0].track_id != votes[0].track_id:
-                agree = None
-            match = bool(hits) and match_decision(votes, threshold)
-            if agree is not None and chroma_threshold is not None and chroma_threshold > -1:
-                match = match and agree > chroma_threshold
-            yield SearchResult(name, match, tuple(hits), enc.duration_s, chroma=agree)
-
-    @property
-    def match_threshold(self) -> float:
-        return float(get_spec(self.code_model).config.get("match_threshold", DEFAULT_MATCH_THRESHOLD))
-
-    @property
-    def chroma_threshold(self) -> float | None:
-        """The model's calibrated harmony threshold; None (no check) for models without one."""
-        t = get_spec(self.code_model).config.get("chroma_threshold")
-        return None if t is None else float(t)
-
-    @property
-    def dedup_threshold(self) -> float:
-        return float(get_spec(self.code_model).config.get("dedup_threshold", engine.DEFAULT_DEDUP_THRESHOLD))
+            pending.append(self._query(clip))
+            if len(pending) == batch:
+                yield from query.search(pending, self.search_index(), self.store, t, settings, self._top_tags)
+                pending = []
+        if pending:
+            yield from query.search(pending, self.search_index(), self.store, t, settings, self._top_tags)
 
     def dedup(
         self,
@@ -384,54 +260,13 @@ class Library:
         verify: bool = True,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[DuplicateGroup]:
-        """Groups of tracks that are the same recording, largest first.
+        """Groups of tracks that are the same recording, largest first (``search.dedup``).
 
-        verify: each pair the codes align is checked on the two files' audio
-        (``search.recording``) and dropped when their spectrograms disagree, as an
-        alternate arrangement of one score does; a pair with a file that cannot be
-        read now is kept on the codes' word. progress(done, total) follows the checks.
+        verify: each pair the codes align is checked on the two files' audio; progress(done, total)
+        follows those checks.
         """
-        threshold = self.dedup_threshold if threshold is None else threshold
-        index = self.search_index()
-        tracks = {t.id: t for t in self.store.tracks("ok")}
-        pairs = []
-        for tid, t in tracks.items():
-            codes = self.store.get_codes(tid)
-            pairs += engine.duplicates_of(
-                index, codes.segment_codes, codes.segment_times, self.store.bits,
-                self_id=tid, duration_s=t.duration_s, threshold=threshold,
-            )
-        pairs = [p for p in pairs if p.a in tracks and p.b in tracks and tracks[p.a].content_hash != tracks[p.b].content_hash]
-        if verify:
-            pairs = self._same_recording(pairs, tracks, progress)
-        # Same bytes: the same recording whatever the codes say.
-        by_hash: dict[str, list[int]] = {}
-        for t in tracks.values():
-            by_hash.setdefault(t.content_hash, []).append(t.id)
-        for ids in by_hash.values():
-            for other in ids[1:]:
-                full = (0.0, float(tracks[ids[0]].duration_s or 0.0))
-                pairs.append(engine.DuplicatePair(ids[0], other, 1.0, full, full))
-        groups = []
-        for ids, score, spans in engine.group_pairs(pairs):
-            members = tuple(GroupMember(i, tracks[i].path, spans[i]) for i in ids)
-            groups.append(DuplicateGroup(members, score))
-        return groups
-
-    @staticmethod
-    def _same_recording(pairs, tracks, progress) -> list[engine.DuplicatePair]:
-        """The pairs whose audio agrees along their alignment (or cannot be read): each pair's best alignment only."""
-        best = engine.best_pairs(pairs)
-        cache = spectra.Spectra()
-        kept = []
-        for done, p in enumerate(sorted(best.values(), key=lambda p: (p.a, p.b)), 1):
-            a, b = cache.get(tracks[p.a].path), cache.get(tracks[p.b].path)
-            agree = None if a is None or b is None else spectra.spectrogram_agreement(a, b, p.offset_s, p.rate)
-            if agree is None or agree >= spectra.SAME_RECORDING:
-                kept.append(p)
-            if progress:
-                progress(done, len(best))
-        return kept
+        threshold = self.thresholds.dedup if threshold is None else threshold
+        return dedup.find_groups(self.search_index(), self.store, threshold, verify=verify, progress=progress)
 
     def similar(
         self,
@@ -454,38 +289,16 @@ class Library:
         exclude_tags: Sequence[str] = (),
         min_p: float = DEFAULT_TAG_P,
     ) -> SimilarResult:
-        """Tracks near all the seeds at once (mean similarity), minus the seeds and their duplicates."""
+        """Tracks near all the seeds at once (mean similarity), minus the seeds and their duplicates (``search.similar``)."""
         if not seeds:
             raise QueryError("no seeds given; name at least one track or audio file")
         index = self.search_index()
-        keep = self._tag_filter(tags, exclude_tags, min_p)
-        seed_codes, exclude, excluded_paths = [], set(), []
-        for seed in seeds:
-            code, seg_codes, seg_times, tid, dur = self._seed(seed, index)
-            seed_codes.append(code)
-            if tid is not None:
-                exclude.add(tid)
-                digest = self.store.get(tid).content_hash
-                for t in self.store.find_by_hash(digest):
-                    if t.id not in exclude and t.status == "ok":
-                        exclude.add(t.id)
-                        excluded_paths.append(t.path)
-            for p in engine.duplicates_of(
-                index, seg_codes, seg_times, self.store.bits, self_id=tid, duration_s=dur, threshold=self.dedup_threshold
-            ):
-                if p.b not in exclude:
-                    exclude.add(p.b)
-                    t = self.store.get(p.b)
-                    excluded_paths.append(t.path if t else str(p.b))
-        found = engine.similar_tracks(index, np.stack(seed_codes), self.store.bits, top_k=top_k, exclude=exclude, keep=keep)
-        hits = []
-        tracks = self.store.get_many(tid for tid, _, _ in found)
-        for tid, score, d in found:
-            t = tracks.get(tid)
-            if t is not None:
-                hits.append(SimilarHit(tid, t.path, score, d, self._top_tags(t)))
-        name = ", ".join(str(s) for s in seeds)
-        return SimilarResult(name, tuple(hits), tuple(excluded_paths))
+        try:
+            keep = similar.tag_filter(self.vocabulary, tags, exclude_tags, min_p, self._tags_of)
+        except ValueError as e:
+            raise QueryError(str(e)) from None
+        resolved = [self._seed(s, index) for s in seeds]
+        return similar.recommend(resolved, index, self.store, self.thresholds.dedup, keep, top_k, self._top_tags)
 
     def recommend_all(self, *, top_k: int = 10, **filters) -> Iterator[SimilarResult]:
         """``similar`` for every track of the library, in track id order."""
@@ -502,27 +315,19 @@ class Library:
         vocab = self.vocabulary
         return tuple(TagScore(vocab[i], float(p[i])) for i in order)
 
-    def _tag_filter(self, tags: Sequence[str], exclude_tags: Sequence[str], min_p: float):
-        vocab = {name: i for i, name in enumerate(self.vocabulary)}
-        for tag in (*tags, *exclude_tags):
-            if tag not in vocab:
-                raise QueryError(f"unknown tag {tag!r}; the tags are: {', '.join(self.vocabulary)}")
-        need = [vocab[t] for t in tags]
-        avoid = [vocab[t] for t in exclude_tags]
-        if not need and not avoid:
-            return lambda _tid: True
+    def _tags_of(self, tid: int):
+        t = self.store.get(tid)
+        return None if t is None else t.tags
 
-        def keep(tid: int) -> bool:
-            t = self.store.get(tid)
-            if t is None or t.tags is None:
-                return False
-            p = t.tags
-            return all(p[i] >= min_p for i in need) and not any(p[i] >= min_p for i in avoid)
+    def _query(self, clip: str | os.PathLike | Clip) -> query.Query:
+        name = clip.name if isinstance(clip, Clip) else str(clip)
+        try:  # the vote needs segment codes only, and the harmony check the clip's chroma
+            return query.Query(name, self.encode(clip, track=False, harmony=True))
+        except AudioError as e:
+            return query.Query(name, error=e.reason)
 
-        return keep
-
-    def _seed(self, seed, index: SearchIndex):
-        """(track code, segment codes, segment times, track id or None, duration) of a seed."""
+    def _seed(self, seed, index: SearchIndex) -> similar.Seed:
+        """A seed's codes: a library track's stored ones, or an audio file's encoded now."""
         track = None
         if isinstance(seed, int) or (isinstance(seed, str) and seed.isdigit() and not Path(seed).exists()):
             track = self.store.get(int(seed))
@@ -534,11 +339,11 @@ class Library:
             code = index.track_code(track.id)
             if code is not None:
                 c = self.store.get_codes(track.id)
-                return code, c.segment_codes, c.segment_times, track.id, track.duration_s
+                return similar.Seed(str(seed), code, c.segment_codes, c.segment_times, track.id, track.duration_s)
         try:
             enc = self.encode(seed, hop=LIBRARY_HOP)
         except AudioError as e:
             raise QueryError(f"{seed}: {e.reason}") from None
-        return enc.track_code, enc.codes, enc.times, None, enc.duration_s
+        return similar.Seed(str(seed), enc.track_code, enc.codes, enc.times, None, enc.duration_s)
 
 

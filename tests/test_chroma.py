@@ -116,7 +116,7 @@ def test_harmony_gates_the_match(songs, tmp_path):
     inside = Clip("inside", progression(SONG_A)[int(4.6 * SR) : int(12.6 * SR)])
     outside = Clip("outside", progression(SONG_B, minor=True)[int(4.6 * SR) : int(12.6 * SR)])
     with Library.open(lib_dir) as lib:
-        assert lib.chroma_threshold is None  # the test model has none: codes alone decide
+        assert lib.thresholds.chroma is None  # the test model has none: codes alone decide
         r_in, r_out = lib.search([inside, outside], threshold=0.0, chroma_threshold=0.5)
         assert r_in.match and r_in.chroma > 0.8
         assert not r_out.match and r_out.chroma < 0.5
@@ -168,7 +168,7 @@ def test_cli_search_reports_harmony(songs, tmp_path):
 
 
 def test_harmony_reranks_the_first_tracks_of_the_vote(songs, tmp_path):
-    from musichash.library import HARMONY_CANDIDATES
+    from musichash.search.query import HARMONY_CANDIDATES, verify
     from musichash.search.vote import TrackVote
 
     sf.write(songs / "b.wav", progression(SONG_B, minor=True), SR)
@@ -180,19 +180,20 @@ def test_harmony_reranks_the_first_tracks_of_the_vote(songs, tmp_path):
         def vote(name, score):
             return TrackVote(ids[name], 3.3, score, 4, 5, (3.3, 6.3))
 
-        ranked, agree = lib.verify(enc, [vote("b.wav", 0.5), vote("a.wav", 0.4)])
+        ranked, agree = verify(enc, [vote("b.wav", 0.5), vote("a.wav", 0.4)], lib.store.get_chroma)
         assert [v.track_id for v in ranked] == [ids["a.wav"], ids["b.wav"]] and agree > 0.8
         # only the first few are compared
         decoys = [vote("b.wav", 0.5)] * HARMONY_CANDIDATES
-        ranked, _ = lib.verify(enc, [*decoys, vote("a.wav", 0.49)])
+        ranked, _ = verify(enc, [*decoys, vote("a.wav", 0.49)], lib.store.get_chroma)
         assert ranked[-1].track_id == ids["a.wav"]
         # without the clip's chroma the vote's order stands
-        ranked, agree = lib.verify(replace(enc, chroma=None), [vote("b.wav", 0.5), vote("a.wav", 0.4)])
+        ranked, agree = verify(replace(enc, chroma=None), [vote("b.wav", 0.5), vote("a.wav", 0.4)], lib.store.get_chroma)
         assert ranked[0].track_id == ids["b.wav"] and agree is None
 
 
 def test_harmony_compares_only_tracks_that_could_overtake(songs, tmp_path, monkeypatch):
-    from musichash.library import HARMONY_CANDIDATES, HARMONY_WEIGHT
+    from musichash.search import query
+    from musichash.search.query import HARMONY_CANDIDATES, HARMONY_WEIGHT
     from musichash.search.vote import TrackVote
 
     sf.write(songs / "b.wav", progression(SONG_B, minor=True), SR)
@@ -200,15 +201,16 @@ def test_harmony_compares_only_tracks_that_could_overtake(songs, tmp_path, monke
         lib.index([songs], workers=0)
         ids = {t.path.rsplit("/", 1)[1]: t.id for t in lib.store.tracks("ok")}
         enc = lib.encode(Clip("a", progression(SONG_A)[int(3.3 * SR) : int(9.3 * SR)]), track=False, harmony=True)
-        agree = {tid: lib.harmony(enc, TrackVote(tid, 3.3, 1.0, 4, 5, (3.3, 6.3))) for tid in ids.values()}
+        chroma_of = lib.store.get_chroma
+        agree = {tid: query.harmony(enc, TrackVote(tid, 3.3, 1.0, 4, 5, (3.3, 6.3)), chroma_of) for tid in ids.values()}
         calls = []
-        harmony = Library.harmony
-        monkeypatch.setattr(Library, "harmony", lambda self, e, v: calls.append(v.track_id) or harmony(self, e, v))
+        harmony = query.harmony
+        monkeypatch.setattr(query, "harmony", lambda e, v, c: calls.append(v.track_id) or harmony(e, v, c))
         for first, second, scores in [("a.wav", "b.wav", (0.5, 0.05)), ("a.wav", "b.wav", (0.5, 0.45)),
                                       ("b.wav", "a.wav", (0.5, 0.05)), ("b.wav", "a.wav", (0.5, 0.4))]:
             votes = [TrackVote(ids[n], 3.3, sc, 4, 5, (3.3, 6.3)) for n, sc in zip((first, second), scores)]
             calls.clear()
-            ranked, got = lib.verify(enc, votes)
+            ranked, got = query.verify(enc, votes, chroma_of)
             # the same choice as comparing every candidate
             key = [v.score / votes[0].score + HARMONY_WEIGHT * agree[v.track_id] for v in votes[:HARMONY_CANDIDATES]]
             want = votes[int(np.argmax(key))].track_id

@@ -153,12 +153,13 @@ def test_result_tags_read_the_vocabulary_once(music, lib_dir, monkeypatch):
 
 
 def test_top_k_does_not_narrow_the_harmony_reranking(music, lib_dir, monkeypatch):
-    from musichash.library import HARMONY_CANDIDATES
+    from musichash.search import query
+    from musichash.search.query import HARMONY_CANDIDATES
 
     index(lib_dir, music)
     seen = []
-    verify = Library.verify
-    monkeypatch.setattr(Library, "verify", lambda self, enc, votes: seen.append(len(votes)) or verify(self, enc, votes))
+    verify = query.verify
+    monkeypatch.setattr(query, "verify", lambda enc, votes, chroma_of: seen.append(len(votes)) or verify(enc, votes, chroma_of))
     with Library.open(lib_dir) as lib:
         [one] = lib.search([music / "song1.wav"], top_k=1)
         [five] = lib.search([music / "song1.wav"], top_k=5)
@@ -430,7 +431,8 @@ def _flat_index(seg_codes, seg_track, seg_time):
 def test_query_reranks_by_the_bits_it_is_sure_of():
     """The true track's segments differ from the query's codes in 6 bits it is unsure of; another
     track's in 4 bits it is sure of. Hamming alone ranks the other first, the unquantised values the true one."""
-    from musichash.search import engine
+    from musichash.models.encoder import Encoded
+    from musichash.search import query
 
     rng = np.random.default_rng(0)
     n_win, bits = 5, 64
@@ -449,9 +451,12 @@ def test_query_reranks_by_the_bits_it_is_sure_of():
     seg_track = np.concatenate([np.full(n_win, 1), np.full(n_win, 2), np.full(40, 3)]).astype(np.int64)
     seg_time = np.concatenate([times, times, np.arange(40) * 1.5]).astype(np.float32)
     index = _flat_index(codes, seg_track, seg_time)
-    votes, _ = engine.query_codes(index, q, times, bits, k=1)
+    enc = Encoded(np.zeros(1, np.float32), None, q, times, 10.0, relaxed=relaxed)
+    [hits] = query.lookup(index, [enc], bits, query.Settings(k=1, relaxed=False))
+    votes = query.rank(hits, query.Settings(k=1))
     assert votes[0].track_id == 2
-    votes, _ = engine.query_codes(index, q, times, bits, k=1, relaxed=relaxed)
+    [hits] = query.lookup(index, [enc], bits, query.Settings(k=1))
+    votes = query.rank(hits, query.Settings(k=1))
     assert votes[0].track_id == 1 and votes[0].offset_s == 0.0
     assert votes[0].hamming == 6  # the reported distance stays the Hamming distance
 

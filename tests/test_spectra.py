@@ -16,7 +16,7 @@ from musichash.features.spectra import (
     spectrogram_agreement,
 )
 from musichash.library import Library
-from musichash.search import engine
+from musichash.search import dedup
 
 SECONDS = 30
 
@@ -85,9 +85,9 @@ def family(tmp_path, song, monkeypatch):
         ids = [t.id for t in library.store.tracks("ok")]
 
     def every_other_track(index, codes, times, bits, *, self_id=None, duration_s=None, threshold=0.0):
-        return [engine.DuplicatePair(self_id, b, 0.5, (0.0, 10.0), (0.0, 10.0)) for b in ids if b != self_id]
+        return [dedup.DuplicatePair(self_id, b, 0.5, (0.0, 10.0), (0.0, 10.0)) for b in ids if b != self_id]
 
-    monkeypatch.setattr(engine, "duplicates_of", every_other_track)
+    monkeypatch.setattr(dedup, "duplicates_of", every_other_track)
     return music, lib
 
 

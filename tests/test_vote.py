@@ -5,14 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from musichash.search.vote import (
-    DEFAULT_MATCH_THRESHOLD,
-    SegmentHits,
-    TrackVote,
-    calibrate_threshold,
-    match_decision,
-    vote,
-)
+from musichash.search.query import decide
+from musichash.search.thresholds import Thresholds
+from musichash.search.vote import SegmentHits, TrackVote, hit_weight, vote
 
 BITS = 64
 HOP = 1.28
@@ -52,6 +47,11 @@ class SyntheticKnn:
             seg_track = np.concatenate([seg_track, np.full(planted.sum(), plant)])
             seg_time = np.concatenate([seg_time, t])
         return SegmentHits.from_knn(q_times, D.astype(np.int32), I, seg_track, seg_time, BITS), planted
+
+
+def match(votes: list[TrackVote]) -> bool:
+    """The search's decision at the uncalibrated default threshold, without a harmony check."""
+    return decide(votes, None, Thresholds())
 
 
 def top_score(votes: list[TrackVote]) -> float:
@@ -106,27 +106,24 @@ def test_score_matches_brute_force(seed):
     assert top_score(vote(hits, max_rate_change=0.0)) == pytest.approx(brute_force_top(hits, 0.75))
 
 
-def test_default_threshold_separates_random_from_planted():
-    neg, pos = [], []
-    for seed in range(200):
-        lib = SyntheticKnn(1000 + seed)
-        nq = int(lib.rng.integers(4, 25))
-        hits, _ = lib.query(nq)
-        neg.append(top_score(vote(hits)))
-        hits, _ = lib.query(nq, plant=int(lib.rng.integers(200)), offset=float(lib.rng.uniform(0, 60)),
-                            rate=float(lib.rng.uniform(0.95, 1.05)), hit_frac=0.5)
-        pos.append(top_score(vote(hits)))
-    neg, pos = np.array(neg), np.array(pos)
-    assert neg.max() < pos.min()
-    assert np.mean(neg > DEFAULT_MATCH_THRESHOLD) <= 0.05
-    assert np.all(pos > DEFAULT_MATCH_THRESHOLD)
-
-
-def test_match_decision():
-    assert not match_decision([])
-    v = TrackVote(track_id=1, offset_s=0.0, score=0.5, votes=3, hamming=4, span=(0.0, 3.0))
-    assert match_decision([v], threshold=0.4)
-    assert not match_decision([v], threshold=0.5)
+@pytest.mark.parametrize("seed", range(20))
+def test_score_lies_between_what_its_windows_can_give(seed):
+    """Properties of the score, whatever the hits: a planted track's score is at least the share of
+    windows planted times the weight of the farthest planted hit, and no track's score exceeds the
+    mean over windows of each window's best weight (a window counts once, at its best hit)."""
+    lib = SyntheticKnn(500 + seed)
+    nq = int(lib.rng.integers(4, 25))
+    frac = float(lib.rng.uniform(0.3, 1.0))
+    hits, planted = lib.query(nq, plant=5, offset=float(lib.rng.uniform(0, 60)), hit_frac=frac)
+    votes = vote(hits, max_rate_change=0.0, max_tracks=500)
+    w = hit_weight(hits.hamming, BITS)
+    best_per_window = np.zeros(nq)
+    np.maximum.at(best_per_window, hits.q_index, w)
+    ceiling = best_per_window.sum() / max(nq, 3)
+    assert all(v.score <= ceiling + 1e-12 for v in votes)
+    mine = next(v for v in votes if v.track_id == 5)
+    floor = planted.sum() * hit_weight(np.array([12]), BITS)[0] / max(nq, 3)
+    assert mine.score >= floor - 1e-12
 
 
 def test_repeated_votes_of_one_window_count_once():
@@ -181,7 +178,7 @@ def test_empty_hits_give_no_votes():
     empty = SegmentHits.from_knn(np.zeros(3), np.zeros((3, 4), np.int32), np.full((3, 4), -1),
                                  np.zeros(0, np.int64), np.zeros(0), BITS)
     assert vote(empty) == []
-    assert not match_decision(vote(empty))
+    assert not match(vote(empty))
     none = SegmentHits.from_knn(np.zeros(0), np.zeros((0, 4), np.int32), np.zeros((0, 4), np.int64),
                                 np.zeros(0, np.int64), np.zeros(0), BITS)
     assert vote(none) == []
@@ -198,25 +195,9 @@ def test_ties_break_by_track_id():
     assert [v.track_id for v in vote(hits)] == [3, 8]
 
 
-def test_calibrate_threshold_is_the_negative_quantile():
-    neg = [0.05, 0.30, 0.10, 0.20, 0.01, 0.02, 0.03, 0.04, 0.15, 0.25]
-    pos = [0.5, 0.6]
-    # 95 % of 10 negatives -> 10 must be at or below: the largest, 0.30.
-    assert calibrate_threshold(pos, neg, target_tnr=0.95) == 0.30
-    # Sorted: .01 .02 .03 .04 .05 .10 .15 .20 .25 .30
-    # 80 % -> 8 at or below: the 8th smallest, 0.20.
-    assert calibrate_threshold(pos, neg, target_tnr=0.8) == 0.20
-    # 70 % -> 7 at or below: 0.15.
-    t = calibrate_threshold(pos, neg, target_tnr=0.7)
-    assert t == 0.15
-    assert np.mean(np.array(neg) <= t) >= 0.7
-
-
 def test_invalid_inputs_raise():
     with pytest.raises(ValueError):
         SegmentHits(np.array([3]), np.array([0.0]), np.array([1]), np.array([5.0]), np.array([1]), BITS, 2)
-    with pytest.raises(ValueError):
-        calibrate_threshold([0.5], [], 0.95)
     with pytest.raises(ValueError):
         SegmentHits.from_knn(np.zeros(2), np.zeros((3, 4)), np.zeros((3, 4), np.int64), np.zeros(1, np.int64),
                              np.zeros(1), BITS)
@@ -226,8 +207,8 @@ def test_short_clip_needs_a_near_identical_segment():
     # A 3 s clip has one window: a lucky random neighbour must not decide.
     lucky = SegmentHits(np.array([0]), np.array([0.0]), np.array([4]), np.array([20.0]), np.array([14]), BITS, 1)
     exact = SegmentHits(np.array([0]), np.array([0.0]), np.array([4]), np.array([20.0]), np.array([1]), BITS, 1)
-    assert not match_decision(vote(lucky))
-    assert match_decision(vote(exact))
+    assert not match(vote(lucky))
+    assert match(vote(exact))
 
 
 def test_asymmetric_distance_weighs_bits_by_confidence():

@@ -12,14 +12,17 @@ code (similar music), as clip finding and similarity pull codes apart.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+import itertools
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from musichash.devices import torch_device
-from musichash.features.audio import HOP, SAMPLE_RATE
+from musichash.features import chroma
+from musichash.features.audio import HOP, SAMPLE_RATE, iter_audio_blocks, iter_mel_blocks, log_mel
 from musichash.models import (
     DEFAULT_CODE_MODEL,
     ModelError,
@@ -68,7 +71,7 @@ class Encoded:
                                  None for the interim codes (their thresholds were fitted on
                                  Hamming distances alone)
     chroma: float32 [3, F, 12]   a query's ``musichash.features.chroma.clip_chroma``, for the harmony check
-                                 of its match (set by ``Library.encode(..., harmony=True)``)
+                                 of its match (set by ``encode_clip(..., harmony=True)``)
     """
 
     tags: np.ndarray
@@ -78,6 +81,14 @@ class Encoded:
     duration_s: float
     relaxed: np.ndarray | None = None
     chroma: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Audio already in memory: ``wave: float32 [n]`` at 16 kHz, named for the results."""
+
+    name: str
+    wave: np.ndarray
 
 
 class CodeModel:
@@ -231,3 +242,28 @@ def _random_projection(spec, backbone) -> Binarizer:
         rotation=np.eye(int(spec.bits), dtype=np.float32),
         feature=spec.feature,
     )
+
+
+def encode_clip(
+    model: CodeModel, clip: str | os.PathLike | Clip, hop: int | None = None, *, track: bool = True, harmony: bool = False
+) -> Encoded:
+    """Codes of a file or an in-memory clip, windows every ``hop`` frames.
+
+    ``hop=None``: a query's (``query_hop`` of the clip's length); ``track=False``: no track code;
+    ``harmony=True``: with the clip's chroma (``Encoded.chroma``). A file that cannot be decoded
+    raises ``features.audio.AudioError``.
+    """
+    if isinstance(clip, Clip):
+        hop = query_hop(len(clip.wave) / SAMPLE_RATE) if hop is None else hop
+        enc = model.encode(log_mel(clip.wave), hop, track=track)
+        return replace(enc, chroma=chroma.clip_chroma([clip.wave])) if harmony else enc
+    waves = iter_audio_blocks(clip)
+    if hop is None:
+        # blocks are a minute long but for the last: the first tells whether the clip is long
+        head = next(waves, None)
+        hop = query_hop(0.0 if head is None else len(head) / SAMPLE_RATE)
+        waves = itertools.chain([] if head is None else [head], waves)
+    cc = chroma.ClipChroma()
+    waves = cc.tap(waves) if harmony else waves
+    enc = model.encode((torch.from_numpy(c) for c in iter_mel_blocks(waves)), hop, track=track)
+    return replace(enc, chroma=cc.frames()) if harmony else enc

@@ -34,22 +34,6 @@ INTERIM_BITS = (16, 32, 48, 64, 128)
 CRNNH_BITS = (16, 32, 48, 64, 128)
 
 
-#: match and dedup thresholds of the shipped CRNNH models, fitted by data/code_models/train_crnnh.sh on
-#: the third of the fit corpus the models were not trained on (calibration.jsonl): the code score's
-#: (scored with the query's unquantised codes, engine.query_codes' ``relaxed``) and the harmony
-#: check's (``chroma_threshold``, musichash.features.chroma), fitted together (benchmarks/queries.py,
-#: ``fit_joint``): of the pairs that reject 97.5 % of out-of-library clips there, the one that matches
-#: the most in-library clips (90 %; each fitted to 95 % on its own, 0.325 and 0.617, they matched 56 %),
-#: with the first tracks re-ranked by harmony (Library.verify). The harmony check does most of the
-#: rejecting. dedup 0.3 is the lowest threshold of the best pair F1 there (0.994, with the engine's
-#: DEDUP_K and DEDUP_MAX_HAMMING; benchmarks/HISTORY.md). Refitted for the heads trained on the
-#: larger fit corpus (before: 0.343, 0.659, 0.3). Only crnnh64, the default, is calibrated; the
-#: other sizes use the engine's defaults and no harmony check
-CRNNH_THRESHOLDS: dict[int, dict] = {
-    64: {"match_threshold": 0.064, "chroma_threshold": 0.645, "dedup_threshold": 0.3},
-}
-
-
 #: interim code model -> the CRNNH model of the same size that replaces it
 SUPERSEDED = {f"interim_vgg_itq{bits}": f"crnnh{bits}" for bits in INTERIM_BITS if bits in CRNNH_BITS}
 
@@ -121,8 +105,9 @@ REGISTRY: dict[str, ModelSpec] = {
                 f"interim codes: MTT_vgg pool5 features, {bits}-bit noise-robust LDA + ITQ fitted on allowed music",
                 weights=f"interim_vgg_itq{bits}.safetensors", bits=bits, backbone="MTT_vgg", feature="pool5",
                 # match threshold: 95 % of out-of-library clips rejected on the fit corpus
-                # (benchmarks/eval_engine.py, benchmarks/HISTORY.md); only the 64-bit model is calibrated
-                config={"match_threshold": 0.219} if bits == 64 else {},
+                # (benchmarks/HISTORY.md); only the 64-bit model is calibrated
+                config={"match_threshold": 0.219, "thresholds_source": "the fit corpus (95 % of out-of-library clips)"}
+                if bits == 64 else {},
             )
             for bits in INTERIM_BITS
         ),
@@ -132,7 +117,6 @@ REGISTRY: dict[str, ModelSpec] = {
                 f"CRNNH: MTT_vgg pool1-5 pyramid, LSTM hash heads for clips and for similarity, {bits} bits, "
                 "trained on allowed music" + ("; default code model" if bits == 64 else ""),
                 weights=f"crnnh{bits}.safetensors", segment_weights=f"crnnh{bits}_segments.safetensors", bits=bits, backbone="MTT_vgg",
-                config=CRNNH_THRESHOLDS.get(bits, {}),
             )
             for bits in CRNNH_BITS
         ),

@@ -19,16 +19,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import ArrayLike
-
-# Decision rule: ``match = top score > threshold``. Chosen on the seeded
-# synthetic model in tests/test_vote.py (64-bit codes, k = 10..100, random
-# neighbours at 14..26 bits, true hits at 2..12 bits): the best random-only
-# score stayed below 0.12, and a clip whose true track is hit by half its
-# windows scores at least 0.5 * (1 - 24/64)^2 = 0.195. 0.15 sits between the
-# two. Only a placeholder until it is refit on real data with
-# calibrate_threshold.
-DEFAULT_MATCH_THRESHOLD = 0.15
 
 # The score divides by at least this many windows. One random neighbour can
 # be the whole support of a 1- or 2-window clip (3-4 s); without a floor such
@@ -335,33 +325,3 @@ def _close_tracks(hits: SegmentHits, slack: int) -> np.ndarray:
     pairs = np.unique(np.stack([qi[close], tr[close]], axis=1), axis=0)
     counts = np.bincount(pairs[:, 0], minlength=hits.n_query_windows) if len(pairs) else np.zeros(hits.n_query_windows)
     return np.maximum(counts[qi], 1).astype(np.float64)
-
-
-def match_decision(votes: list[TrackVote], threshold: float = DEFAULT_MATCH_THRESHOLD) -> bool:
-    """Whether the clip is in the library: the best score exceeds threshold.
-
-    Strictly greater, so a threshold from calibrate_threshold rejects every
-    negative it was fitted on up to the target rate.
-    """
-    return bool(votes) and votes[0].score > threshold
-
-
-def calibrate_threshold(pos_scores: ArrayLike, neg_scores: ArrayLike, target_tnr: float = 0.95) -> float:
-    """Smallest threshold that rejects at least target_tnr of the negatives.
-
-    pos_scores: float [n_pos]  top scores of clips that are in the library
-    neg_scores: float [n_neg]  top scores of clips that are not
-
-    With ``match = score > threshold`` this is the ceil(target_tnr * n_neg)-th
-    smallest negative score. Being the smallest such threshold it also keeps
-    the most positives, so pos_scores do not change the choice; they are part
-    of the signature so fitting and reporting TPR/TNR take the same inputs.
-    """
-    neg = np.sort(np.asarray(neg_scores, dtype=np.float64).ravel())
-    if not 0.0 < target_tnr <= 1.0:
-        raise ValueError(f"target_tnr must be in (0, 1], got {target_tnr}")
-    if len(neg) == 0:
-        raise ValueError("calibrate_threshold needs at least one negative score")
-    # The epsilon keeps 0.95 * 20 = 19.000000000000004 from asking for 20.
-    k = math.ceil(target_tnr * len(neg) - 1e-9)
-    return float(neg[k - 1])

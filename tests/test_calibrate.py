@@ -1,0 +1,86 @@
+"""Fitting a code model's thresholds (musichash.search.calibrate) and reading them back (search.thresholds)."""
+
+import itertools
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from musichash.models.registry import get_spec, weights_file
+from musichash.search import calibrate
+from musichash.search.calibrate import JOINT_TNR, Scored, calibrate_threshold, fit_joint, matched
+from musichash.search.thresholds import DEFAULT_MATCH_THRESHOLD, Thresholds
+
+
+def _clips(rng, n, in_library, shift):
+    return [Scored(float(rng.normal(shift, 0.1)),
+                   None if rng.random() < 0.1 else float(np.clip(rng.normal(shift, 0.2), -1, 1)),
+                   in_library, bool(rng.random() < 0.9))
+            for _ in range(n)]
+
+
+def test_calibrate_threshold_is_the_negative_quantile():
+    neg = [0.05, 0.30, 0.10, 0.20, 0.01, 0.02, 0.03, 0.04, 0.15, 0.25]
+    assert calibrate_threshold(neg, target_tnr=0.95) == 0.30  # 10 of 10 at or below
+    assert calibrate_threshold(neg, target_tnr=0.8) == 0.20  # the 8th smallest
+    t = calibrate_threshold(neg, target_tnr=0.7)
+    assert t == 0.15 and np.mean(np.array(neg) <= t) >= 0.7
+    with pytest.raises(ValueError):
+        calibrate_threshold([], 0.95)
+
+
+def test_joint_fit_keeps_the_most_matches_at_the_target():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pos, neg = _clips(rng, 60, True, 0.5), _clips(rng, 40, False, 0.3)
+        t, tc = fit_joint(pos + neg, 0.95)
+
+        def kept(t, tc):
+            return sum(c.top1 and matched(c, t, tc) for c in pos)
+
+        def tnr(t, tc):
+            return np.mean([not matched(c, t, tc) for c in neg])
+
+        assert tnr(t, tc) >= 0.95
+        # every pair of thresholds from the data's own values: none keeps more at 95 % (brute force)
+        ts = [c.score for c in pos + neg] + [-9.0]
+        tcs = [c.chroma for c in pos + neg if c.chroma is not None] + [-1.0]
+        assert kept(t, tc) == max(kept(a, b) for a, b in itertools.product(ts, tcs) if tnr(a, b) >= 0.95)
+        # and at least as many as the two thresholds each fitted at 95 % alone
+        alone = (calibrate_threshold([c.score for c in neg], 0.95),
+                 calibrate_threshold([c.chroma for c in neg if c.chroma is not None], 0.95))
+        assert kept(t, tc) >= kept(*alone)
+    with pytest.raises(ValueError, match="at least one out-of-library clip"):
+        fit_joint(pos, 0.95)
+
+
+def test_thresholds_come_from_the_model_json_and_say_so():
+    shipped = Thresholds.of("crnnh64")
+    assert shipped.source and "calibration third" in shipped.source and shipped.target_tnr == JOINT_TNR
+    assert shipped.harmony_check and shipped.describe().startswith("thresholds calibrated on the fit corpus")
+    other = Thresholds.of("crnnh32")  # no calibration set chose its thresholds
+    assert other.source is None and other.match == DEFAULT_MATCH_THRESHOLD and not other.harmony_check
+    assert other.describe() == "thresholds: defaults, not calibrated"
+    assert Thresholds.of("unittest_crnnh").dedup == 1.01  # a registry config overrides
+
+
+def test_fitted_thresholds_are_written_into_a_checkpoint_and_read_back(tmp_path):
+    """A trained checkpoint (its .safetensors and .json) takes the fit; a library opened on it uses it."""
+    shipped = weights_file(get_spec("crnnh16").segment_weights)
+    weights = tmp_path / "mine.safetensors"
+    shutil.copy(shipped, weights)
+    shutil.copy(shipped.with_suffix(".json"), weights.with_suffix(".json"))
+    assert "thresholds" not in json.loads(weights.with_suffix(".json").read_text())
+    spec = get_spec(str(weights))
+    assert Thresholds.of(spec.name).source is None
+    rng = np.random.default_rng(3)
+    clips = _clips(rng, 50, True, 0.5) + _clips(rng, 50, False, 0.2)
+    fitted = calibrate.fit_thresholds(clips, Thresholds.of(spec.name), "my calibration set")
+    path = calibrate.write_thresholds(spec, fitted)
+    assert path == str(weights.with_suffix(".json"))
+    back = Thresholds.of(spec.name)
+    assert back == fitted and back.source == "my calibration set" and back.target_tnr == JOINT_TNR
+    assert calibrate.rates(clips, back.match, back.chroma)["tnr"] >= JOINT_TNR
+    with pytest.raises(ValueError, match="no model JSON"):
+        calibrate.write_thresholds(get_spec("interim_vgg_itq64"), fitted)
