@@ -339,11 +339,12 @@ class Library:
             code = index.track_code(track.id)
             if code is not None:
                 c = self.store.get_codes(track.id)
-                return similar.Seed(str(seed), code, c.segment_codes, c.segment_times, track.id, track.duration_s)
+                return similar.Seed(str(seed), track.path, code, c.segment_codes, c.segment_times, track.id,
+                                    track.duration_s)
         try:
             enc = self.encode(seed, hop=LIBRARY_HOP)
         except AudioError as e:
             raise QueryError(f"{seed}: {e.reason}") from None
-        return similar.Seed(str(seed), enc.track_code, enc.codes, enc.times, None, enc.duration_s)
+        return similar.Seed(str(seed), str(seed), enc.track_code, enc.codes, enc.times, None, enc.duration_s)
 
 

@@ -62,7 +62,7 @@ def test_thresholds_come_from_the_model_json_and_say_so():
     other = Thresholds.of("crnnh32")  # no calibration set chose its thresholds
     assert other.source is None and other.match == DEFAULT_MATCH_THRESHOLD and not other.harmony_check
     assert other.describe() == "thresholds: defaults, not calibrated"
-    assert Thresholds.of("unittest_crnnh").dedup == 1.01  # a registry config overrides
+    assert Thresholds.of("unittest_crnnh").dedup == 0.5  # a registry config overrides
 
 
 def test_fitted_thresholds_are_written_into_a_checkpoint_and_read_back(tmp_path):

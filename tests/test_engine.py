@@ -473,3 +473,28 @@ def test_a_query_keeps_the_values_behind_its_codes(music, lib_dir, tmp_path):
     index(lib_dir, music / "song1.wav")
     with Library.open(lib_dir) as lib:
         assert lib.encode(music / "song1.wav", track=False).relaxed is None
+
+
+def test_dedup_finds_a_trimmed_copy_by_its_codes(music, lib_dir):
+    """A copy with other bytes (FLAC, its first 2.56 s cut) joins its original through the codes
+    alone, with the aligned spans; no other song joins, and a similar() of either leaves out the other."""
+    y, _ = sf.read(music / "song0.wav", dtype="float32")
+    cut = 2.56  # two segment hops: the copy's windows fall on the original's grid
+    sf.write(music / "copy.flac", y[int(cut * SR):], SR)
+    index(lib_dir, music)
+    with Library.open(lib_dir) as lib:
+        assert lib.thresholds.dedup <= 0.5
+        groups = lib.dedup()
+        assert len(groups) == 1
+        spans = {os.path.basename(m.path): m.span_s for m in groups[0].tracks}
+        assert sorted(spans) == ["copy.flac", "song0.wav"]
+        assert spans["song0.wav"] == (pytest.approx(cut, abs=0.05), pytest.approx(12, abs=0.05))
+        assert spans["copy.flac"] == (pytest.approx(0.0, abs=0.05), pytest.approx(12 - cut, abs=0.05))
+        r = lib.similar(str(music / "copy.flac"), top_k=10)
+        assert [os.path.basename(p) for p in r.excluded] == ["song0.wav"]
+        assert "song0.wav" not in [os.path.basename(h.path) for h in r.results]
+        # a third track's candidates show one recording once: the copy goes to the left-out list
+        r = lib.similar(str(music / "song1.wav"), top_k=10)
+        shown = [os.path.basename(h.path) for h in r.results]
+        assert len({"song0.wav", "copy.flac"} & set(shown)) == 1 and len(shown) == 3
+        assert {os.path.basename(p) for p in r.excluded} == {"song0.wav", "copy.flac"} - set(shown)

@@ -245,3 +245,21 @@ def test_vote_weighs_hits_by_their_distance_when_given():
     weighed = vote(SegmentHits.from_knn(times, D, I, seg_track, seg_time, 64, distance=dist))
     assert [v.track_id for v in weighed] == [2, 1] and weighed[0].hamming == 10
     assert weighed[0].score > plain[0].score
+
+
+def test_a_window_that_fits_many_tracks_counts_for_less():
+    """Windows 0-2 hit tracks 1 and 2 equally well (a generic texture); windows 3-4 single out track 3.
+    Each vote alone ranks 1 and 2 first (3 of 5 windows); sharing a window's weight among the tracks
+    it hits within the slack ranks track 3 first, as the search does by default."""
+    from musichash.search.query import DEFAULT_SHARE_SLACK, Settings, rank
+
+    q = np.array([0, 0, 1, 1, 2, 2, 3, 4])
+    hits = SegmentHits(q, q * HOP, np.array([1, 2, 1, 2, 1, 2, 3, 3]), 10.0 + q * HOP,
+                       np.full(8, 4), BITS, 5)
+    plain = vote(hits)
+    assert [v.track_id for v in plain][:2] == [1, 2] and plain[0].score > plain[2].score
+    shared = vote(hits, share_slack=DEFAULT_SHARE_SLACK)
+    assert shared[0].track_id == 3
+    assert shared[0].score == pytest.approx(plain[2].score)  # its windows hit it alone: nothing shared
+    assert shared[1].score == pytest.approx(plain[0].score / 2)
+    assert DEFAULT_SHARE_SLACK is not None and rank(hits, Settings())[0].track_id == 3

@@ -1,10 +1,14 @@
 """Recommendation candidates: tracks whose track codes lie near the seeds', minus the seeds' duplicates.
 
 1. **seeds**: a library track's stored codes, or an audio file encoded now (``Seed``);
-2. **exclude**: the seeds themselves, files with the same bytes, and tracks ``search.dedup`` finds
-   to hold the same recording;
+2. **exclude**: the seeds themselves, files with the same bytes, and tracks that hold the same
+   recording: those whose codes ``search.dedup`` aligns with a seed's and whose audio agrees along
+   that alignment (``dedup.same_recording``; codes alone also align unrelated tracks that share a
+   texture);
 3. **nearest**: candidates from each seed's nearest track codes, widened until ``top_k`` pass the
-   exclusions and the tag filters, ranked by mean similarity to all seeds (``similar_tracks``).
+   exclusions and the tag filters, ranked by mean similarity to all seeds (``similar_tracks``);
+4. **one per recording**: a candidate that holds the same recording as a better one is left out too,
+   so a track and its MP3 copy never fill two places.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ DEFAULT_TAG_P = 0.2
 
 @dataclass(frozen=True)
 class Seed:
-    """A seed's codes: track code uint8 [bits/8], segment codes and times, and its library track id
-    (None: an audio file from outside the library) and duration."""
+    """A seed's audio file and codes: track code uint8 [bits/8], segment codes and times, and its
+    library track id (None: an audio file from outside the library) and duration."""
 
     name: str
+    path: str
     code: np.ndarray
     segment_codes: np.ndarray
     segment_times: np.ndarray
@@ -58,6 +63,23 @@ def tag_filter(vocabulary: Sequence[str], tags: Sequence[str], exclude_tags: Seq
     return keep
 
 
+def same_recording_as(
+    path: str, track_id: int | None, codes: np.ndarray, times: np.ndarray, duration_s: float | None,
+    index: SearchIndex, store, dedup_threshold: float, among: set[int] | None = None,
+) -> list[int]:
+    """Library tracks (of ``among``, if given) that hold the same recording as the audio at ``path``:
+    their codes align with these (``dedup.duplicates_of``) and their audio agrees along the alignment."""
+    pairs = dedup.duplicates_of(index, codes, times, store.bits, self_id=track_id, duration_s=duration_s,
+                                threshold=dedup_threshold)
+    pairs = [p for p in pairs if among is None or p.b in among]
+    if not pairs:
+        return []
+    tracks = store.get_many(p.b for p in pairs)
+    paths = {p.b: tracks[p.b].path for p in pairs if p.b in tracks}
+    paths[-1 if track_id is None else track_id] = path
+    return [p.b for p in dedup.same_recording([p for p in pairs if p.b in paths], paths)]
+
+
 def recommend(
     seeds: Sequence[Seed],
     index: SearchIndex,
@@ -67,25 +89,43 @@ def recommend(
     top_k: int,
     top_tags: Callable,
 ) -> SimilarResult:
-    """Stages 2-3 for seeds already resolved; store: ``indexer.store.LibraryStore``."""
+    """Stages 2-4 for seeds already resolved; store: ``indexer.store.LibraryStore``."""
     exclude, excluded_paths = set(), []
+
+    def leave_out(track) -> None:
+        if track.id not in exclude:
+            exclude.add(track.id)
+            excluded_paths.append(track.path)
+
     for seed in seeds:
         if seed.track_id is not None:
             exclude.add(seed.track_id)
             for t in store.find_by_hash(store.get(seed.track_id).content_hash):
-                if t.id not in exclude and t.status == "ok":
-                    exclude.add(t.id)
-                    excluded_paths.append(t.path)
-        for p in dedup.duplicates_of(index, seed.segment_codes, seed.segment_times, store.bits, self_id=seed.track_id,
-                                     duration_s=seed.duration_s, threshold=dedup_threshold):
-            if p.b not in exclude:
-                exclude.add(p.b)
-                t = store.get(p.b)
-                excluded_paths.append(t.path if t else str(p.b))
-    found = similar_tracks(index, np.stack([s.code for s in seeds]), store.bits, top_k=top_k, exclude=exclude, keep=keep)
+                if t.status == "ok":
+                    leave_out(t)
+        for tid in same_recording_as(seed.path, seed.track_id, seed.segment_codes, seed.segment_times,
+                                     seed.duration_s, index, store, dedup_threshold):
+            leave_out(store.get(tid))
+    # twice as many candidates as shown: some may turn out to be copies of better ones
+    found = similar_tracks(index, np.stack([s.code for s in seeds]), store.bits, top_k=2 * top_k, exclude=exclude,
+                           keep=keep)
     tracks = store.get_many(tid for tid, _, _ in found)
-    hits = tuple(SimilarHit(tid, tracks[tid].path, score, d, top_tags(tracks[tid])) for tid, score, d in found if tid in tracks)
-    return SimilarResult(", ".join(s.name for s in seeds), hits, tuple(excluded_paths))
+    found = [f for f in found if f[0] in tracks]
+    hits, copies = [], set()
+    for tid, score, d in found:
+        if len(hits) == top_k:
+            break
+        if tid in copies:
+            leave_out(tracks[tid])
+            continue
+        hits.append(SimilarHit(tid, tracks[tid].path, score, d, top_tags(tracks[tid])))
+        later = {f[0] for f in found} - {h.track_id for h in hits} - copies
+        t = tracks[tid]
+        copies |= {o for o in later if tracks[o].content_hash == t.content_hash}
+        c = store.get_codes(tid)
+        copies |= set(same_recording_as(t.path, tid, c.segment_codes, c.segment_times, t.duration_s, index, store,
+                                        dedup_threshold, among=later))
+    return SimilarResult(", ".join(s.name for s in seeds), tuple(hits), tuple(excluded_paths))
 
 
 def similar_tracks(
