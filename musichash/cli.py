@@ -473,7 +473,7 @@ def remove(paths, library, db_url, as_json):
 @cli.command()
 @library_options
 @click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf", "multihash"]), default=None,
-              help="Switch the segment index type (default: keep the current one; new libraries use flat).")
+              help="Switch the segment index type (default: keep the current one; a new library is flat up to 1M segments, IVF above).")
 @click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF lists probed per query.")
 @json_option
 @device_option
