@@ -27,7 +27,8 @@ from musichash.search.vote import SegmentHits, vote
 #: per window in dedup: the track's own neighbouring segments and every other copy take slots.
 #: With crnnh64's segment head, 50 instead of 20 raised the weakest true pair's coverage on
 #: the evaluation corpus's dedup set from 0.06 to 0.13 and the best pair F1 from 0.968 to
-#: 0.976 (benchmarks/HISTORY.md); the vote over 50 hits per window stays a few ms per track
+#: 0.976 (benchmarks/HISTORY.md); the vote over 50 hits per window stays a few ms per track.
+#: Chosen on the evaluation corpus, so its dedup figures are not independent of this choice
 DEDUP_K = 50
 #: dedup tolerates small speed changes only (a 5 % faster file is a different edit)
 DEDUP_MAX_RATE_CHANGE = 0.03
@@ -35,7 +36,8 @@ DEDUP_MAX_RATE_CHANGE = 0.03
 #: add up. With crnnh64's segment head, a cut at 25 % of the bits is the one at which
 #: copies and other recordings (alternate arrangements of one score included) are
 #: separable on both dedup sets when every segment pair is compared
-#: (benchmarks/dedup_ceiling.py); at 20 % or 30 % one of the two sets is not
+#: (benchmarks/HISTORY.md); at 20 % or 30 % one of the two sets is not. One of the two is the
+#: evaluation corpus's, so its dedup figures are not independent of this choice
 DEDUP_MAX_HAMMING = 0.25
 WINDOW_S = 3.0
 
