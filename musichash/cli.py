@@ -204,6 +204,14 @@ def _bar(quiet: bool, as_json: bool):
     return functools.partial(tqdm, disable=not show, file=sys.stderr, leave=False)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
+
+
+def _shown(path) -> str:
+    """A path as one line of text: control characters (a newline in a file name) escaped as in Python."""
+    return str(path).translate(_CONTROL)
+
+
 def _tags_text(tags) -> str:
     return ", ".join(t.tag for t in tags[:3])
 
@@ -243,6 +251,9 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
             self.bar.update(seconds)
 
     with _open(library, db_url, write=True, device=device, code_model=code_model) as lib:
+        if not (quiet or as_json) and sys.stderr.isatty():
+            click.echo(f"loading the code model {lib.code_model}...", err=True)
+        lib.model  # noqa: B018  (loaded before the bar starts, so the bar's rate is the indexing's)
         progress = Bar()
         try:
             report = lib.index(paths, prune=prune, workers=workers, progress=progress)
@@ -265,11 +276,11 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
         f"{len(report.failed)} failed ({_duration(report.audio_s)} of audio in {report.seconds:.1f} s{speed})"
     )
     for old, new in report.moved:
-        click.echo(f"  moved: {old} -> {new}")
+        click.echo(f"  moved: {_shown(old)} -> {_shown(new)}")
     for path, original in report.copies:
-        click.echo(f"  copy: {path} (same bytes as {original})")
+        click.echo(f"  copy: {_shown(path)} (same bytes as {_shown(original)})")
     for f in report.failed:
-        click.echo(f"  skipped: {f.path}: {f.reason}", err=True)
+        click.echo(f"  skipped: {_shown(f.path)}: {f.reason}", err=True)
 
 
 @cli.command()
@@ -284,34 +295,53 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
 @reports_errors
 def search(clips, library, db_url, top_k, threshold, chroma_threshold, as_json, device, quiet):
     """Find the tracks that CLIPS (files or folders of clips, 3 s or longer) come from, and where."""
-    from musichash.indexer.pipeline import scan
+    from musichash.indexer.pipeline import AUDIO_EXTENSIONS, scan
     from musichash.search.results import search_json
 
     files, missing = scan(clips)
     for m in missing:
-        click.echo(f"Error: {m.path}: {m.reason}", err=True)
+        click.echo(f"Error: {_shown(m.path)}: {m.reason}", err=True)
     failed = len(missing)
     with _open(library, db_url, device=device) as lib:
+        if not files and not missing:
+            raise click.ClickException(f"{', '.join(map(_shown, clips))}: no audio files found (searched for: "
+                                       f"{', '.join(sorted(AUDIO_EXTENSIONS))})")
+        t = lib.thresholds if threshold is None and chroma_threshold is None else None
         for r in lib.search(files, top_k=top_k, threshold=threshold, chroma_threshold=chroma_threshold):
             if r.error is not None:
                 failed += 1
-                click.echo(f"Error: {r.query}: {r.error}", err=True)
+                click.echo(f"Error: {_shown(r.query)}: {r.error}", err=True)
                 if as_json:
                     emit(search_json(r))
                 continue
+            if r.note is not None:
+                click.echo(f"Note: {_shown(r.query)}: {r.note}", err=True)
             if as_json:
                 emit(search_json(r))
                 continue
-            verdict = "match" if r.match else "no match"
-            click.echo(f"{r.query}  ({r.duration_s:.1f} s): {verdict}")
+            verdict = "match" if r.match else "no match" + _why_not(r, t)
+            click.echo(f"{_shown(r.query)}  ({r.duration_s:.1f} s): {verdict}")
             for i, h in enumerate(r.results if r.match else r.results[:1], 1):
                 lead = f"{i}." if r.match else "nearest:"
                 harmony = f"  harmony {r.chroma:.2f}" if i == 1 and r.chroma is not None else ""
                 click.echo(
-                    f"  {lead} {h.path}  at {_clock(h.offset_s)}  score {h.score:.2f}{harmony}  hamming {h.hamming}  [{_tags_text(h.tags)}]"
+                    f"  {lead} {_shown(h.path)}  at {_clock(h.offset_s)}  score {h.score:.2f}{harmony}  hamming {h.hamming}  [{_tags_text(h.tags)}]"
                 )
     if failed:
         raise click.ClickException(f"{failed} of {len(files) + len(missing)} clips could not be searched")
+
+
+def _why_not(r, t) -> str:
+    """Which check a clip failed, at the model's thresholds: a score is the weighted share of the clip's
+    windows that agree on one offset in the track (0 to 1), and the harmony check can reject a clip
+    whose score is high (music with the same texture in another key or progression)."""
+    if t is None or not r.results:
+        return ""
+    if r.results[0].score <= t.match:
+        return f" (score {r.results[0].score:.2f}, needs above {t.match:.2f})"
+    if r.chroma is not None and t.harmony_check and r.chroma <= t.chroma:
+        return f" (harmony {r.chroma:.2f}, needs above {t.chroma:.2f})"
+    return ""
 
 
 @cli.command()
@@ -351,7 +381,7 @@ def dedup(library, db_url, threshold, as_csv, verify, as_json, quiet):
     for g, group in enumerate(groups, 1):
         click.echo(f"group {g} ({len(group.tracks)} files, score {group.score:.2f})")
         for m in group.tracks:
-            click.echo(f"  {m.path}  [{_clock(m.span_s[0])} - {_clock(m.span_s[1])}]")
+            click.echo(f"  {_shown(m.path)}  [{_clock(m.span_s[0])} - {_clock(m.span_s[1])}]")
 
 
 def similar_options(f):
@@ -362,13 +392,13 @@ def similar_options(f):
 
 
 def _print_similar(r) -> None:
-    click.echo(f"similar to {r.seed}:")
+    click.echo(f"similar to {_shown(r.seed)}:")
     for i, h in enumerate(r.results, 1):
-        click.echo(f"  {i}. {h.path}  score {h.score:.2f}  [{_tags_text(h.tags)}]")
+        click.echo(f"  {i}. {_shown(h.path)}  score {h.score:.2f}  [{_tags_text(h.tags)}]")
     if not r.results:
         click.echo("  (no tracks pass the filters)")
     for p in r.excluded:
-        click.echo(f"  left out (same recording): {p}")
+        click.echo(f"  left out (same recording): {_shown(p)}")
 
 
 @cli.command()
@@ -467,7 +497,27 @@ def remove(paths, library, db_url, as_json):
         emit({"removed": gone})
         return
     for p in gone:
-        click.echo(f"removed {p}")
+        click.echo(f"removed {_shown(p)}")
+
+
+@cli.command()
+@click.argument("under", required=False, type=click.Path(path_type=Path))
+@library_options
+@click.option("--status", type=click.Choice(["ok", "error", "pending"]), default=None, help="Only tracks in this state.")
+@json_option
+@reports_errors
+def tracks(under, library, db_url, status, as_json):
+    """List the library's tracks (those at or under UNDER, if given): id, state, length and path."""
+    with _open(library, db_url) as lib:
+        rows = lib.tracks(under, status=status)
+    for t in rows:
+        if as_json:
+            emit({"track_id": t.id, "path": t.path, "status": t.status, "duration_s": t.duration_s,
+                  "format": t.format, **({"error": t.error} if t.error else {})})
+            continue
+        length = _duration(t.duration_s) if t.duration_s is not None else "-"
+        why = f"  ({t.error})" if t.error else ""
+        click.echo(f"{t.id:>6}  {t.status:<7}  {length:>7}  {_shown(t.path)}{why}")
 
 
 @cli.command()

@@ -24,7 +24,7 @@ import numpy as np
 
 from musichash.devices import faiss_device
 from musichash.errors import MusichashError
-from musichash.features.audio import AudioError
+from musichash.features.audio import AudioError, AudioTooShortError
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
 from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, ModelMismatchError, Track
 from musichash.models import DEFAULT_CODE_MODEL, ModelError, get_spec, tag_names
@@ -190,13 +190,11 @@ class Library:
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> list[str]:
         """Drop tracks by file path, or every track under a folder; returns the paths removed."""
-        tracks = self.store.tracks()
         gone: dict[int, str] = {}
         for p in paths:
-            target = str(Path(p).absolute())
-            hit = [t for t in tracks if t.path == target or t.path.startswith(target.rstrip(os.sep) + os.sep)]
+            hit = self.tracks(p)
             if not hit:
-                raise QueryError(f"{p}: no track of the library is at or under this path; see `musichash stats`")
+                raise QueryError(f"{p}: no track of the library is at or under this path; see `musichash tracks`")
             gone.update((t.id, t.path) for t in hit)
         self.store.remove(gone)
         return sorted(gone.values())
@@ -213,6 +211,14 @@ class Library:
 
     def stats(self) -> LibraryStats:
         return self.store.stats()
+
+    def tracks(self, under: str | os.PathLike | None = None, *, status: str | None = None) -> list[Track]:
+        """The library's tracks in id order (at or under the path ``under``, if given; of ``status``, if given)."""
+        rows = self.store.tracks(status)
+        if under is None:
+            return rows
+        target = str(Path(under).absolute())
+        return [t for t in rows if t.path == target or t.path.startswith(target.rstrip(os.sep) + os.sep)]
 
     @property
     def thresholds(self) -> Thresholds:
@@ -322,7 +328,10 @@ class Library:
     def _query(self, clip: str | os.PathLike | Clip) -> query.Query:
         name = clip.name if isinstance(clip, Clip) else str(clip)
         try:  # the vote needs segment codes only, and the harmony check the clip's chroma
-            return query.Query(name, self.encode(clip, track=False, harmony=True))
+            enc = encode_clip(self.model, clip, track=False, harmony=True, max_s=query.MAX_CLIP_S)
+            return query.Query(name, enc)
+        except AudioTooShortError as e:
+            return query.Query(name, error=query.too_short(getattr(e, "duration_s", 0.0)))
         except AudioError as e:
             return query.Query(name, error=e.reason)
 

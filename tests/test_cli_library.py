@@ -194,7 +194,7 @@ def test_remove_and_reindex(tmp_path):
     assert result.exit_code == 0 and result.stdout == f"removed {music / 's0.wav'}\n"
     again = run("remove", music / "s0.wav", "--library", lib)
     assert again.exit_code == 1
-    assert again.stderr == f"Error: {music / 's0.wav'}: no track of the library is at or under this path; see `musichash stats`\n"
+    assert again.stderr == f"Error: {music / 's0.wav'}: no track of the library is at or under this path; see `musichash tracks`\n"
     result = run("reindex", "--library", lib, "--index-type", "hnsw", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"library": str(lib), "index_type": "hnsw", "segments": 3, "tracks": 1, "device": "cpu"}

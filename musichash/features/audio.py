@@ -17,6 +17,7 @@ import itertools
 import math
 import os
 import stat
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ N_FFT = 512
 HOP = 256
 N_MELS = 96
 MIN_SECONDS = 1.0
+#: a file that decodes to less than this share of the length its header promises is truncated
+#: (an MP3 cut in half still declares its whole length in its Xing header)
+TRUNCATED_SHARE = 0.98
 
 # A 16-bit file holding nothing but +-1 LSB of dither peaks at -90.3 dBFS, so
 # this threshold calls it silent while any audible recording passes easily.
@@ -175,11 +179,46 @@ def _format_name(sf_format: str) -> str:
     return {"WAVEX": "wav", "RF64": "wav"}.get(sf_format, sf_format.lower())
 
 
+@contextmanager
+def _decoder_notes(path: Path, notes: list[str]) -> Iterator[None]:
+    """Collects what a decoder library writes straight to the process's stderr (libmpg123's "Note:
+    Illegal Audio-MPEG-Header ..." and "Warning: Xing stream size off ...") into ``notes``, so it can
+    be told with the file's name instead of as an anonymous line."""
+    import tempfile
+
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            notes += [line.strip() for line in tmp.read().decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+def _tell_notes(path: Path, notes: list[str]) -> None:
+    for note in dict.fromkeys(notes):  # once each
+        print(f"Warning: {path}: decoder: {note}", file=sys.stderr)
+
+
 def _sf_blocks(path: Path, f: sf.SoundFile, block_frames: int, promised: int) -> Iterator[np.ndarray]:
     count = 0
+    mp3 = f.format == "MP3"  # libsndfile decodes MP3 with libmpg123, which talks on stderr
+    notes: list[str] = []
     try:
         while True:
-            x = f.read(block_frames, dtype="float32", always_2d=True)  # [n, channels]
+            if mp3:
+                with _decoder_notes(path, notes):
+                    x = f.read(block_frames, dtype="float32", always_2d=True)
+            else:
+                x = f.read(block_frames, dtype="float32", always_2d=True)  # [n, channels]
             if len(x) == 0:
                 break
             count += len(x)
@@ -188,6 +227,31 @@ def _sf_blocks(path: Path, f: sf.SoundFile, block_frames: int, promised: int) ->
         raise AudioCorruptError(path, f"truncated or corrupt (libsndfile: {e}); {_CORRUPT_FIX}") from None
     if count == 0 and promised > 0:
         raise AudioCorruptError(path, f"header promises {promised} frames but none decode; {_CORRUPT_FIX}")
+    if count < TRUNCATED_SHARE * promised:
+        rate = f.samplerate
+        raise AudioCorruptError(
+            path, f"truncated: {count / rate:.1f} s decode of the {promised / rate:.1f} s its header promises; {_CORRUPT_FIX}"
+        )
+    if f.format == "OGG" and _ogg_unfinished(path):
+        raise AudioCorruptError(path, f"truncated: its last Ogg page does not end the stream; {_CORRUPT_FIX}")
+    _tell_notes(path, notes)
+
+
+def _ogg_unfinished(path: Path) -> bool:
+    """Whether an Ogg file stops before its stream's end: its last page is cut short or lacks the
+    end-of-stream flag (an Ogg cut in half decodes cleanly to the cut and says nothing else)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - 70_000))  # a page is at most 27 + 255 + 255 * 255 bytes
+        tail = fh.read()
+    at = tail.rfind(b"OggS")
+    if at < 0 or len(tail) - at < 27:
+        return True
+    header_type, n_segments = tail[at + 5], tail[at + 26]
+    table = tail[at + 27 : at + 27 + n_segments]
+    if len(table) < n_segments:
+        return True
+    return at + 27 + n_segments + sum(table) > len(tail) or not header_type & 0x04
 
 
 def _av_error(path: Path, e: Exception, stage: str) -> AudioError:
@@ -228,6 +292,8 @@ def _open_av(path: Path, block_seconds: float) -> Iterator[_Source]:
         else:
             duration = math.nan  # filled in by audio_info when it matters
         names = container.format.name.split(",")
+        if "ogg" in names and _ogg_unfinished(path):
+            raise AudioCorruptError(path, f"truncated: its last Ogg page does not end the stream; {_CORRUPT_FIX}")
         ext = path.suffix.lower().lstrip(".")
         info = AudioInfo(
             path=path,
@@ -274,10 +340,14 @@ def _av_blocks(path: Path, container, stream, block_frames: int) -> Iterator[np.
 @contextmanager
 def _open(path: Path, block_seconds: float) -> Iterator[_Source]:
     """Opens with soundfile, else with PyAV; the source's blocks are native-rate mono."""
+    notes: list[str] = []
     try:
-        f = sf.SoundFile(path)
+        with _decoder_notes(path, notes):
+            f = sf.SoundFile(path)
     except (sf.SoundFileError, OSError):
-        f = None
+        f = None  # what the decoder said is moot: ffmpeg tries next, and its error is the one told
+    if f is not None and f.frames:
+        _tell_notes(path, notes)
     if f is not None and f.frames == 0:
         # libsndfile reports 0 frames for a header-only wav but also for an
         # Ogg cut in half; ffmpeg tells the two apart (empty vs. EOF error).
@@ -364,7 +434,9 @@ def _resample_stream(blocks: Iterable[np.ndarray], rate: int) -> Iterator[np.nda
 
 def _check_content(path: Path, n: int, peak: float, what: str = "audio") -> None:
     if n < MIN_SECONDS * SAMPLE_RATE:
-        raise AudioTooShortError(path, f"{what} is {n / SAMPLE_RATE:.2f} s long; need at least {MIN_SECONDS:g} s")
+        e = AudioTooShortError(path, f"{what} is {n / SAMPLE_RATE:.2f} s long; need at least {MIN_SECONDS:g} s")
+        e.duration_s = n / SAMPLE_RATE
+        raise e
     if peak < _SILENCE_PEAK:
         db = 20 * math.log10(peak) if peak > 0 else -math.inf
         raise AudioSilentError(

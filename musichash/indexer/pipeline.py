@@ -96,12 +96,22 @@ class _Plan:
 
 
 def scan(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[FailedFile]]:
-    """Audio files under ``paths`` (recursive, sorted, hidden entries skipped), and paths that do not exist."""
+    """Audio files under ``paths`` (recursive, sorted, hidden entries skipped), and what was skipped:
+    paths that do not exist, folders that cannot be read, and links to folders (not followed, so a
+    link loop or a second way into the same music never doubles it)."""
     files: dict[Path, None] = {}
     missing = []
+
+    def unreadable(e: OSError) -> None:
+        missing.append(FailedFile(str(e.filename), f"cannot read this folder ({e.strerror}); its files were skipped"))
+
     for p in map(Path, paths):
         if p.is_dir():
-            for root, dirs, names in os.walk(p):
+            for root, dirs, names in os.walk(p, onerror=unreadable):
+                for d in sorted(dirs):
+                    if not d.startswith(".") and os.path.islink(os.path.join(root, d)):
+                        missing.append(FailedFile(os.path.join(root, d), "a link to a folder, not followed; "
+                                                  f"give its target ({os.path.realpath(os.path.join(root, d))}) itself"))
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for n in sorted(names):
                     if not n.startswith(".") and Path(n).suffix.lower() in AUDIO_EXTENSIONS:

@@ -81,6 +81,7 @@ class Encoded:
     duration_s: float
     relaxed: np.ndarray | None = None
     chroma: np.ndarray | None = None
+    cut: bool = False  # the audio went on past ``encode_clip``'s max_s, and only that much was encoded
 
 
 @dataclass(frozen=True)
@@ -245,19 +246,31 @@ def _random_projection(spec, backbone) -> Binarizer:
 
 
 def encode_clip(
-    model: CodeModel, clip: str | os.PathLike | Clip, hop: int | None = None, *, track: bool = True, harmony: bool = False
+    model: CodeModel,
+    clip: str | os.PathLike | Clip,
+    hop: int | None = None,
+    *,
+    track: bool = True,
+    harmony: bool = False,
+    max_s: float | None = None,
 ) -> Encoded:
     """Codes of a file or an in-memory clip, windows every ``hop`` frames.
 
     ``hop=None``: a query's (``query_hop`` of the clip's length); ``track=False``: no track code;
-    ``harmony=True``: with the clip's chroma (``Encoded.chroma``). A file that cannot be decoded
+    ``harmony=True``: with the clip's chroma (``Encoded.chroma``); ``max_s``: only the first
+    ``max_s`` seconds (``Encoded.cut`` says whether there was more). A file that cannot be decoded
     raises ``features.audio.AudioError``.
     """
     if isinstance(clip, Clip):
-        hop = query_hop(len(clip.wave) / SAMPLE_RATE) if hop is None else hop
-        enc = model.encode(log_mel(clip.wave), hop, track=track)
-        return replace(enc, chroma=chroma.clip_chroma([clip.wave])) if harmony else enc
+        wave = clip.wave if max_s is None else clip.wave[: round(max_s * SAMPLE_RATE)]
+        hop = query_hop(len(wave) / SAMPLE_RATE) if hop is None else hop
+        enc = model.encode(log_mel(wave), hop, track=track)
+        enc = replace(enc, cut=len(wave) < len(clip.wave))
+        return replace(enc, chroma=chroma.clip_chroma([wave])) if harmony else enc
+    cut = []
     waves = iter_audio_blocks(clip)
+    if max_s is not None:
+        waves = _first_seconds(waves, max_s, cut)
     if hop is None:
         # blocks are a minute long but for the last: the first tells whether the clip is long
         head = next(waves, None)
@@ -266,4 +279,21 @@ def encode_clip(
     cc = chroma.ClipChroma()
     waves = cc.tap(waves) if harmony else waves
     enc = model.encode((torch.from_numpy(c) for c in iter_mel_blocks(waves)), hop, track=track)
+    enc = replace(enc, cut=bool(cut))
     return replace(enc, chroma=cc.frames()) if harmony else enc
+
+
+def _first_seconds(blocks, max_s: float, cut: list) -> Iterable[np.ndarray]:
+    """The first ``max_s`` seconds of 16 kHz blocks; appends True to ``cut`` when more audio followed."""
+    left = round(max_s * SAMPLE_RATE)
+    for x in blocks:
+        if left <= 0:
+            cut.append(True)
+            blocks.close()
+            return
+        yield x[:left]
+        if len(x) > left:
+            cut.append(True)
+            blocks.close()
+            return
+        left -= len(x)

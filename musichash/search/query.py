@@ -45,6 +45,14 @@ DEFAULT_SHARE_SLACK = 2
 RERANK_FACTOR = 4
 #: shortest query clip, seconds (one 3 s window)
 MIN_CLIP_S = 3.0
+#: a longer query file is searched by its first this many seconds (a whole album as a "clip" took
+#: minutes and gigabytes), and the result says so
+MAX_CLIP_S = 60.0
+
+
+def too_short(duration_s: float) -> str:
+    """The one message for a clip too short to search."""
+    return f"clip is {duration_s:.1f} s long; queries need at least {MIN_CLIP_S:g} s"
 #: a clip's first tracks by the vote whose harmony is compared with the clip's (``verify``)
 HARMONY_CANDIDATES = 3
 #: they are ranked by score / best score + HARMONY_WEIGHT * chroma agreement. Chosen on the fit
@@ -66,7 +74,7 @@ class Query:
         if self.error is not None:
             return self.error
         if self.enc.duration_s < MIN_CLIP_S - 0.05:
-            return f"clip is {self.enc.duration_s:.1f} s long; queries need at least {MIN_CLIP_S:g} s"
+            return too_short(self.enc.duration_s)
         return None
 
 
@@ -198,6 +206,7 @@ def search(
                       top_tags(tracks[v.track_id]))
             for v in shown
         )
+        note = f"longer than {MAX_CLIP_S:g} s: only its first {MAX_CLIP_S:g} s were searched" if q.enc.cut else None
         out.append(SearchResult(q.name, bool(shown) and decide(votes, agree, thresholds), results, q.enc.duration_s,
-                                chroma=agree))
+                                chroma=agree, note=note))
     return out

@@ -37,6 +37,7 @@ class SearchResult:
     duration_s: float
     error: str | None = None  # the clip could not be used (the CLI reports it)
     chroma: float | None = None
+    note: str | None = None  # how the clip was searched, when not whole (a long file: its first minute)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ def search_json(r: SearchResult) -> dict:
         out["chroma"] = round(r.chroma, 4)
     if r.error is not None:
         out["error"] = r.error
+    if r.note is not None:
+        out["note"] = r.note
     return out
 
 
