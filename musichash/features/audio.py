@@ -208,10 +208,10 @@ def _tell_notes(path: Path, notes: list[str]) -> None:
         print(f"Warning: {path}: decoder: {note}", file=sys.stderr)
 
 
-def _sf_blocks(path: Path, f: sf.SoundFile, block_frames: int, promised: int) -> Iterator[np.ndarray]:
+def _sf_blocks(path: Path, f: sf.SoundFile, block_frames: int, promised: int, notes: list[str]) -> Iterator[np.ndarray]:
+    """``notes``: what the decoder said while opening the file; told with the file's name at the end."""
     count = 0
     mp3 = f.format == "MP3"  # libsndfile decodes MP3 with libmpg123, which talks on stderr
-    notes: list[str] = []
     try:
         while True:
             if mp3:
@@ -227,14 +227,17 @@ def _sf_blocks(path: Path, f: sf.SoundFile, block_frames: int, promised: int) ->
         raise AudioCorruptError(path, f"truncated or corrupt (libsndfile: {e}); {_CORRUPT_FIX}") from None
     if count == 0 and promised > 0:
         raise AudioCorruptError(path, f"header promises {promised} frames but none decode; {_CORRUPT_FIX}")
-    if count < TRUNCATED_SHARE * promised:
+    # libsndfile's length is exact for WAV, FLAC or Ogg; an MP3's is an estimate unless a Xing header
+    # states it, and libmpg123 notes when that header disagrees with the file: cut short
+    stated = not mp3 or any("Xing stream size off" in n for n in notes)
+    _tell_notes(path, notes)
+    if stated and count < TRUNCATED_SHARE * promised:
         rate = f.samplerate
         raise AudioCorruptError(
             path, f"truncated: {count / rate:.1f} s decode of the {promised / rate:.1f} s its header promises; {_CORRUPT_FIX}"
         )
     if f.format == "OGG" and _ogg_unfinished(path):
         raise AudioCorruptError(path, f"truncated: its last Ogg page does not end the stream; {_CORRUPT_FIX}")
-    _tell_notes(path, notes)
 
 
 def _ogg_unfinished(path: Path) -> bool:
@@ -346,8 +349,6 @@ def _open(path: Path, block_seconds: float) -> Iterator[_Source]:
             f = sf.SoundFile(path)
     except (sf.SoundFileError, OSError):
         f = None  # what the decoder said is moot: ffmpeg tries next, and its error is the one told
-    if f is not None and f.frames:
-        _tell_notes(path, notes)
     if f is not None and f.frames == 0:
         # libsndfile reports 0 frames for a header-only wav but also for an
         # Ogg cut in half; ffmpeg tells the two apart (empty vs. EOF error).
@@ -366,7 +367,7 @@ def _open(path: Path, block_seconds: float) -> Iterator[_Source]:
             channels=int(f.channels),
         )
         block_frames = max(1, int(block_seconds * f.samplerate))
-        yield _Source(info, _sf_blocks(path, f, block_frames, f.frames))
+        yield _Source(info, _sf_blocks(path, f, block_frames, f.frames, notes))
 
 
 def _native_checked(path: Path, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
