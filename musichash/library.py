@@ -47,6 +47,11 @@ class QueryError(MusichashError):
     """A query (clip, seed or tag) cannot be used as given."""
 
 
+def _user(path: str | os.PathLike) -> Path:
+    """A path as a user writes it, ``~`` included (the README's own examples use it)."""
+    return Path(path).expanduser()
+
+
 def default_folder() -> Path:
     """``$MUSICHASH_LIBRARY``, else ``$XDG_DATA_HOME/musichash`` (``~/.local/share/musichash``)."""
     env = os.environ.get("MUSICHASH_LIBRARY")
@@ -186,7 +191,8 @@ class Library:
         progress: Progress | None = None,
     ) -> IndexReport:
         """Add or update the audio under ``paths`` (see ``musichash.indexer.pipeline``)."""
-        return index_paths(self.store, self.model, paths, prune=prune, workers=workers, progress=progress)
+        return index_paths(self.store, self.model, [_user(p) for p in paths], prune=prune, workers=workers,
+                           progress=progress)
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> list[str]:
         """Drop tracks by file path, or every track under a folder; returns the paths removed."""
@@ -217,7 +223,7 @@ class Library:
         rows = self.store.tracks(status)
         if under is None:
             return rows
-        target = str(Path(under).absolute())
+        target = str(_user(under).absolute())
         return [t for t in rows if t.path == target or t.path.startswith(target.rstrip(os.sep) + os.sep)]
 
     @property
@@ -327,6 +333,7 @@ class Library:
 
     def _query(self, clip: str | os.PathLike | Clip) -> query.Query:
         name = clip.name if isinstance(clip, Clip) else str(clip)
+        clip = clip if isinstance(clip, Clip) else _user(clip)
         try:  # the vote needs segment codes only, and the harmony check the clip's chroma
             enc = encode_clip(self.model, clip, track=False, harmony=True, max_s=query.MAX_CLIP_S)
             return query.Query(name, enc)
@@ -343,7 +350,8 @@ class Library:
             if track is None:
                 raise QueryError(f"no track with id {seed} in {self.folder}")
         else:
-            track = self.store.find_by_path(str(Path(seed).absolute()))
+            seed = _user(seed)
+            track = self.store.find_by_path(str(seed.absolute()))
         if track is not None and track.status == "ok":
             code = index.track_code(track.id)
             if code is not None:
