@@ -60,7 +60,7 @@ from musichash.library import Clip, Library  # noqa: E402
 from musichash.search import dedup, query  # noqa: E402
 
 DEDUP_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-#: the copies of each original in the dedup set, named STEM.VARIANT.EXT (dedup_ceiling.py reads them back)
+#: the copies of each original in the dedup set, named STEM.VARIANT.EXT
 DEDUP_VARIANTS = ("mp3_64k", "gain-6_trim_fade", "pad3_fadein", "speed1.02")
 
 

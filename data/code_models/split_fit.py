@@ -6,8 +6,7 @@ writes ``train.jsonl`` and ``calibration.jsonl`` beside ``manifest.jsonl``
 (same rows, paths still relative to that folder). Files are taken in path
 order and every third one (the 3rd, 6th, ...) goes to calibration: the
 CRNNH models are trained on the rest, and their match and dedup thresholds
-are fitted on music they never heard. ``benchmarks/crnnh_similarity.py``
-holds out the same files.
+are fitted on music they never heard.
 """
 
 from __future__ import annotations

@@ -42,8 +42,7 @@ QUERY_HOP = 16
 #: half the windows to encode, search and vote on, about 5 ms of a 10 s query at 100k tracks.
 #: 10 s top-1 at 100k tracks: 98.2 / 98.6 % against 97.3 / 99.1 % at QUERY_HOP (two grown libraries,
 #: 220 clips); on the evaluation corpus's 17 tracks 96.1 % against 98.2 % (440 clips). 5 s clips
-#: would lose 1-4 points at 100k, so they keep QUERY_HOP (benchmarks/match_study/query_hop.py,
-#: benchmarks/HISTORY.md)
+#: would lose 1-4 points at 100k, so they keep QUERY_HOP (benchmarks/HISTORY.md)
 LONG_QUERY_S = 8.0
 LONG_QUERY_HOP = 32
 

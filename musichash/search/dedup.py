@@ -35,7 +35,7 @@ DEDUP_MAX_RATE_CHANGE = 0.03
 #: add up. With crnnh64's segment head, a cut at 25 % of the bits is the one at which
 #: copies and other recordings (alternate arrangements of one score included) are
 #: separable on both dedup sets when every segment pair is compared
-#: (benchmarks/dedup_ceiling.py); at 20 % or 30 % one of the two sets is not
+#: (benchmarks/HISTORY.md); at 20 % or 30 % one of the two sets is not
 DEDUP_MAX_HAMMING = 0.25
 WINDOW_S = 3.0
 
