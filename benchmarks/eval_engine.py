@@ -15,8 +15,8 @@ Everything goes through the public ``Library`` API, as a user's script would:
    for scores an alternate arrangement that must *not* merge) is indexed in
    a second library and ``dedup`` is scored by pair precision / recall / F1.
 
-    python benchmarks/corpus.py --out /tmp/corpus_full --packages planetblupi-music-ogg fb-music-high --midi 10
-    python benchmarks/eval_engine.py --manifest /tmp/corpus_full/manifest.jsonl --work /tmp/eval --queries 20
+    python -m benchmarks.corpus --out /tmp/corpus_full --packages planetblupi-music-ogg fb-music-high --midi 10
+    python -m benchmarks.eval_engine --manifest /tmp/corpus_full/manifest.jsonl --work /tmp/eval --queries 20
 
 Prints Markdown; ``--json`` writes the same figures as data (``render`` turns
 that back into the Markdown, as run_all.py does).
@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus as corpus_mod  # noqa: E402  (benchmarks/corpus.py)
-from common import machine, peak_rss_mb  # noqa: E402
-from queries import (  # noqa: E402
+from benchmarks import corpus as corpus_mod
+from benchmarks.common import machine, peak_rss_mb
+from benchmarks.queries import (
     SETS,
     Outcome,
     clip_id,
@@ -54,10 +53,10 @@ from queries import (  # noqa: E402
     threshold_table,
 )
 
-from musichash.train import augment  # noqa: E402
-from musichash.features.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from musichash.library import Clip, Library  # noqa: E402
-from musichash.search import dedup, query  # noqa: E402
+from musichash.train import augment
+from musichash.features.audio import SAMPLE_RATE, load_audio
+from musichash.library import Clip, Library
+from musichash.search import dedup, query
 
 DEDUP_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 #: the copies of each original in the dedup set, named STEM.VARIANT.EXT
