@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_tag [--audio FILE] [--minutes 10] [--device cpu|cuda] [--json OUT]
 
-Without --audio it loops the demo renders (data/demo/make_demo.py output in
+Without --audio it loops the demo renders (recipes/demo/make_demo.py output in
 corpus/demo) or, failing that, a synthetic chord-and-noise signal, into a
 FLAC of --minutes. Each model runs in a fresh process so that its peak RSS
 is its own; model loading is timed apart from tagging. Prints a Markdown

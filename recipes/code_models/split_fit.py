@@ -1,6 +1,6 @@
 """Split the fit corpus's manifest into a training part and a calibration part, by path.
 
-    python data/code_models/split_fit.py /tmp/corpus_fit
+    python -m recipes.code_models.split_fit /tmp/corpus_fit
 
 writes ``train.jsonl`` and ``calibration.jsonl`` beside ``manifest.jsonl``
 (same rows, paths still relative to that folder). Files are taken in path
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     manifest = args.corpus / "manifest.jsonl"
     if not manifest.is_file():
-        raise SystemExit(f"{manifest}: no such manifest; build the corpus first (data/code_models/README.md)")
+        raise SystemExit(f"{manifest}: no such manifest; build the corpus first (recipes/code_models/README.md)")
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     train, calibration = split(rows)
     for name, part in (("train", train), ("calibration", calibration)):
