@@ -5,7 +5,7 @@
 # similarity term: only finding clips), each with a .json (data summary, settings, per-epoch losses and held-out metrics), on two thirds of the
 # fit corpus (train.jsonl, labelled by soundtrack, composer and instrument family), and run the
 # engine on the other third (calibration.jsonl, music the models never heard) to fit crnnh64's
-# match and dedup thresholds (registry.CRNNH_THRESHOLDS; see recipes/code_models/README.md).
+# match, chroma and dedup thresholds and write them into crnnh64_segments.json (see recipes/code_models/README.md).
 #
 #   sh recipes/code_models/train_crnnh.sh [FIT_CORPUS] [WORK]
 #
@@ -44,5 +44,5 @@ for bits in 64 16 32 48 128; do
 done
 python -m benchmarks.eval_engine --manifest "$corpus/calibration.jsonl" --work "$work/calibration" \
     --code-model crnnh64 --minutes-per-track 3 --held-out 6 --query-set core --queries 20 --dedup-tracks 8 \
-    --json "$work/calibration.json" > "$work/calibration.md"
-echo "thresholds: see $work/calibration.md (match: both fitted together on all out-of-library queries; dedup: best F1)"
+    --write-thresholds --json "$work/calibration.json" > "$work/calibration.md"
+echo "thresholds written into $weights/crnnh64_segments.json; the figures they come from: $work/calibration.md"
