@@ -17,7 +17,7 @@ pairs below a threshold are predicted duplicates, scored by pair precision /
 recall / F1 against the true families.
 
     apt-get install libchromaprint-tools
-    python benchmarks/bench_chromaprint.py --manifest /tmp/corpus_full/manifest.jsonl --work /tmp/evalfull \\
+    python -m benchmarks.bench_chromaprint --manifest /tmp/corpus_full/manifest.jsonl --work /tmp/evalfull \\
         --query-set core --queries 20 --seed 0 --held-out 4 --minutes-per-track 5
 
 ``--work`` is eval_engine's work folder: its cut audio and dedup files are
@@ -41,9 +41,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb  # noqa: E402
-from queries import (  # noqa: E402
+from benchmarks.common import machine, peak_rss_mb
+from benchmarks.queries import (
     SETS,
     Outcome,
     clip_id,
@@ -57,7 +56,7 @@ from queries import (  # noqa: E402
     threshold_table,
 )
 
-from musichash.features.audio import SAMPLE_RATE  # noqa: E402
+from musichash.features.audio import SAMPLE_RATE
 
 ITEM_S = 1365 / 11025  # chromaprint's hop: FRAME_SIZE 4096 with OVERLAP 4096 - 4096 / 3, at 11025 Hz
 DEFAULT_BER = 0.35

@@ -1,6 +1,6 @@
 """Indexing throughput: where the time goes, and `Library.index` end to end with and without decoding workers.
 
-    python benchmarks/bench_index.py FILE_OR_FOLDER... [--workers 0 1] [--code-model crnnh64] [--json OUT]
+    python -m benchmarks.bench_index FILE_OR_FOLDER... [--workers 0 1] [--code-model crnnh64] [--json OUT]
 
 Stages are timed on the first file: decode + resample to 16 kHz, log-mel,
 and the code model (VGG windows every 1.28 s, codes). Then each ``--workers``
@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb  # noqa: E402
+from benchmarks.common import machine, peak_rss_mb
 
-from musichash.models import DEFAULT_CODE_MODEL  # noqa: E402
+from musichash.models import DEFAULT_CODE_MODEL
 
 
 def stages(path: Path, code_model: str) -> dict:
@@ -82,7 +81,7 @@ def main(argv=None) -> int:
         return 0
 
     def child(paths, *extra) -> dict:
-        out = subprocess.run([sys.executable, __file__, *paths, "--code-model", a.code_model, *extra],
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_index", *paths, "--code-model", a.code_model, *extra],
                              check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 

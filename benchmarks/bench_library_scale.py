@@ -1,6 +1,6 @@
 """Warm 10 s queries through ``Library.search`` on libraries of 1k to 100k tracks.
 
-    PYTHONPATH=. python benchmarks/bench_library_scale.py --library /tmp/eval/lib-default \\
+    python -m benchmarks.bench_library_scale --library /tmp/eval/lib-default \\
         --audio /tmp/eval/audio/library --work /tmp/libscale --sizes 1000 10000 100000 --json /tmp/libscale.json
 
 bench_scale.py times the segment search and vote alone, on synthetic codes. This times
@@ -39,15 +39,14 @@ import musichash  # noqa: F401, I001  (before faiss and torch: it sets GOMP_SPIN
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_scale  # noqa: E402
-from common import machine, peak_rss_mb  # noqa: E402
+from benchmarks import bench_scale
+from benchmarks.common import machine, peak_rss_mb
 
-from musichash.train import augment  # noqa: E402
-from musichash.features.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from musichash.features.chroma import pack  # noqa: E402
-from musichash.indexer.store import TrackRecord  # noqa: E402
-from musichash.library import Clip, Library  # noqa: E402
+from musichash.train import augment
+from musichash.features.audio import SAMPLE_RATE, load_audio
+from musichash.features.chroma import pack
+from musichash.indexer.store import TrackRecord
+from musichash.library import Clip, Library
 
 CLIP_S = 10.0
 CONDITIONS = (("clean", None), ("white10dB", augment.noise(snr_db=10.0, kind="white")))

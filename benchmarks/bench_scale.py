@@ -1,7 +1,7 @@
 """Search at scale: query latency, recall, build cost and memory from 1k to 1M tracks.
 
-    PYTHONPATH=. python benchmarks/bench_scale.py --sizes 1000 10000 100000 1000000 --json /tmp/scale.json
-    PYTHONPATH=. python benchmarks/bench_scale.py --quick     # 1k and 10k tracks, under a minute
+    python -m benchmarks.bench_scale --sizes 1000 10000 100000 1000000 --json /tmp/scale.json
+    python -m benchmarks.bench_scale --quick     # 1k and 10k tracks, under a minute
 
 No corpus holds a million tracks, so the library is synthetic 64-bit codes
 with the structure that matters to search (``synth_library``):
@@ -68,15 +68,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb  # noqa: E402
+from benchmarks.common import machine, peak_rss_mb
 
-from musichash.search.cache import AUTO_IVF_TRACKS, TRACK_NPROBE  # noqa: E402
-from musichash.search.faiss_index import BinaryIndex, IndexConfig  # noqa: E402
-from musichash.search.thresholds import DEFAULT_MATCH_THRESHOLD  # noqa: E402
-from musichash.search.vote import SegmentHits, vote  # noqa: E402
+from musichash.search.cache import AUTO_IVF_TRACKS, TRACK_NPROBE
+from musichash.search.faiss_index import BinaryIndex, IndexConfig
+from musichash.search.thresholds import DEFAULT_MATCH_THRESHOLD
+from musichash.search.vote import SegmentHits, vote
 
-ROOT = Path(__file__).resolve().parent.parent
 SEG_HOP_S = 1.28
 QUERY_HOP_S = 0.256
 FINE = 5  # query hops per library hop
@@ -588,8 +586,8 @@ def main() -> None:
     results = []
     for n in args.sizes:
         print(f"{n} tracks ...", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", str(n)], check=True,
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", *sys.argv[1:], "--child", str(n)],
+                             check=True, stdout=subprocess.PIPE, text=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))

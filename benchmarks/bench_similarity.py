@@ -1,6 +1,6 @@
 """Similarity search on a labelled corpus: `musichash evaluate` in a child process, rendered as Markdown.
 
-    python benchmarks/bench_similarity.py MANIFEST [--windows 16] [--code-model NAME_OR_CKPT ...] [--json OUT]
+    python -m benchmarks.bench_similarity MANIFEST [--windows 16] [--code-model NAME_OR_CKPT ...] [--json OUT]
 
 MANIFEST is benchmarks/corpus.py's JSON Lines (each ``labels`` key=value is
 one label: soundtrack, composer, instrument family). The command's own
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shlex
 import subprocess
@@ -20,10 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent  # so the child imports this checkout
+from benchmarks.common import machine
 
 
 def run(manifest: Path, windows: int, code_models: list[str], seed: int, device: str | None) -> dict:
@@ -33,8 +29,8 @@ def run(manifest: Path, windows: int, code_models: list[str], seed: int, device:
     if device:
         args += ["--device", device]
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "musichash", *args], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # from the working directory it inherits, the repository root, the child imports this checkout
+    out = subprocess.run([sys.executable, "-m", "musichash", *args], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if out.returncode:
         sys.exit(f"musichash {args[0]} failed ({out.returncode}): {out.stderr.strip()}")

@@ -1,8 +1,8 @@
 """Tagging throughput (x real time) and peak memory on a long file.
 
-    python benchmarks/bench_tag.py [--audio FILE] [--minutes 10] [--device cpu|cuda] [--json OUT]
+    python -m benchmarks.bench_tag [--audio FILE] [--minutes 10] [--device cpu|cuda] [--json OUT]
 
-Without --audio it loops the demo renders (data/demo/make_demo.py output in
+Without --audio it loops the demo renders (recipes/demo/make_demo.py output in
 corpus/demo) or, failing that, a synthetic chord-and-noise signal, into a
 FLAC of --minutes. Each model runs in a fresh process so that its peak RSS
 is its own; model loading is timed apart from tagging. Prints a Markdown
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,11 +22,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb  # noqa: E402
+from benchmarks.common import machine, peak_rss_mb
 
 MODELS = ["MTT_musicnn", "MTT_vgg"]
-ROOT = Path(__file__).resolve().parent.parent  # so the children import this checkout
 
 
 def make_long_file(path: Path, minutes: float, demo: Path) -> str:
@@ -99,8 +96,8 @@ def main() -> None:
         rows = []
         for model in args.models:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", model, str(audio), args.device],
-                check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                [sys.executable, "-m", "benchmarks.bench_tag", "--child", model, str(audio), args.device],
+                check=True, capture_output=True, text=True,
             )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     d = {"meta": machine(), "input": what, "rows": rows}

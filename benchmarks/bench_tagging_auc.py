@@ -1,6 +1,6 @@
 """Tag quality: per-tag ROC-AUC and PR-AUC of the pretrained taggers on the evaluation corpus, where labels say.
 
-    python benchmarks/bench_tagging_auc.py --manifest M --work DIR [--minutes-per-track 5] [--held-out 4] [--seed 0] [--json OUT]
+    python -m benchmarks.bench_tagging_auc --manifest M --work DIR [--minutes-per-track 5] [--held-out 4] [--seed 0] [--json OUT]
 
 Track-level probabilities come from ``Tagger.tag_file`` (what ``musichash
 tag`` prints: the mean over 3 s windows) of the first minutes of every
@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb  # noqa: E402
-from queries import cut_corpus  # noqa: E402
+from benchmarks.common import machine, peak_rss_mb
+from benchmarks.queries import cut_corpus
 
 MODELS = ("MTT_musicnn", "MTT_vgg")
 #: manifest label (key, value) -> the MTT tags it makes a positive for; the GM

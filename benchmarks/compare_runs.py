@@ -1,6 +1,6 @@
 """Compare two run_all.py runs figure by figure: does a rerun reproduce BENCHMARKS.md?
 
-    python benchmarks/compare_runs.py /tmp/mhb-full/results /tmp/mhb-rerun/results --out benchmarks/RERUN.md
+    python -m benchmarks.compare_runs /tmp/mhb-full/results /tmp/mhb-rerun/results --out benchmarks/RERUN.md
 
 Each argument is a run's ``results`` folder (the JSON that run_all.py writes
 under --work). The headline figures of both runs are read side by side and

@@ -1,7 +1,7 @@
 """Build a labelled benchmark corpus from Debian game music and rendered MIDI.
 
-    python benchmarks/corpus.py --out corpus --quick
-    python benchmarks/corpus.py --out corpus \\
+    python -m benchmarks.corpus --out corpus --quick
+    python -m benchmarks.corpus --out corpus \\
         --packages planetblupi-music-ogg fb-music-high --midi 10 [--install]
 
 Debian tracks are symlinked (or, for tracker modules, converted to FLAC at

@@ -7,16 +7,24 @@ Everything goes through the public ``Library`` API, as a user's script would:
    out-of-library queries; indexing throughput is timed end to end;
 2. seeded degraded excerpts (a query set of ``queries.py``: ``--query-set
    core`` is 10 s and 5 s under 9 degradations, ``full`` 3-30 s under 22) are
-   searched: top-1 / top-10 hit rate, offset error, warm query latency;
+   searched one at a time with ``Library.search`` (once per ``--k``): top-1 /
+   top-10 hit rate, offset error, warm query latency;
 3. the match thresholds (the code score's, and the chroma's where the model
    has one) are calibrated on half of the queries (target 95 % true-negative
    rate) and reported on the other half;
 4. a dedup set (re-encodes, gain, trims with fades, padding, +2 % speed, and
    for scores an alternate arrangement that must *not* merge) is indexed in
-   a second library and ``dedup`` is scored by pair precision / recall / F1.
+   a second library and ``Library.dedup`` is scored by pair precision /
+   recall / F1, at the model's threshold and, codes alone, over a sweep.
 
-    python benchmarks/corpus.py --out /tmp/corpus_full --packages planetblupi-music-ogg fb-music-high --midi 10
-    python benchmarks/eval_engine.py --manifest /tmp/corpus_full/manifest.jsonl --work /tmp/eval --queries 20
+``--write-thresholds`` then fits the code model's match and chroma thresholds
+together on all the queries (``musichash.search.calibrate.fit_thresholds``),
+takes the dedup threshold from the sweep (the lowest of the best F1) where a
+dedup set ran, and writes them into the model's JSON: the calibration step of
+recipes/code_models/train_crnnh.sh, run on music the model was not trained on.
+
+    python -m benchmarks.corpus --out /tmp/corpus_full --packages planetblupi-music-ogg fb-music-high --midi 10
+    python -m benchmarks.eval_engine --manifest /tmp/corpus_full/manifest.jsonl --work /tmp/eval --queries 20
 
 Prints Markdown; ``--json`` writes the same figures as data (``render`` turns
 that back into the Markdown, as run_all.py does).
@@ -31,15 +39,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus as corpus_mod  # noqa: E402  (benchmarks/corpus.py)
-from common import machine, peak_rss_mb  # noqa: E402
-from queries import (  # noqa: E402
+from benchmarks import corpus as corpus_mod
+from benchmarks.common import machine, peak_rss_mb
+from benchmarks.queries import (
     SETS,
     Outcome,
     clip_id,
@@ -54,52 +62,34 @@ from queries import (  # noqa: E402
     threshold_table,
 )
 
-from musichash.train import augment  # noqa: E402
-from musichash.features.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from musichash.library import Clip, Library  # noqa: E402
-from musichash.search import dedup, query  # noqa: E402
+from musichash.features.audio import SAMPLE_RATE, load_audio
+from musichash.library import Clip, Library
+from musichash.models import DEFAULT_CODE_MODEL, get_spec
+from musichash.search import calibrate, query
+from musichash.search.thresholds import Thresholds, thresholds_file
+from musichash.train import augment
 
 DEDUP_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-#: the copies of each original in the dedup set, named STEM.VARIANT.EXT (dedup_ceiling.py reads them back)
+#: the copies of each original in the dedup set, named STEM.VARIANT.EXT
 DEDUP_VARIANTS = ("mp3_64k", "gain-6_trim_fade", "pad3_fadein", "speed1.02")
 
 
-def _vote_settings(k: int | str) -> tuple[int, int | None, bool]:
-    """``10`` -> the engine's default sharing; ``10n`` -> none; ``10s4`` -> slack 4; a trailing ``h``
-    (``10h``, ``10nh``) ranks by Hamming distance alone, without the query's unquantised codes."""
-    if isinstance(k, int):
-        return k, query.DEFAULT_SHARE_SLACK, True
-    asym = not k.endswith("h")
-    k = k.removesuffix("h")
-    if k.isdigit():
-        return int(k), query.DEFAULT_SHARE_SLACK, asym
-    if k.endswith("n"):
-        return int(k[:-1]), None, asym
-    kk, slack = k.split("s")
-    return int(kk), int(slack), asym
-
-
-def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple, qset: str = "core") -> dict:
-    """Each excerpt is encoded once and searched with every k (neighbours per window)."""
-    index = lib.search_index()
-    paths = {int(t.id): t.path for t in lib.store.tracks("ok")}
-    outcomes: dict = {k: [] for k in ks}
+def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple[int, ...],
+                qset: str = "core") -> dict[int, list[Outcome]]:
+    """Each excerpt searched with ``Library.search``, once per k (library segments per query window)."""
+    outcomes: dict[int, list[Outcome]] = {k: [] for k in ks}
     for length, cond, inside, f, y, off in draw_queries(lib_files, held, n, seed, qset):
-        t0 = time.perf_counter()
-        enc = lib.encode(Clip(f.name, y), track=False, harmony=True)  # as Library.search encodes a query
-        t_enc = time.perf_counter() - t0
+        truth = str(f.absolute())
         for k in ks:
-            kk, slack, asym = _vote_settings(k)
             t0 = time.perf_counter()
-            votes, _ = engine.query_codes(index, enc.codes, enc.times, lib.store.bits, top_k=10, k=kk, share_slack=slack,
-                                          relaxed=enc.relaxed if asym else None)
-            votes, agree = lib.verify(enc, votes)  # as Library.search ranks and checks them
-            dt = t_enc + time.perf_counter() - t0
-            ranked = [paths.get(v.track_id) for v in votes]
-            top1 = inside and bool(ranked) and ranked[0] == str(f.absolute())
-            err = abs(votes[0].offset_s - off) if top1 else None
-            outcomes[k].append(Outcome(f.name, length, cond, inside, top1, inside and str(f.absolute()) in ranked,
-                                       err, votes[0].score if votes else 0.0, dt, clip_id(y), agree))
+            # Every query figure comes from this call, the public search a user's script makes.
+            (r,) = lib.search([Clip(f.name, y)], top_k=10, k=k)
+            dt = time.perf_counter() - t0
+            paths = [h.path for h in r.results]
+            top1 = inside and bool(paths) and paths[0] == truth
+            err = abs(r.results[0].offset_s - off) if top1 else None
+            outcomes[k].append(Outcome(f.name, length, cond, inside, top1, inside and truth in paths, err,
+                                       r.results[0].score if r.results else 0.0, dt, clip_id(y), r.chroma))
     return outcomes
 
 
@@ -169,33 +159,37 @@ def _rearrange(row: dict, dest: Path, seconds: float) -> bool:
     return True
 
 
-def best_pair_scores(lib: Library) -> dict[frozenset, float]:
-    """Each pair of file names' best ``engine.duplicates_of`` score, over both directions."""
-    index = lib.search_index()
-    best: dict[frozenset, float] = {}
-    names = {t.id: Path(t.path).name for t in lib.store.tracks("ok")}
-    for t in lib.store.tracks("ok"):
-        c = lib.store.get_codes(t.id)
-        for p in dedup.duplicates_of(index, c.segment_codes, c.segment_times, lib.store.bits,
-                                      self_id=t.id, duration_s=t.duration_s, threshold=0.0):
-            key = frozenset((names[t.id], names[p.b]))
-            best[key] = max(best.get(key, 0.0), p.score)
-    return best
+def group_pairs(groups) -> set[frozenset]:
+    """Every pair of file names within each of ``Library.dedup``'s groups."""
+    return pairs_of([{Path(m.path).name for m in g.tracks} for g in groups])
 
 
 def dedup_sweep(lib: Library, families: list[set[str]]) -> dict:
-    """Pair precision / recall / F1 as a function of the dedup threshold (best pair score over both directions),
-    and the highest-scoring pairs that are not the same recording."""
-    best = best_pair_scores(lib)
+    """Pair precision / recall / F1 of ``Library.dedup`` with codes alone (``verify=False``) at each threshold
+    of DEDUP_SWEEP, and the pairs of other recordings grouped at the highest thresholds (with that threshold).
+
+    Codes alone: the threshold is what separates copies from other recordings in the codes; the audio check
+    after it is scored at the model's threshold (``score_dedup``).
+    """
     truth = pairs_of(families)
-    sweep = [{"threshold": thr, **pair_scores({k for k, v in best.items() if v >= thr}, truth)} for thr in DEDUP_SWEEP]
-    false = sorted((v, " + ".join(sorted(k))) for k, v in best.items() if k not in truth)[-3:]
-    return {"sweep": sweep, "top_false": [[n, v] for v, n in reversed(false)]}
+    sweep, highest = [], {}
+    for thr in sorted(DEDUP_SWEEP):
+        pred = group_pairs(lib.dedup(thr, verify=False))
+        sweep.append({"threshold": thr, **pair_scores(pred, truth)})
+        highest.update((pair, thr) for pair in pred - truth)
+    false = sorted(((thr, " + ".join(sorted(pair))) for pair, thr in highest.items()), key=lambda x: (-x[0], x[1]))[:3]
+    return {"sweep": sweep, "top_false": [[name, thr] for thr, name in false]}
+
+
+def best_dedup_threshold(sweep: list[dict]) -> float:
+    """The lowest threshold of the sweep's best pair F1."""
+    best = max(r["f1"] for r in sweep)
+    return min(r["threshold"] for r in sweep if r["f1"] == best)
 
 
 def score_dedup(groups, families: list[set[str]]) -> dict:
     truth = pairs_of(families)
-    pred = pairs_of([{Path(m.path).name for m in g.tracks} for g in groups])
+    pred = group_pairs(groups)
     return {**pair_scores(pred, truth), "true_pairs": len(truth),
             "false_pairs": sorted(" + ".join(sorted(x)) for x in pred - truth),
             "missed_pairs": sorted(" + ".join(sorted(x)) for x in truth - pred)}
@@ -229,14 +223,15 @@ def evaluate(a: argparse.Namespace) -> dict:
     out["indexing"] = {"audio_s": rep.audio_s, "wall_s": t_index,
                        "x_real_time": rep.audio_s / t_index if rep.audio_s else None}
 
-    ks = tuple(int(k) if k.isdigit() else k for k in a.k)
     with Library.open(libdir) as lib:
-        lib.search_index()
-        runs = run_queries(lib, lib_files, held, a.queries, a.seed, ks, a.query_set)
-        out["code_model"] = lib.code_model
-        out["match_threshold"], out["chroma_threshold"] = lib.match_threshold, lib.chroma_threshold
-        out["runs"] = {str(k): {"summary": summarize(outs, lib.match_threshold, lib.chroma_threshold),
-                                "threshold": threshold_data(outs, lib.match_threshold, lib.chroma_threshold)}
+        lib.search_index()  # loaded before the first query is timed
+        runs = run_queries(lib, lib_files, held, a.queries, a.seed, tuple(a.k), a.query_set)
+        t = lib.thresholds
+        code_model = lib.code_model
+        out["code_model"] = code_model
+        out["match_threshold"], out["chroma_threshold"] = t.match, t.chroma
+        out["runs"] = {str(k): {"summary": summarize(outs, t.match, t.chroma),
+                                "threshold": threshold_data(outs, t.match, t.chroma)}
                        for k, outs in runs.items()}
         # warm end-to-end latency through the public call, 10 s clips
         rng = np.random.default_rng(a.seed + 1)
@@ -262,11 +257,25 @@ def evaluate(a: argparse.Namespace) -> dict:
             t2 = time.perf_counter()
             codes_alone = score_dedup(lib.dedup(verify=False), families)
             codes_alone["dedup_s"] = time.perf_counter() - t2
-            out["dedup"] = {"files": len(files), "threshold": lib.dedup_threshold, "index_s": t1 - t0,
+            out["dedup"] = {"files": len(files), "threshold": lib.thresholds.dedup, "index_s": t1 - t0,
                             "audio_s": rep.audio_s, "dedup_s": t_dedup, "codes_alone": codes_alone,
                             **score_dedup(groups, families), **dedup_sweep(lib, families)}
+    if a.write_thresholds:
+        fitted = fit_thresholds(runs[query.DEFAULT_K], t, a.manifest, len(lib_files), len(held), out.get("dedup"))
+        path = calibrate.write_thresholds(get_spec(code_model), fitted)
+        out["thresholds_written"] = {"path": path, **fitted.to_dict()}
+        print(f"wrote {code_model}'s thresholds to {path}", file=sys.stderr)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
+
+
+def fit_thresholds(outs: list[Outcome], base: Thresholds, manifest: Path, tracks: int, held_out: int,
+                   dedup: dict | None) -> Thresholds:
+    """The match and chroma thresholds fitted together on all the queries' outcomes (``calibrate.JOINT_TNR``
+    of the out-of-library clips rejected), and the dedup threshold of the sweep's best F1 where a dedup set ran."""
+    source = f"{manifest.name} of {manifest.parent.name} ({tracks} tracks indexed, {held_out} held out)"
+    fitted = calibrate.fit_thresholds(outs, base, source=source)
+    return replace(fitted, dedup=best_dedup_threshold(dedup["sweep"])) if dedup else fitted
 
 
 def render_intro(d: dict) -> str:
@@ -310,6 +319,17 @@ def render_latency(d: dict) -> str:
             f"against {d['library']['tracks']} tracks: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms.")
 
 
+def render_written(d: dict) -> str:
+    """The thresholds ``--write-thresholds`` wrote, if it ran."""
+    w = d.get("thresholds_written")
+    if not w:
+        return ""
+    chroma = f", chroma {w['chroma']:.3f}" if w.get("chroma") is not None else ""
+    return (f"Thresholds written to `{w['path']}`: match {w['match']:.3f}{chroma} (fitted together to "
+            f"{w['target_tnr']:.1%} of the out-of-library clips rejected, on all {d['runs'][str(query.DEFAULT_K)]['threshold']['n_neg']} "
+            f"of them), dedup {w['dedup']:g}; source: {w['source']}.")
+
+
 def render(d: dict) -> str:
     """Markdown of evaluate()'s data."""
     q = d["query_set"]
@@ -317,11 +337,13 @@ def render(d: dict) -> str:
              f"Query set `{q['name']}`, {d['queries_per_cell']} queries per length x condition, seed {d['seed']}.\n"]
     for k in d["runs"]:
         if len(d["runs"]) > 1:
-            lines.append(f"### k = {k} neighbours per query window\n")
+            lines.append(f"### k = {k} library segments per query window\n")
         lines += [query_table({"musichash": d["runs"][k]["summary"]}) + "\n", render_threshold(d, k) + "\n"]
     lines.append(render_latency(d) + "\n")
     if "dedup" in d:
         lines.append(render_dedup(d["dedup"]))
+    if d.get("thresholds_written"):
+        lines.append(render_written(d) + "\n")
     return "\n".join(lines)
 
 
@@ -334,13 +356,14 @@ def render_dedup(dd: dict) -> str:
         ca = dd["codes_alone"]
         lines[0] += (f" With `--no-verify` (codes alone): precision {ca['precision']:.3f}, recall {ca['recall']:.3f}, "
                      f"F1 {ca['f1']:.3f} ({ca['predicted_pairs']} predicted), {ca['dedup_s']:.1f} s.")
-    lines[0] += "\n\nCodes alone, each pair's best coverage against the threshold (not grouped, no audio check):\n"
+    lines[0] += ("\n\n`Library.dedup` with codes alone (`verify=False`) at each threshold: the pairs within its groups "
+                 "(no audio check):\n")
     lines += ["| threshold | precision | recall | F1 | predicted pairs |", "|---|---|---|---|---|"]
     for r in dd["sweep"]:
         lines.append(f"| {r['threshold']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} "
                      f"| {r['predicted_pairs']} |")
-    lines.append("\nPairs of other recordings with the highest code coverage: "
-                 + "; ".join(f"{n} ({v:.2f})" for n, v in dd["top_false"]) + ".\n")
+    lines.append("\nPairs of other recordings that codes alone group, with the highest threshold that still does: "
+                 + ("; ".join(f"{n} ({v:.2f})" for n, v in dd["top_false"]) or "none") + ".\n")
     lines += [f"- {k.split('_')[0]}: {x}" for k in ("false_pairs", "missed_pairs") for x in dd[k][:10]]
     return "\n".join(lines) + "\n"
 
@@ -358,12 +381,20 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-queries", type=int, default=30, help="warm 10 s clips timed through Library.search")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="delete this code model's libraries in --work first")
-    ap.add_argument("--k", nargs="+", default=[str(query.DEFAULT_K)],
-                    help="neighbours per query window (several: a sweep); KsS shares each window's weight among "
-                         "the tracks within S bits of its best hit (e.g. 10s2; plain K uses the engine's default slack, Kn none); "
-                         "a trailing h ranks by Hamming distance alone (10h)")
+    ap.add_argument("--k", type=int, nargs="+", default=[query.DEFAULT_K],
+                    help="library segments per query window, Library.search's k (several: a sweep)")
+    ap.add_argument("--write-thresholds", action="store_true",
+                    help="fit the code model's match and chroma thresholds together on all the queries (and dedup's "
+                         "on the sweep) and write them into its JSON (a calibration set's run)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
+    if a.write_thresholds:
+        if query.DEFAULT_K not in a.k:
+            ap.error(f"--write-thresholds fits on the queries at the search's default k; add it: --k {query.DEFAULT_K}")
+        model = a.code_model or DEFAULT_CODE_MODEL
+        if thresholds_file(get_spec(model)) is None:
+            ap.error(f"--write-thresholds: {model} has no model JSON to write thresholds into (CRNNH models and "
+                     "trained checkpoints have one)")
     d = evaluate(a)
     if a.json:
         a.json.write_text(json.dumps(d, indent=1))

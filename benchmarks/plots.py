@@ -1,6 +1,6 @@
 """Figures for BENCHMARKS.md, drawn from the benchmarks' JSON (matplotlib, Agg, small PNGs).
 
-    python benchmarks/plots.py --engine engine.json --chromaprint chromaprint.json --scale scale.json --out DIR
+    python -m benchmarks.plots --engine engine.json --chromaprint chromaprint.json --scale scale.json --out DIR
 
 - ``hit_rate.png``: top-1 hit rate against excerpt length, one panel per
   degradation, musichash and Chromaprint on the same queries;

@@ -30,7 +30,7 @@ import soundfile as sf
 
 from musichash.train import augment
 from musichash.features.audio import SAMPLE_RATE, load_audio
-from musichash.search.calibrate import JOINT_TNR, calibrate_threshold, fit_joint, matched
+from musichash.search.calibrate import JOINT_TNR, calibrate_threshold, fit_joint, matched, rates
 
 STRETCH_ROOM = 1.06  # an excerpt is cut this much longer than asked, so a slowed-down one still fills it
 
@@ -242,12 +242,12 @@ def threshold_data(outs: list[Outcome], fixed: float, fixed_chroma: float | None
     out-of-library queries (rates on the other half), and at ones calibrated on all of them.
 
     With chroma agreements in the outcomes, each calibration fits the code score's and the
-    chroma's threshold separately, each at 95 % of the negatives ("both at 95 %": the rule
-    the shipped thresholds come from); ``code_all`` is the code score alone, for comparison.
+    chroma's threshold separately, each at 95 % of the negatives; ``joint_half`` and ``joint_all``
+    fit them together to ``JOINT_TNR`` (``calibrate.fit_joint``, the rule the shipped thresholds
+    come from); ``code_all`` is the code score alone, for comparison. Rates: ``calibrate.rates``.
     """
     pos = [o for o in outs if o.in_library]
     neg = [o for o in outs if not o.in_library]
-    hit = np.array([o.top1 for o in pos])
     has_chroma = any(o.chroma is not None for o in outs)
     cal = np.arange(len(neg)) % 2 == 0
 
@@ -256,22 +256,22 @@ def threshold_data(outs: list[Outcome], fixed: float, fixed_chroma: float | None
         cs = [o.chroma for o in sel if o.chroma is not None]
         return float(t), (calibrate_threshold(cs, target_tnr=0.95) if chroma and cs else None)
 
-    def rates(t: float, tc: float | None, p: list[Outcome], h: np.ndarray, n: list[Outcome]) -> dict:
-        return {"t": float(t), "tc": tc, "tnr": float(np.mean([not matched(o, t, tc) for o in n])),
-                "tpr": float(np.mean(np.array([matched(o, t, tc) for o in p], bool) & h))}
+    def at(t: float, tc: float | None, p: list[Outcome], n: list[Outcome]) -> dict:
+        r = rates(p + n, t, tc)
+        return {"t": float(t), "tc": tc, "tnr": r["tnr"], "tpr": r["tpr"]}
 
     out = {"n_pos": len(pos), "n_neg": len(neg)}
+    fit_neg = [o for o, c in zip(neg, cal) if c]
     held = [o for o, c in zip(neg, cal) if not c]
     if has_chroma:  # both thresholds fitted together: the most in-library matches at JOINT_TNR of the negatives
-        out["joint_half"] = rates(*fit_joint(pos[::2] + [o for o, c in zip(neg, cal) if c], JOINT_TNR),
-                                  pos[1::2], hit[1::2], held)
-        out["joint_all"] = rates(*fit_joint(pos + neg, JOINT_TNR), pos, hit, neg)
-    out["fixed"] = rates(fixed, fixed_chroma, pos[1::2], hit[1::2], held)
-    out["half"] = rates(*fit([o for o, c in zip(neg, cal) if c], has_chroma), pos[1::2], hit[1::2], held)
-    out["all"] = rates(*fit(neg, has_chroma), pos, hit, neg)
-    out["fixed_all"] = rates(fixed, fixed_chroma, pos, hit, neg)
+        out["joint_half"] = at(*fit_joint(pos[::2] + fit_neg, JOINT_TNR), pos[1::2], held)
+        out["joint_all"] = at(*fit_joint(pos + neg, JOINT_TNR), pos, neg)
+    out["fixed"] = at(fixed, fixed_chroma, pos[1::2], held)
+    out["half"] = at(*fit(fit_neg, has_chroma), pos[1::2], held)
+    out["all"] = at(*fit(neg, has_chroma), pos, neg)
+    out["fixed_all"] = at(fixed, fixed_chroma, pos, neg)
     if has_chroma:
-        out["code_all"] = rates(*fit(neg, False), pos, hit, neg)
+        out["code_all"] = at(*fit(neg, False), pos, neg)
     return out
 
 

@@ -1,8 +1,8 @@
 """Regenerate BENCHMARKS.md: every benchmark in one run, stamped with date, machine and commit.
 
-    python benchmarks/run_all.py --quick                     # a subset sized for 15 minutes on a quiet 2-core machine
-    python benchmarks/run_all.py --full --out BENCHMARKS.md  # everything
-    python benchmarks/run_all.py --smoke                     # the pipeline end to end in a few minutes
+    python -m benchmarks.run_all --quick                     # a subset sized for 15 minutes on a quiet 2-core machine
+    python -m benchmarks.run_all --full --out BENCHMARKS.md  # everything
+    python -m benchmarks.run_all --smoke                     # the pipeline end to end in a few minutes
 
 Each piece runs as its own process (so its peak memory is its own) and writes
 JSON: eval_engine.py (musichash: indexing, a query set of degraded and
@@ -43,19 +43,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import bench_chromaprint  # noqa: E402
-import bench_index  # noqa: E402
-import bench_library_scale  # noqa: E402
-import bench_scale  # noqa: E402
-import bench_similarity  # noqa: E402
-import bench_tag  # noqa: E402
-import bench_tagging_auc  # noqa: E402
-import eval_engine  # noqa: E402
-from common import machine  # noqa: E402
-from queries import cut_corpus, query_table  # noqa: E402
+from benchmarks import (
+    bench_chromaprint,
+    bench_index,
+    bench_library_scale,
+    bench_scale,
+    bench_similarity,
+    bench_tag,
+    bench_tagging_auc,
+    eval_engine,
+)
+from benchmarks.common import machine
+from benchmarks.queries import cut_corpus, query_table
 
+HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
@@ -102,34 +103,34 @@ VERSIONS = ("torch", "faiss-cpu", "numpy", "librosa", "pedalboard", "av")
 
 
 def step_args(name: str, p: Profile, a: argparse.Namespace, manifest: Path) -> list[str]:
-    """The command line of one step (its --json is added by run_step)."""
+    """The command line of one step: its module in benchmarks/, then its arguments (run_step adds --json)."""
     work = a.work / "eval"
     common = ["--manifest", str(manifest), "--work", str(work), "--minutes-per-track", str(p.minutes_per_track),
               "--held-out", str(p.held_out), "--query-set", p.query_set, "--queries", str(p.queries),
               "--seed", str(a.seed), "--fresh"]
     if name == "engine":
-        return ["eval_engine.py", *common, "--dedup-tracks", str(p.dedup_tracks),
+        return ["eval_engine", *common, "--dedup-tracks", str(p.dedup_tracks),
                 "--latency-queries", str(p.latency_queries)]
     if name == "libscale":  # the engine step's library, grown with synthetic tracks in a copy
-        return ["bench_library_scale.py", "--library", str(work / "lib-default"), "--audio", str(work / "audio" / "library"),
+        return ["bench_library_scale", "--library", str(work / "lib-default"), "--audio", str(work / "audio" / "library"),
                 "--work", str(a.work / "libscale"), "--seed", str(a.seed), *p.libscale]
     if name == "interim":  # the same queries, no dedup set, no latency
-        return ["eval_engine.py", *common, "--code-model", INTERIM_MODEL, "--dedup-tracks", "0", "--latency-queries", "0"]
+        return ["eval_engine", *common, "--code-model", INTERIM_MODEL, "--dedup-tracks", "0", "--latency-queries", "0"]
     if name == "chromaprint":
-        return ["bench_chromaprint.py", *common, "--cache", str(a.work / "fpcalc-cache"),
+        return ["bench_chromaprint", *common, "--cache", str(a.work / "fpcalc-cache"),
                 *(["--skip-dedup"] if not p.dedup_tracks else [])]
     if name == "index":
         files = sorted((work / "audio" / "library").glob("*.flac"))
-        return ["bench_index.py", *map(str, files[: p.index_files]), "--workers", *map(str, p.index_workers)]
+        return ["bench_index", *map(str, files[: p.index_files]), "--workers", *map(str, p.index_workers)]
     if name == "tag":
-        return ["bench_tag.py", "--minutes", str(p.tag_minutes), "--demo", str(ROOT / "corpus" / "demo")]
+        return ["bench_tag", "--minutes", str(p.tag_minutes), "--demo", str(ROOT / "corpus" / "demo")]
     if name == "similarity":
-        return ["bench_similarity.py", str(manifest), "--windows", str(p.similarity_windows), "--seed", str(a.seed),
+        return ["bench_similarity", str(manifest), "--windows", str(p.similarity_windows), "--seed", str(a.seed),
                 *(x for m in a.code_models or SIMILARITY_MODELS for x in ("--code-model", m))]
     if name == "tagging":  # the cuts of the engine step, all of them
-        return ["bench_tagging_auc.py", "--manifest", str(manifest), "--work", str(work), "--minutes-per-track",
+        return ["bench_tagging_auc", "--manifest", str(manifest), "--work", str(work), "--minutes-per-track",
                 str(p.minutes_per_track), "--held-out", str(p.held_out), "--seed", str(a.seed)]
-    return ["bench_scale.py", *p.scale]
+    return ["bench_scale", *p.scale]
 
 
 def run_step(name: str, argv: list[str], results: Path, logs: Path) -> dict:
@@ -138,8 +139,8 @@ def run_step(name: str, argv: list[str], results: Path, logs: Path) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(argv)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(logs / f"{name}.md", "w") as so, open(logs / f"{name}.err", "w") as se:
-        rc = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:], "--json", str(out)], stdout=so,
-                            stderr=se, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode
+        rc = subprocess.run([sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:], "--json", str(out)],
+                            stdout=so, stderr=se, cwd=ROOT).returncode
     wall = time.perf_counter() - t0
     tail = (logs / f"{name}.err").read_text().strip().splitlines()[-5:] if rc else []
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {'ok' if rc == 0 else f'FAILED ({rc})'} in {wall:.0f} s",
@@ -151,8 +152,8 @@ def ensure_corpus(corpus: Path) -> Path:
     manifest = corpus / "manifest.jsonl"
     if not manifest.exists():
         print(f"building the evaluation corpus in {corpus}", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(HERE / "corpus.py"), "--out", str(corpus), "--packages",
-                        "planetblupi-music-ogg", "fb-music-high", "--midi", "10"], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.corpus", "--out", str(corpus), "--packages",
+                        "planetblupi-music-ogg", "fb-music-high", "--midi", "10"], check=True, cwd=ROOT)
     return manifest
 
 
@@ -413,7 +414,7 @@ def crnnh_targets(data: dict) -> str:
         a = {b["length"]: b["top1"] for b in next(iter(e["runs"].values()))["summary"]["by_length"]}
         b = {x["length"]: x["top1"] for x in next(iter(im["runs"].values()))["summary"]["by_length"]}
         ok = all(a[x] >= b[x] for x in (10.0, 5.0) if x in a and x in b)
-        rows.append(f"| engine top-1 on degraded 10 s and 5 s excerpts at least the interim codes' | "
+        rows.append("| engine top-1 on degraded 10 s and 5 s excerpts at least the interim codes' | "
                     + ", ".join(f"{x:g} s: {100 * a[x]:.1f} % against {100 * b[x]:.1f} %" for x in (10.0, 5.0) if x in a and x in b)
                     + f" | {_met(ok)} |")
     return "\n".join(rows)
@@ -453,7 +454,7 @@ def main(argv=None) -> int:
         run = json.loads((results / "run.json").read_text())
     else:
         p = PROFILES[a.profile]
-        command = "python benchmarks/run_all.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python -m benchmarks.run_all " + " ".join(sys.argv[1:] if argv is None else argv)
         run = {"meta": machine(), "versions": versions(), "profile": a.profile, "settings": asdict(p),
                "command": command, "steps": []}
         t0 = time.perf_counter()
@@ -468,7 +469,7 @@ def main(argv=None) -> int:
         (results / "run.json").write_text(json.dumps(run, indent=1))
     data = {s["name"]: _load(results, s["name"]) for s in run["steps"] if s["rc"] == 0}
     figures = {}
-    import plots  # matplotlib, from the bench extra: the tests load this script without it
+    from benchmarks import plots  # matplotlib, from the bench extra: the tests import this module without it
 
     if data.get("engine"):
         systems = {"musichash": next(iter(data["engine"]["runs"].values()))["summary"]}

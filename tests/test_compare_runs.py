@@ -1,17 +1,11 @@
 """benchmarks/compare_runs.py: which figures of two runs agree within noise, and the exit code."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from scripts import load_script
 
-
-@pytest.fixture(scope="module")
-def compare():
-    yield load_script("benchmarks/compare_runs.py", "benchmarks_compare_runs")
-    sys.modules.pop("benchmarks_compare_runs", None)
+from benchmarks import compare_runs as compare
 
 
 def _run(folder: Path, *, top1: float, latency: float, gbps: float) -> Path:
@@ -31,7 +25,7 @@ def _run(folder: Path, *, top1: float, latency: float, gbps: float) -> Path:
     return folder
 
 
-def test_figures_pair_up_and_classify(compare, tmp_path):
+def test_figures_pair_up_and_classify(tmp_path):
     a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
     b = _run(tmp_path / "b", top1=0.85, latency=110.0, gbps=10.0)
     figs = {f.name: f for f in compare.figures(a, b)}
@@ -51,7 +45,7 @@ def test_figures_pair_up_and_classify(compare, tmp_path):
     ({"top1": 0.85, "latency": 130.0, "gbps": 10.0},  # 30 % slower
      ["warm 10 s query p50 ms", "warm 10 s query p99 ms"]),
 ])
-def test_a_figure_outside_noise_fails_the_run(compare, tmp_path, b_args, bad):
+def test_a_figure_outside_noise_fails_the_run(tmp_path, b_args, bad):
     a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
     b = _run(tmp_path / "b", **b_args)
     out = tmp_path / "r.json"
@@ -59,7 +53,7 @@ def test_a_figure_outside_noise_fails_the_run(compare, tmp_path, b_args, bad):
     assert [f["name"] for f in json.loads(out.read_text()) if not f["within"]] == bad
 
 
-def test_a_figure_missing_from_one_run_is_not_within_noise(compare, tmp_path):
+def test_a_figure_missing_from_one_run_is_not_within_noise(tmp_path):
     a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
     b = _run(tmp_path / "b", top1=0.85, latency=100.0, gbps=10.0)
     (b / "scale.json").unlink()
@@ -67,7 +61,7 @@ def test_a_figure_missing_from_one_run_is_not_within_noise(compare, tmp_path):
     assert figs["numpy copy GB/s"].b is None and not figs["numpy copy GB/s"].within(0.005, 0.20)
 
 
-def test_a_folder_without_run_json_is_refused(compare, tmp_path, capsys):
+def test_a_folder_without_run_json_is_refused(tmp_path, capsys):
     a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
     with pytest.raises(SystemExit) as e:
         compare.main([str(a), str(tmp_path)])
@@ -88,7 +82,7 @@ def _scale_run(folder: Path, core_rounds: list[float]) -> Path:
     ([1.1, 2.2, 2.3], True),   # medians 2.3x apart, but A's rounds saw B's speed: the bimodal machine
     ([2.2, 2.3, 2.4], False),  # every round of B slower than every round of A: a real change
 ])
-def test_latencies_timed_in_rounds_agree_when_their_ranges_overlap(compare, tmp_path, b_rounds, within):
+def test_latencies_timed_in_rounds_agree_when_their_ranges_overlap(tmp_path, b_rounds, within):
     a = _scale_run(tmp_path / "a", [0.9, 1.0, 2.1])
     b = _scale_run(tmp_path / "b", b_rounds)
     [core] = [f for f in compare.figures(a, b) if f.name == "1,000,000 tracks: search core p50 ms"]
@@ -98,7 +92,7 @@ def test_latencies_timed_in_rounds_agree_when_their_ranges_overlap(compare, tmp_
     assert f"| 1 (0.9–2.1) | {sorted(b_rounds)[1]:.4g} ({min(b_rounds):.4g}–{max(b_rounds):.4g}) |" in (tmp_path / "r.md").read_text()
 
 
-def test_steps_limit_the_comparison_to_a_partial_rerun(compare, tmp_path):
+def test_steps_limit_the_comparison_to_a_partial_rerun(tmp_path):
     a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
     b = _scale_run(tmp_path / "b", [1.0])  # only the scale step was run again
     (b / "scale.json").write_text((a / "scale.json").read_text())
@@ -107,7 +101,7 @@ def test_steps_limit_the_comparison_to_a_partial_rerun(compare, tmp_path):
     assert "**1 of 1 figures are within noise**" in (tmp_path / "r.md").read_text()
 
 
-def test_the_interim_step_compares_quality_only(compare, tmp_path):
+def test_the_interim_step_compares_quality_only(tmp_path):
     a = _run(tmp_path / "a", top1=0.85, latency=100.0, gbps=10.0)
     engine = json.loads((a / "engine.json").read_text())
     interim = {**engine, "latency_ms": None}
@@ -121,27 +115,25 @@ def test_the_interim_step_compares_quality_only(compare, tmp_path):
 
 def test_run_all_scores_the_crnnh_targets():
     """run_all's CRNNH table: above LSH and ITQ at every size evaluated, within 5 % of float, and the interim codes."""
-    run_all = load_script("benchmarks/run_all.py", "benchmarks_run_all")
-    try:
-        def method(name, bits, v):
-            return {"method": name, "bits": bits, "map_at_r": v}
+    from benchmarks import run_all  # imports every step's module, musichash and torch with them
 
-        report = {"methods": [method("float", None, 0.58), method("lsh-16", 16, 0.40), method("itq-16", 16, 0.57),
-                              method("crnnh-16", 16, 0.59), method("lsh-64", 64, 0.52), method("itq-64", 64, 0.58),
-                              method("crnnh-64", 64, 0.56)]}
+    def method(name, bits, v):
+        return {"method": name, "bits": bits, "map_at_r": v}
 
-        def engine(top1_10, top1_5):
-            return {"runs": {"10": {"summary": {"by_length": [{"length": 10.0, "top1": top1_10},
-                                                              {"length": 5.0, "top1": top1_5}]}}}}
+    report = {"methods": [method("float", None, 0.58), method("lsh-16", 16, 0.40), method("itq-16", 16, 0.57),
+                          method("crnnh-16", 16, 0.59), method("lsh-64", 64, 0.52), method("itq-64", 64, 0.58),
+                          method("crnnh-64", 64, 0.56)]}
 
-        rows = run_all.crnnh_targets({"similarity": {"report": report}, "engine": engine(0.93, 0.87),
-                                      "interim": engine(0.82, 0.87)}).splitlines()
-        assert rows[2] == ("| mAP@R above LSH and ITQ at every bit count | 16 bits: 0.590 against LSH 0.400, ITQ 0.570; "
-                           "64 bits: 0.560 against LSH 0.520, ITQ 0.580 | no |")
-        assert rows[3] == "| mAP@R within 5 % of float at 64 bits | 0.560 against 0.580 (96.6%) | yes |"
-        assert rows[4] == ("| engine top-1 on degraded 10 s and 5 s excerpts at least the interim codes' | "
-                           "10 s: 93.0 % against 82.0 %, 5 s: 87.0 % against 87.0 % | yes |")
-        report["methods"][-1]["map_at_r"] = 0.60
-        assert run_all.crnnh_targets({"similarity": {"report": report}}).splitlines()[2].endswith("| yes |")
-    finally:
-        sys.modules.pop("benchmarks_run_all", None)
+    def engine(top1_10, top1_5):
+        return {"runs": {"10": {"summary": {"by_length": [{"length": 10.0, "top1": top1_10},
+                                                          {"length": 5.0, "top1": top1_5}]}}}}
+
+    rows = run_all.crnnh_targets({"similarity": {"report": report}, "engine": engine(0.93, 0.87),
+                                  "interim": engine(0.82, 0.87)}).splitlines()
+    assert rows[2] == ("| mAP@R above LSH and ITQ at every bit count | 16 bits: 0.590 against LSH 0.400, ITQ 0.570; "
+                       "64 bits: 0.560 against LSH 0.520, ITQ 0.580 | no |")
+    assert rows[3] == "| mAP@R within 5 % of float at 64 bits | 0.560 against 0.580 (96.6%) | yes |"
+    assert rows[4] == ("| engine top-1 on degraded 10 s and 5 s excerpts at least the interim codes' | "
+                       "10 s: 93.0 % against 82.0 %, 5 s: 87.0 % against 87.0 % | yes |")
+    report["methods"][-1]["map_at_r"] = 0.60
+    assert run_all.crnnh_targets({"similarity": {"report": report}}).splitlines()[2].endswith("| yes |")

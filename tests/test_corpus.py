@@ -1,18 +1,12 @@
 """benchmarks/corpus.py: deny list, manifest round trip, idempotent collection (no apt, no rendering)."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from scripts import load_script
 
-
-@pytest.fixture(scope="module")
-def corpus():
-    yield load_script("benchmarks/corpus.py", "benchmarks_corpus")
-    sys.modules.pop("benchmarks_corpus", None)
+from benchmarks import corpus
 
 
 @pytest.mark.parametrize(
@@ -20,24 +14,24 @@ def corpus():
     ["wesnoth", "wesnoth-music", "wesnoth-1.16-music", "wesnoth-1.18-data", "Wesnoth-Music",
      "hedgewars-data", "hedgewars", "freedroidrpg-data", "freedroidrpg"],
 )
-def test_deny_list_refuses(corpus, name):
+def test_deny_list_refuses(name):
     with pytest.raises(corpus.ForbiddenPackageError, match="refused"):
         corpus.check_package(name)
 
 
-def test_deny_list_wins_even_if_allowed(corpus, monkeypatch):
+def test_deny_list_wins_even_if_allowed(monkeypatch):
     monkeypatch.setattr(corpus, "ALLOWED_PACKAGES", corpus.ALLOWED_PACKAGES + ("wesnoth-1.16-music",))
     with pytest.raises(corpus.ForbiddenPackageError):
         corpus.check_package("wesnoth-1.16-music")
 
 
-def test_cli_refuses_denied_package_before_anything(corpus, tmp_path, capsys):
+def test_cli_refuses_denied_package_before_anything(tmp_path, capsys):
     assert corpus.main(["--out", str(tmp_path / "c"), "--packages", "hedgewars-data", "--install"]) == 2
     assert "hedgewars-data: refused" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
 
-def test_allowed_and_unknown_packages(corpus):
+def test_allowed_and_unknown_packages():
     for name in corpus.ALLOWED_PACKAGES:
         corpus.check_package(name)
     with pytest.raises(corpus.CorpusError, match="not in ALLOWED_PACKAGES"):
@@ -45,7 +39,7 @@ def test_allowed_and_unknown_packages(corpus):
     assert not any(bad in name for name in corpus.ALLOWED_PACKAGES for bad in corpus.DENIED_NAMES)
 
 
-def _tracks(corpus):
+def _tracks():
     return [
         corpus.Track(id="debian/p/a", path="debian/p/a.ogg", source="debian", labels={"soundtrack": "p"},
                      duration_s=12.5, sha256="ab" * 32, package="p", version="1.0", licence="GPL-2+"),
@@ -55,9 +49,9 @@ def _tracks(corpus):
     ]
 
 
-def test_manifest_round_trip(corpus, tmp_path):
+def test_manifest_round_trip(tmp_path):
     path = tmp_path / "manifest.jsonl"
-    tracks = _tracks(corpus)
+    tracks = _tracks()
     corpus.write_manifest(path, tracks)
     lines = path.read_text().splitlines()
     assert len(lines) == 2
@@ -66,14 +60,14 @@ def test_manifest_round_trip(corpus, tmp_path):
     assert corpus.read_manifest(tmp_path / "missing.jsonl") == []
 
 
-def test_summary_table(corpus):
-    assert corpus.summary(_tracks(corpus)) == (
+def test_summary_table():
+    assert corpus.summary(_tracks()) == (
         "| source | tracks | hours |\n|---|---:|---:|\n"
         "| debian | 1 | 0.00 |\n| midi | 1 | 0.01 |\n| total | 2 | 0.01 |"
     )
 
 
-def test_plan_midi_is_seeded_balanced_and_prefix_stable(corpus):
+def test_plan_midi_is_seeded_balanced_and_prefix_stable():
     pools = {"bach": [Path(f"bwv{i}.mxl") for i in range(50)], "josquin": [Path("a.mxl"), Path("b.mxl")]}
     plan = corpus.plan_midi(12, 3, pools)
     assert plan == corpus.plan_midi(12, 3, pools)
@@ -87,7 +81,7 @@ def test_plan_midi_is_seeded_balanced_and_prefix_stable(corpus):
 
 
 @pytest.fixture
-def fake_package(corpus, tmp_path, monkeypatch):
+def fake_package(tmp_path, monkeypatch):
     """A 'package' holding one 12 s seeded-noise WAV and a 1 s sound effect."""
     src = tmp_path / "pkg"
     src.mkdir()
@@ -101,7 +95,7 @@ def fake_package(corpus, tmp_path, monkeypatch):
     return pkg
 
 
-def test_collect_is_idempotent(corpus, tmp_path, fake_package):
+def test_collect_is_idempotent(tmp_path, fake_package):
     out = tmp_path / "out"
     logs: list[str] = []
     build = dict(midi=0, seconds=20.0, copy=True, log=logs.append)
@@ -124,7 +118,7 @@ def test_collect_is_idempotent(corpus, tmp_path, fake_package):
     assert logs == [f"added    {t.path}"]
 
 
-def test_missing_package_warns(corpus, tmp_path, fake_package):
+def test_missing_package_warns(tmp_path, fake_package):
     logs: list[str] = []
     tracks = corpus.build(tmp_path / "out", ["fb-music-high"], midi=0, seconds=20.0, log=logs.append)
     assert tracks == []

@@ -1,7 +1,7 @@
 """The PyTorch port against the original musicnn TensorFlow code.
 
 ``fixtures/musicnn_parity.npz`` holds what musicnn 0.1.0 computed in
-TensorFlow on three real music excerpts (see data/musicnn_parity/README.md):
+TensorFlow on three real music excerpts (see recipes/musicnn_parity/README.md):
 its input patches, tag probabilities, logits and feature-map summaries.
 """
 

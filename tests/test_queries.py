@@ -1,28 +1,20 @@
 """benchmarks/queries.py: the threshold table of an evaluation run (the fit itself: test_calibrate.py)."""
 
 import numpy as np
-import pytest
-from scripts import load_script
+
+from benchmarks import queries
 
 
-@pytest.fixture(scope="module")
-def queries():
-    import sys
-
-    yield load_script("benchmarks/queries.py", "benchmarks_queries")
-    sys.modules.pop("benchmarks_queries")
-
-
-def _outcomes(queries, rng, n, in_library, shift):
+def _outcomes(rng, n, in_library, shift):
     return [queries.Outcome("t", 5.0, "clean", in_library, bool(rng.random() < 0.9), True, None,
                             float(rng.normal(shift, 0.1)), 0.0,
                             chroma=None if rng.random() < 0.1 else float(np.clip(rng.normal(shift, 0.2), -1, 1)))
             for _ in range(n)]
 
 
-def test_threshold_data_reports_the_joint_fit(queries):
+def test_threshold_data_reports_the_joint_fit():
     rng = np.random.default_rng(1)
-    outs = _outcomes(queries, rng, 40, True, 0.5) + _outcomes(queries, rng, 40, False, 0.3)
+    outs = _outcomes(rng, 40, True, 0.5) + _outcomes(rng, 40, False, 0.3)
     d = queries.threshold_data(outs, 0.4, 0.4)
     assert d["joint_all"]["tnr"] >= queries.JOINT_TNR == 0.975
     assert set(d["joint_half"]) == {"t", "tc", "tnr", "tpr"}

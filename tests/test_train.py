@@ -244,9 +244,7 @@ def test_train_command_refuses_label_runs_without_labels(tmp_path):
 
 
 def test_split_fit_sends_every_third_file_to_calibration(tmp_path, capsys):
-    from scripts import load_script
-
-    split_fit = load_script("data/code_models/split_fit.py", "split_fit")
+    from recipes.code_models import split_fit
     names = [f"f{i}.wav" for i in (5, 1, 4, 0, 6, 3, 2)]  # the manifest's order is not the split's
     rows = [{"path": n, "labels": {"soundtrack": "a" if n < "f4" else "b"}} for n in names]
     for n in names:

@@ -35,7 +35,7 @@ SLACK_S = 3.0
 #: chunks compared per pair at most, evenly spread over the overlap (bounds the cost of long files)
 MAX_CHUNKS = 24
 #: below this agreement two files are not one recording. Chosen on the fit corpus's dedup set
-#: (benchmarks/dedup_audio.py, HISTORY.md): copies there score at least 0.93, other recordings at
+#: (benchmarks/HISTORY.md): copies there score at least 0.93, other recordings at
 #: most 0.58; a third of the way up that gap, as a copy wrongly dropped still joins its group
 #: through the other copies, while an arrangement wrongly kept pulls in its original's whole group
 SAME_RECORDING = 0.7

@@ -30,7 +30,7 @@ DEFAULT_CODE_MODEL = "crnnh64"
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: bit lengths of the shipped interim code models
 INTERIM_BITS = (16, 32, 48, 64, 128)
-#: bit lengths of the shipped CRNNH code models (data/code_models/train_crnnh.sh)
+#: bit lengths of the shipped CRNNH code models (recipes/code_models/train_crnnh.sh)
 CRNNH_BITS = (16, 32, 48, 64, 128)
 
 

@@ -48,7 +48,7 @@ class TrainConfig:
     lambda_p: float = 1.0
     #: weight of the similarity term (codes' inner products match the teacher's cosines, ``teacher_features``);
     #: 20 balances similarity search against query by example; the shipped track heads, which serve
-    #: similarity only, use 5 with lambda_p 0 and random batches (benchmarks/crnnh_similarity.py)
+    #: similarity only, use 5 with lambda_p 0 and random batches (benchmarks/HISTORY.md)
     lambda_s: float = 20.0
     #: 0: the similarity term matches values; > 0: only each window's order of neighbours (``similarity_loss``)
     temperature_s: float = 0.0

@@ -1,13 +1,12 @@
 """Split the fit corpus's manifest into a training part and a calibration part, by path.
 
-    python data/code_models/split_fit.py /tmp/corpus_fit
+    python -m recipes.code_models.split_fit /tmp/corpus_fit
 
 writes ``train.jsonl`` and ``calibration.jsonl`` beside ``manifest.jsonl``
 (same rows, paths still relative to that folder). Files are taken in path
 order and every third one (the 3rd, 6th, ...) goes to calibration: the
 CRNNH models are trained on the rest, and their match and dedup thresholds
-are fitted on music they never heard. ``benchmarks/crnnh_similarity.py``
-holds out the same files.
+are fitted on music they never heard.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     manifest = args.corpus / "manifest.jsonl"
     if not manifest.is_file():
-        raise SystemExit(f"{manifest}: no such manifest; build the corpus first (data/code_models/README.md)")
+        raise SystemExit(f"{manifest}: no such manifest; build the corpus first (recipes/code_models/README.md)")
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     train, calibration = split(rows)
     for name, part in (("train", train), ("calibration", calibration)):

@@ -9,9 +9,9 @@ intermediate feature map in one compressed ``.npz`` file.  The PyTorch port in
 
 It deliberately imports nothing from ``musichash``: it only needs TensorFlow,
 librosa, soundfile and the ``musicnn`` wheel, in a throwaway virtualenv (see
-``data/musicnn_parity/README.md`` for the exact recipe)::
+``recipes/musicnn_parity/README.md`` for the exact recipe)::
 
-    /tmp/tfvenv/bin/python data/musicnn_parity/make_fixture.py \
+    /tmp/tfvenv/bin/python recipes/musicnn_parity/make_fixture.py \
         --out tests/fixtures/musicnn_parity.npz
 
 Input pipeline (mirrors ``musicnn.extractor.batch_data`` under the numpy it was
@@ -388,8 +388,8 @@ def main(argv=None) -> int:
 
     meta = {
         "description": "TensorFlow reference outputs of musicnn 0.1.0 (MTT models) "
-                       "for the PyTorch parity test; see data/musicnn_parity/README.md",
-        "generator": "data/musicnn_parity/make_fixture.py",
+                       "for the PyTorch parity test; see recipes/musicnn_parity/README.md",
+        "generator": "recipes/musicnn_parity/make_fixture.py",
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "musicnn_wheel": "musicnn-0.1.0-py3-none-any.whl",
         "musicnn_wheel_sha256": MUSICNN_WHEEL_SHA256,

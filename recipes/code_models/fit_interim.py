@@ -1,6 +1,6 @@
 """Fit the shipped interim code models: VGG pool5 features -> 16..128-bit codes.
 
-    python data/code_models/fit_interim.py --corpus /tmp/corpus_fit \\
+    python -m recipes.code_models.fit_interim --corpus /tmp/corpus_fit \\
         --eval-manifest /tmp/corpus_full/manifest.jsonl --build
 
 The fit corpus is allowed Debian game music plus seeded MIDI renders (see
@@ -41,18 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import corpus as corpus_builder
+from musichash.features.audio import SAMPLE_RATE, load_audio, log_mel
+from musichash.models import build_backbone
+from musichash.models.backbones import WINDOW_FRAMES
+from musichash.models.binarizer import BITS, Binarizer
+from musichash.train import augment, fit_binarizer
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO))
-
-import corpus as corpus_builder  # noqa: E402  (benchmarks/corpus.py)
-
-from musichash.train import augment  # noqa: E402
-from musichash.features.audio import SAMPLE_RATE, load_audio, log_mel  # noqa: E402
-from musichash.train import fit_binarizer
-from musichash.models.binarizer import BITS, Binarizer  # noqa: E402
-from musichash.models import build_backbone  # noqa: E402
-from musichash.models.backbones import WINDOW_FRAMES  # noqa: E402
 
 FIT_PACKAGES = (
     "pushover-data",
@@ -289,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "command": "python data/code_models/fit_interim.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m recipes.code_models.fit_interim " + " ".join(sys.argv[1:] if argv is None else argv),
         "outputs": outputs,
     }
     (args.out / "interim_codes.json").write_text(json.dumps(provenance, indent=2) + "\n")

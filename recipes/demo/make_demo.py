@@ -2,7 +2,7 @@
 
     apt-get install fluidsynth fluid-soundfont-gm
     pip install music21 pretty_midi
-    python data/demo/make_demo.py --out corpus/demo
+    python -m recipes.demo.make_demo --out corpus/demo
 
 Writes one FLAC per piece and ``manifest.json`` (file, source, genre label).
 Scores come from music21's bundled corpus; the rock and techno grooves are
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 from pathlib import Path
 
 # MIDI trimming and FluidSynth rendering are shared with the benchmark corpus builder
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from corpus import render, trim_midi  # noqa: E402
+from benchmarks.corpus import render, trim_midi
 
 # (output name, music21 corpus path, GM program per part (the last repeats), label)
 SCORES = [

@@ -2,7 +2,7 @@
 
 Run with a Python that has TensorFlow (a throwaway venv: python -m venv /tmp/tf &&
 /tmp/tf/bin/pip install tensorflow-cpu), from the repository root:
-    /tmp/tf/bin/python data/make_tiny_checkpoint.py
+    /tmp/tf/bin/python recipes/make_tiny_checkpoint.py
 It saves variables of several dtypes and shapes with TF1's Saver (the format
 the musicnn checkpoints use) and their values in expected.npz.
 """

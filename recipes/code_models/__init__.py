@@ -1,0 +1,1 @@
+"""The recipes of the shipped code models: the interim binarisers and the CRNNH heads (README.md)."""

@@ -1,0 +1,1 @@
+"""The demo renders the README and the tag benchmark use."""
