@@ -15,6 +15,7 @@ Each method mirrors a CLI command and returns typed records
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, replace
@@ -256,14 +257,9 @@ class Library:
         t = replace(t, match=t.match if threshold is None else threshold,
                     chroma=t.chroma if chroma_threshold is None else chroma_threshold)
         settings = query.Settings(top_k=top_k, k=k)
-        pending = []
-        for clip in clips:
-            pending.append(self._query(clip))
-            if len(pending) == batch:
-                yield from query.search(pending, self.search_index(), self.store, t, settings, self._top_tags)
-                pending = []
-        if pending:
-            yield from query.search(pending, self.search_index(), self.store, t, settings, self._top_tags)
+        clips = iter(clips)
+        while chunk := [self._query(c) for c in itertools.islice(clips, batch)]:
+            yield from query.search(chunk, self.search_index(), self.store, t, settings, self._top_tags)
 
     def dedup(
         self,

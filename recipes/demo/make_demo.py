@@ -1,10 +1,11 @@
 """Render a small demo set of labelled music through FluidSynth.
 
-    apt-get install fluidsynth fluid-soundfont-gm
-    pip install music21 pretty_midi
-    python -m recipes.demo.make_demo --out corpus/demo
+    apt-get install ffmpeg fluidsynth fluid-soundfont-gm
+    pip install music21 mido
+    python -m recipes.demo.make_demo --out corpus/demo --clip corpus/clip_quartet.mp3
 
-Writes one FLAC per piece and ``manifest.json`` (file, source, genre label).
+Writes one FLAC per piece and ``manifest.json`` (file, source, genre label), and with ``--clip``
+the README's query: 10 s of the string quartet from 0:20, white noise at 20 dB SNR, MP3 at 32 kbit/s.
 Scores come from music21's bundled corpus; the rock and techno grooves are
 generated here with a fixed seed. Nothing rendered is committed.
 """
@@ -79,6 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("corpus/demo"))
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--clip", type=Path, default=None, help="also write the README's query clip here (an .mp3)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = []
@@ -95,6 +97,27 @@ def main() -> None:
             manifest.append({"file": flac.name, "source": source, "label": label})
             print(f"{flac}  [{label}]")
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if args.clip is not None:
+        noisy_clip(args.out / "string_quartet.flac", args.clip, start_s=20.0, seconds=10.0, snr_db=20.0)
+        print(f"{args.clip}  [query clip]")
+
+
+def noisy_clip(src: Path, out: Path, start_s: float, seconds: float, snr_db: float, seed: int = 0) -> None:
+    """``seconds`` of ``src`` from ``start_s``, white noise at ``snr_db``, re-encoded as MP3 at 32 kbit/s."""
+    import subprocess
+
+    import numpy as np
+    import soundfile as sf
+
+    y, sr = sf.read(str(src), dtype="float32", always_2d=True)
+    y = y[int(start_s * sr) : int((start_s + seconds) * sr)].mean(axis=1)
+    noise = np.random.default_rng(seed).standard_normal(len(y)).astype(np.float32)
+    noise *= np.sqrt(np.mean(y**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "clip.wav"
+        sf.write(str(wav), np.clip(y + noise, -1, 1), sr)
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), "-b:a", "32k", str(out)], check=True)
 
 
 if __name__ == "__main__":
