@@ -1,7 +1,7 @@
 """Render a small demo set of labelled music through FluidSynth.
 
     apt-get install ffmpeg fluidsynth fluid-soundfont-gm
-    pip install music21 mido
+    pip install music21 pretty_midi
     python -m recipes.demo.make_demo --out corpus/demo --clip corpus/clip_quartet.mp3
 
 Writes one FLAC per piece and ``manifest.json`` (file, source, genre label), and with ``--clip``
@@ -32,7 +32,17 @@ SCORES = [
 def score_to_midi(corpus_path: str, programs: tuple[int, ...], out: Path, seconds: float) -> None:
     from music21 import corpus
 
-    corpus.parse(corpus_path).write("midi", fp=str(out))
+    from music21 import bar
+
+    # music21's MIDI writer takes many minutes on a whole quartet movement: 60 bars, which outlast a
+    # minute here, without their repeat signs (a repeat cut in two cannot be expanded)
+    excerpt = corpus.parse(corpus_path).measures(1, 60)
+    for m in excerpt.recurse().getElementsByClass("Measure"):
+        if isinstance(m.leftBarline, bar.Repeat):
+            m.leftBarline = None
+        if isinstance(m.rightBarline, bar.Repeat):
+            m.rightBarline = None
+    excerpt.write("midi", fp=str(out))
     trim_midi(out, seconds, programs)
 
 
