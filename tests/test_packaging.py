@@ -51,3 +51,28 @@ def test_import_caps_openmp_spinning_unless_the_user_chose(given, seen):
     code = "import os, musichash, torch, faiss; print(os.environ['GOMP_SPINCOUNT'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == seen
+
+
+def test_training_dependencies_are_an_extra():
+    """pip install musichash (index and search) leaves pedalboard and scipy to the `train` extra."""
+    try:
+        requires = importlib.metadata.requires("musichash") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("musichash is not installed")
+    plain = [r for r in requires if "extra ==" not in r]
+    assert not any(r.startswith(("pedalboard", "scipy")) for r in plain)
+    train = [r.split(";")[0].strip() for r in requires if 'extra == "train"' in r]
+    assert sorted(train) == ["pedalboard>=0.9", "scipy>=1.10"]
+
+
+def test_train_says_in_one_line_when_its_extra_is_missing(monkeypatch, tmp_path):
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from musichash.cli import cli
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pedalboard" else find_spec(name, *a))
+    r = CliRunner().invoke(cli, ["train", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and r.stderr == "Error: musichash train needs pedalboard: pip install 'musichash[train]'\n"
