@@ -277,7 +277,8 @@ class Library:
         done = []
         r = self.store.repair_report  # what opening for writing fixed
         if r.codes_set_aside:
-            done.append(f"{self.folder / CODES_FILE} could not be read: set aside as {r.codes_set_aside}")
+            done.append(f"{self.folder / CODES_FILE} was damaged: kept as {r.codes_set_aside}; a new file holds "
+                        f"the codes that could be read")
         if r.orphans_removed:
             done.append(f"{len(r.orphans_removed)} stray code groups removed")
         if r.marked_pending:

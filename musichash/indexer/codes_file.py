@@ -59,6 +59,10 @@ class CodesDamaged(Exception):
         self.reason = reason
 
 
+class CodesFileDamaged(CodesDamaged):
+    """The track group's own index cannot be read: no track can be looked up reliably."""
+
+
 def codes_checksum(
     track_code: np.ndarray, segment_codes: np.ndarray, segment_times: np.ndarray, chroma: np.ndarray | None
 ) -> str:
@@ -107,11 +111,16 @@ def read_group(groups: h5py.Group, name: str, nbytes: int) -> tuple[TrackCodes, 
     """A track's codes and stored checksum (None: written before checksums), verified.
 
     Raises CodesMissing when there is no such group, CodesDamaged when it is unreadable,
-    malformed (``nbytes`` bytes a code) or fails its checksum.
+    malformed (``nbytes`` bytes a code) or fails its checksum, CodesFileDamaged when the
+    lookup itself fails (the track group's index is damaged).
     """
     try:
-        if name not in groups:
-            raise CodesMissing(name)
+        present = name in groups
+    except H5_ERRORS as e:
+        raise CodesFileDamaged(_first_line(e)) from None
+    if not present:
+        raise CodesMissing(name)
+    try:
         g = groups[name]
         checksum = g.attrs.get(CHECKSUM_ATTR)
         arrays = [_read(g, k) if k != "chroma" or k in g else None for k in _DATASETS]

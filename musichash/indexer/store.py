@@ -91,6 +91,7 @@ from musichash.indexer.codes_file import (
     H5_ERRORS,
     H5_KW,
     CodesDamaged,
+    CodesFileDamaged,
     CodesMissing,
     adopt_checksum,
     check_file,
@@ -556,13 +557,18 @@ class LibraryStore:
     def code_tables(self) -> tuple[SegmentTable, np.ndarray, np.ndarray]:
         """Every 'ok' track's verified codes, in track id order: the segment table, and the track
         codes as ``ids: int64 [n]``, ``codes: uint8 [n, bits/8]``. Damaged ones are left out and
-        noted in ``damaged``; missing ones (committed after this reader opened codes.h5) left out."""
+        noted in ``damaged``; missing ones (committed after this reader opened codes.h5) left out.
+        A damaged track index raises DamagedCodesError for the file."""
         nbytes = self.bits // 8
         codes, tids, times, ids, track_codes = [], [], [], [], []
         for t in self.tracks("ok"):
             try:
                 c = self._read(t.id)
-            except (CodesMissing, DamagedCodesError):
+            except CodesMissing:
+                continue
+            except DamagedCodesError as e:
+                if e.track_id is None:  # no track can be trusted to be found
+                    raise
                 continue
             codes.append(c.segment_codes)
             times.append(c.segment_times)
@@ -678,10 +684,13 @@ class LibraryStore:
         write_group(self._h5["tracks"], str(track_id), track_code, segment_codes, segment_times, chroma)
 
     def _read(self, track_id: int) -> TrackCodes:
-        """A track's verified codes; CodesMissing, or DamagedCodesError (noted in ``damaged``)."""
+        """A track's verified codes; CodesMissing, or DamagedCodesError: of this track (noted in
+        ``damaged``), or of the whole file (``track_id`` None: its track index cannot be read)."""
         path = self.folder / CODES_FILE
         try:
             codes, _ = read_group(self._h5["tracks"], str(int(track_id)), self.bits // 8)
+        except CodesFileDamaged as e:
+            raise self._file_damaged(e.reason) from None
         except CodesDamaged as e:
             self.damaged.add(int(track_id))
             raise DamagedCodesError(
@@ -689,12 +698,14 @@ class LibraryStore:
                 int(track_id), e.reason,
             ) from None
         except H5_ERRORS as e:  # the track group itself
-            self.damaged.add(int(track_id))
-            raise DamagedCodesError(
-                f"{path}: the codes file is damaged ({' '.join(str(e).split())}); run `musichash check --repair`",
-                int(track_id), "unreadable",
-            ) from None
+            raise self._file_damaged(" ".join(str(e).split())) from None
         return codes
+
+    def _file_damaged(self, reason: str) -> DamagedCodesError:
+        return DamagedCodesError(
+            f"{self.folder / CODES_FILE}: the codes file is damaged ({reason}); run `musichash check --repair`",
+            None, reason,
+        )
 
     def _set_pending(self, track_ids: Sequence[int]) -> None:
         """Commit these rows as 'pending' (no segments), in one transaction."""
