@@ -6,6 +6,7 @@ this module turns them into one-line ``Error: ...`` messages and exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -40,13 +41,23 @@ def model_option(default: str):
     return click.option("--model", default=default, show_default=True, help="Registered model name (see `musichash models`).")
 
 
+class _UsageError(click.ClickException):
+    """A one-line ``Error: ...`` with the exit status of a usage error (2)."""
+
+    exit_code = 2
+
+
 def reports_errors(f):
-    """Turn library errors into ``Error: ...`` on stderr and exit status 1, without a traceback."""
+    """Turn library errors into ``Error: ...`` on stderr and exit status 1 (2 for a bad --db-url), without a traceback."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        from musichash.indexer.records import DatabaseURLError
+
         try:
             return f(*args, **kwargs)
+        except DatabaseURLError as e:
+            raise _UsageError(f"--db-url {e}") from e
         except MusichashError as e:
             raise click.ClickException(str(e)) from e
 
@@ -176,25 +187,39 @@ def library_options(f):
     )(f)
 
 
-def _open(library: Path | None, db_url: str | None, *, write: bool = False, device: str = "auto", code_model: str | None = None):
+@contextlib.contextmanager
+def _open(library: Path | None, db_url: str | None, *, write: bool = False, device: str = "auto",
+          code_model: str | None = None, warn: bool = True):
+    """The library, opened for the command; warnings about what opening repaired (``warn``), and after a
+    read, about tracks left out because their codes are damaged."""
+    from musichash.indexer.store import CODES_FILE
     from musichash.library import Library
     from musichash.models.registry import superseded_by
 
-    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model)
-    report = lib.store.repair_report
-    if report.changed:
+    def warn_repaired(report, when: str) -> None:
         click.echo(
-            f"Warning: {lib.folder}: repaired after an interrupted run "
-            f"({len(report.marked_pending)} tracks to redo, {len(report.orphans_removed)} stray code groups removed"
-            + (f", unreadable codes moved to {report.codes_set_aside}" if report.codes_set_aside else "")
+            f"Warning: {lib.folder}: {when} ({len(report.marked_pending)} tracks to redo, "
+            f"{len(report.orphans_removed)} stray code groups removed"
+            + (f", the damaged codes file kept as {report.codes_set_aside}" if report.codes_set_aside else "")
             + "); `musichash index` completes it",
             err=True,
         )
-    newer = superseded_by(lib.code_model)
-    if newer:
-        click.echo(f"Note: {lib.folder} holds interim codes ({lib.code_model}); the default is now CRNNH ({newer}), "
-                   f"better at finding clips: to use it, index the music again into a new --library", err=True)
-    return lib
+
+    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model)
+    with lib:
+        opened = lib.store.repair_report
+        if opened.changed and warn:
+            warn_repaired(opened, "repaired after an interrupted run or damage")
+        newer = superseded_by(lib.code_model)
+        if newer:
+            click.echo(f"Note: {lib.folder} holds interim codes ({lib.code_model}); the default is now CRNNH ({newer}), "
+                       f"better at finding clips: to use it, index the music again into a new --library", err=True)
+        yield lib
+        if lib.store.repair_report is not opened and warn:
+            warn_repaired(lib.store.repair_report, "codes.h5 turned out damaged while writing and was salvaged")
+        if not write and lib.damaged and warn:
+            click.echo(f"Warning: {lib.folder / CODES_FILE}: {len(lib.damaged)} tracks left out, their stored codes "
+                       f"are damaged or missing; run `musichash check --repair`", err=True)
 
 
 def _bar(quiet: bool, as_json: bool):
@@ -267,6 +292,7 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
             "copies": [list(c) for c in report.copies], "pruned": list(report.pruned),
             "failed": [{"path": f.path, "reason": f.reason} for f in report.failed],
             "audio_s": round(report.audio_s, 2), "seconds": round(report.seconds, 2),
+            "damaged_redone": list(report.damaged),
         })
         return
     speed = f", {report.audio_s / report.seconds:.0f}x real time" if report.audio_s and report.seconds else ""
@@ -279,6 +305,8 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
         click.echo(f"  moved: {_shown(old)} -> {_shown(new)}")
     for path, original in report.copies:
         click.echo(f"  copy: {_shown(path)} (same bytes as {_shown(original)})")
+    if report.damaged:
+        click.echo(f"  {len(report.damaged)} tracks with damaged codes redone")
     for f in report.failed:
         click.echo(f"  skipped: {_shown(f.path)}: {f.reason}", err=True)
 
@@ -465,23 +493,73 @@ def recommend(seeds, every, out, library, db_url, top_k, tags, exclude_tags, min
 @json_option
 @reports_errors
 def stats(library, db_url, as_json):
-    """Size of the library, its code model and index, and what its codes cost."""
+    """Size of the library, its code model and index, what its codes cost, and whether codes.h5 looks healthy."""
     from musichash.search.cache import choose_config
 
     with _open(library, db_url) as lib:
-        s = lib.stats()
+        s = lib.stats(check=True)
         kind = choose_config(lib.folder, s.bits, s.n_segments).kind
+    # the metadata only: `musichash check` reads every code
+    health = "codes.h5 metadata ok" if not s.problems else f"{len(s.problems)} problems: run `musichash check`"
     row = {
         "library": str(lib.folder), "tracks": s.n_tracks, "errors": s.n_errors, "pending": s.n_pending,
         "segments": s.n_segments, "hours": round(s.hours, 3), "code_model": s.code_model, "bits": s.bits,
         "index_type": kind, "code_bytes": s.code_bytes, "code_bytes_per_hour": round(s.code_bytes_per_hour, 1),
+        "health": health,
     }
+    if s.problems:
+        click.echo(f"Warning: {s.problems[0]}" + (f" (and {len(s.problems) - 1} more)" if len(s.problems) > 1 else "")
+                   + "; run `musichash check --repair`", err=True)
     if as_json:
-        emit(row)
+        emit({**row, "problems": list(s.problems)})
         return
     width = max(map(len, row))
     for k, v in row.items():
         click.echo(f"{k.replace('_', ' '):<{width}}  {v}")
+
+
+@cli.command()
+@library_options
+@click.option("--repair", is_flag=True,
+              help="Fix what can be fixed: codes that are damaged or missing are computed again (their tracks "
+                   "marked pending, then indexed from their files), and the index cache is rebuilt.")
+@json_option
+@device_option
+@quiet_option
+@reports_errors
+def check(library, db_url, repair, as_json, device, quiet):
+    """Verify the library: its database, that database and folder belong together, every track's codes
+    against their checksums, tracks left pending, and the FAISS cache files.
+
+    Prints a summary and exits 0 when all is well; otherwise one line per problem and exit status 1.
+    """
+    with _open(library, db_url, write=repair, device=device, warn=False) as lib, \
+            _bar(quiet, as_json)(unit="track", desc="checking codes") as bar:
+        def step(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+            if done == total:
+                bar.reset()
+
+        report = lib.check(repair=repair, progress=step)
+    if as_json:
+        emit({"library": str(report.folder), "healthy": report.healthy, "tracks": report.tracks,
+              "without_checksum": report.unchecked, "pending": report.pending, "index": report.index,
+              "problems": [{"where": p.where, "what": p.what, "track_id": p.track_id} for p in report.problems],
+              "repaired": list(report.repaired)})
+    else:
+        for line in report.repaired:
+            click.echo(f"repaired: {line}")
+        for p in report.problems:
+            click.echo(str(p))
+        if report.healthy:
+            index = {"ok": "index ok", "missing": "index not built yet (the first search builds it)",
+                     "stale": "index out of date (the next search rebuilds it)"}[report.index]
+            unchecked = f" ({report.unchecked} without checksums yet)" if report.unchecked else ""
+            click.echo(f"{report.folder}: healthy: database ok, codes of {report.tracks} tracks verified{unchecked}, {index}")
+    if not report.healthy:
+        fix = "see above" if repair else "`musichash check --repair` fixes what it can"
+        raise click.ClickException(f"{report.folder}: {len(report.problems)} problems; {fix}")
 
 
 @cli.command()

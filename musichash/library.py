@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +27,29 @@ from musichash.devices import faiss_device
 from musichash.errors import MusichashError
 from musichash.features.audio import AudioError, AudioTooShortError
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
-from musichash.indexer.store import LibraryError, LibraryStats, LibraryStore, ModelMismatchError, Track
+from musichash.indexer.store import (
+    CODES_FILE,
+    DamagedCodesError,
+    EmptyLibraryError,
+    LibraryError,
+    LibraryStats,
+    LibraryStore,
+    ModelMismatchError,
+    Problem,
+    Track,
+)
 from musichash.models import DEFAULT_CODE_MODEL, ModelError, get_spec, tag_names
 from musichash.models.encoder import LIBRARY_HOP, Clip, CodeModel, Encoded, encode_clip
 from musichash.models.registry import weights_digest
 from musichash.models.tagging import TagScore
-from musichash.search import dedup, query, similar
+from musichash.search import cache, dedup, query, similar
 from musichash.search.cache import SearchIndex, load_or_build, read_config, write_config
 from musichash.search.faiss_index import IndexConfig
 from musichash.search.results import DuplicateGroup, SearchResult, SimilarResult
 from musichash.search.similar import DEFAULT_TAG_P
 from musichash.search.thresholds import Thresholds
 
-__all__ = ["Clip", "Library", "QueryError", "default_folder"]
+__all__ = ["CheckReport", "Clip", "Library", "QueryError", "default_folder"]
 
 TAGS_SHOWN = 5
 
@@ -51,6 +61,23 @@ class QueryError(MusichashError):
 def _user(path: str | os.PathLike) -> Path:
     """A path as a user writes it, ``~`` included (the README's own examples use it)."""
     return Path(path).expanduser()
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``Library.check`` found (and, with ``repair``, did)."""
+
+    folder: Path
+    tracks: int  # 'ok' tracks whose codes were read and checked
+    unchecked: int  # of them, without a checksum yet (written before checksums; the next write-open adds one)
+    pending: int  # tracks waiting to be indexed again
+    index: str  # the FAISS cache: 'ok', 'missing' or 'stale' (built on the next search), or 'damaged'
+    problems: tuple[Problem, ...]
+    repaired: tuple[str, ...] = ()  # what ``repair`` did, a line each
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
 
 
 def default_folder() -> Path:
@@ -176,10 +203,20 @@ class Library:
         return self._vocabulary
 
     def search_index(self, *, force: bool = False) -> SearchIndex:
-        """The FAISS index of the library's codes, loaded from ``index/`` or rebuilt if stale."""
+        """The FAISS index of the library's codes, loaded from ``index/`` or rebuilt if stale;
+        tracks whose codes the store has found damaged are left out."""
         if force or self._index is None or self._index.stamp != self.store.stamp():
             self._index = load_or_build(self.store, faiss_device(self.device), force=force)
+        if not self.store.damaged <= self._index.left_out:
+            self._index = self._index.without(self.store.damaged)
         return self._index
+
+    @property
+    def damaged(self) -> list[int]:
+        """Tracks left out of searches so far because their stored codes are damaged or missing
+        (``musichash check --repair`` redoes them)."""
+        left_out = self._index.left_out if self._index is not None else frozenset()
+        return sorted(self.store.damaged | left_out)
 
     # ------------------------------------------------------------------ writes
 
@@ -214,10 +251,64 @@ class Library:
             write_config(self.folder, config)
         return self.search_index(force=True)
 
+    def check(self, *, repair: bool = False, progress: Callable[[int, int], None] | None = None) -> CheckReport:
+        """Verify the whole library (``musichash check``): the database, every 'ok' track's codes against
+        their checksum, tracks left pending, and the FAISS cache's files against theirs.
+
+        ``repair`` (the library opened for writing): tracks whose codes are damaged or missing are marked
+        pending, every pending track whose file is there is indexed again, and a cache that is not
+        current is rebuilt; then the library is checked again. progress(done, total) follows each pass
+        over the tracks.
+        """
+        repaired = self._repair(progress) if repair else []
+        problems = self.store.check_database()
+        codes = self.store.check_codes(progress=progress)
+        problems += codes.problems
+        pending = self.store.tracks("pending")
+        for t in pending:
+            if os.path.exists(t.path):
+                what = "waits to be indexed again (pending); `musichash index` or `musichash check --repair` does it"
+            else:
+                what = "waits to be indexed again (pending), but its file is gone; restore it, or `musichash remove` it"
+            problems.append(Problem(str(self.folder), f"track {t.id} ({t.path}): {what}", t.id))
+        found = cache.inspect(self.store)
+        if found.state == "damaged":
+            problems.append(Problem(found.where, f"damaged index cache ({found.what}); the next search or "
+                                                 f"`musichash check --repair` rebuilds it"))
+        return CheckReport(self.folder, codes.checked, codes.unchecked, len(pending), found.state, tuple(problems),
+                           tuple(repaired))
+
+    def _repair(self, progress: Callable[[int, int], None] | None) -> list[str]:
+        done = []
+        r = self.store.repair_report  # what opening for writing fixed
+        if r.codes_set_aside:
+            done.append(f"{self.folder / CODES_FILE} was damaged: kept as {r.codes_set_aside}; a new file holds "
+                        f"the codes that could be read")
+        if r.orphans_removed:
+            done.append(f"{len(r.orphans_removed)} stray code groups removed")
+        if r.marked_pending:
+            done.append(f"{len(r.marked_pending)} tracks with missing or malformed codes marked to be redone")
+        if r.checksums_added:
+            done.append(f"{r.checksums_added} tracks written before checksums given one")
+        bad = [p.track_id for p in self.store.check_codes(progress=progress).problems if p.track_id is not None]
+        if bad:
+            self.store.mark_pending(bad)
+            done.append(f"{len(bad)} tracks with damaged or missing codes marked to be redone")
+        todo = [t.path for t in self.store.tracks("pending") if os.path.exists(t.path)]
+        if todo:
+            report = self.index(todo)
+            redone = len(report.added) + len(report.updated) + len(report.copies)
+            done.append(f"{redone} tracks indexed again" + (f", {len(report.failed)} failed" if report.failed else ""))
+        if cache.inspect(self.store).state != "ok":
+            idx = self.search_index(force=True)
+            done.append(f"index rebuilt ({idx.segments.kind}, {idx.segments.ntotal} segments, {idx.tracks.ntotal} tracks)")
+        return done
+
     # ------------------------------------------------------------------- reads
 
-    def stats(self) -> LibraryStats:
-        return self.store.stats()
+    def stats(self, *, check: bool = False) -> LibraryStats:
+        """Counts and sizes; ``check``: also look over codes.h5 for damage (``LibraryStats.problems``)."""
+        return self.store.stats(check=check)
 
     def tracks(self, under: str | os.PathLike | None = None, *, status: str | None = None) -> list[Track]:
         """The library's tracks in id order (at or under the path ``under``, if given; of ``status``, if given)."""
@@ -257,9 +348,10 @@ class Library:
         t = replace(t, match=t.match if threshold is None else threshold,
                     chroma=t.chroma if chroma_threshold is None else chroma_threshold)
         settings = query.Settings(top_k=top_k, k=k)
+        self._searchable(self.search_index())  # before any clip is decoded
         clips = iter(clips)
         while chunk := [self._query(c) for c in itertools.islice(clips, batch)]:
-            yield from query.search(chunk, self.search_index(), self.store, t, settings, self._top_tags)
+            yield from self._search_batch(chunk, t, settings)
 
     def dedup(
         self,
@@ -314,6 +406,38 @@ class Library:
             yield self.similar(t.path, top_k=top_k, **filters)
 
     # --------------------------------------------------------------- internals
+
+    def _searchable(self, index: SearchIndex) -> None:
+        """Raise EmptyLibraryError (or DamagedCodesError) when ``index`` has nothing to search."""
+        if index.segments.ntotal:
+            return
+        n = self.store.stats().n_tracks
+        if self.damaged:
+            raise DamagedCodesError(
+                f"{self.folder / CODES_FILE}: the codes of all {n} indexed tracks are damaged or missing; "
+                f"run `musichash check --repair`"
+            )
+        if n:
+            raise EmptyLibraryError(
+                f"{self.folder}: the library's {n} tracks are too short to search (no 3 s windows); "
+                f"index longer recordings: musichash index PATH... --library {self.folder}"
+            )
+        raise EmptyLibraryError(
+            f"{self.folder}: the library has no indexed tracks yet; "
+            f"run musichash index PATH... --library {self.folder}"
+        )
+
+    def _search_batch(self, pending: list[query.Query], t: Thresholds, settings: query.Settings) -> list[SearchResult]:
+        """``query.search`` of a batch; when a track's codes turn out damaged on the way (its chroma is
+        verified), the batch is searched again without it rather than answered without its harmony check."""
+        while True:
+            index = self.search_index()
+            self._searchable(index)
+            try:
+                return query.search(pending, index, self.store, t, settings, self._top_tags)
+            except DamagedCodesError as e:
+                if e.track_id is None or e.track_id in index.left_out:
+                    raise
 
     def _top_tags(self, t: Track) -> tuple[TagScore, ...]:
         if t.tags is None:

@@ -48,7 +48,8 @@ def test_index_json_again_is_incremental(built):
     obj = json.loads(result.stdout)
     assert (obj["added"], obj["updated"], obj["unchanged"]) == (0, 0, 3)
     assert [f["path"] for f in obj["failed"]] == [str(music / "bad.wav")]
-    assert set(obj) == {"library", "added", "updated", "unchanged", "moved", "copies", "pruned", "failed", "audio_s", "seconds"}
+    assert set(obj) == {"library", "added", "updated", "unchanged", "moved", "copies", "pruned", "failed", "audio_s", "seconds",
+                        "damaged_redone"}
 
 
 def test_search_json_shape(built):

@@ -2,7 +2,9 @@
 
 Decisions per file (cheapest first):
 
-- same path, size and mtime as an 'ok' or 'error' row: unchanged, skipped;
+- same path, size and mtime as an 'ok' or 'error' row: unchanged, skipped, once the
+  'ok' row's stored codes pass their checksum (``LibraryStore.codes_intact``); damaged
+  ones are computed again, as are those of a touched, moved or copied file;
 - else its bytes are hashed (sha256): same bytes as the row at its path
   (a touch) or as an 'ok' track whose file is gone (a move or rename): the
   row is pointed at the file, codes kept; same bytes as an 'ok' track whose
@@ -72,6 +74,8 @@ class IndexReport:
     pruned: tuple[str, ...] = ()
     audio_s: float = 0.0
     seconds: float = 0.0
+    #: paths whose stored codes were damaged (failed their checksum) and were computed again
+    damaged: tuple[str, ...] = ()
 
 
 class Progress:
@@ -93,6 +97,7 @@ class _Plan:
     copies: list[tuple[str, str]] = field(default_factory=list)
     copy_later: list[tuple[Path, str, os.stat_result, Path]] = field(default_factory=list)  # of a file computed now
     failed: list[FailedFile] = field(default_factory=list)
+    damaged: set[str] = field(default_factory=set)  # paths computed again because their codes were damaged
 
 
 def scan(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[FailedFile]]:
@@ -183,6 +188,7 @@ def index_paths(
         pruned=tuple(pruned),
         audio_s=audio_s,
         seconds=time.perf_counter() - t0,
+        damaged=tuple(p for p in [*updated, *(c[0] for c in plan.copies)] if p in plan.damaged),
     )
 
 
@@ -197,7 +203,11 @@ def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
             plan.failed.append(FailedFile(str(path), f"cannot read it ({e.strerror}); check its permissions"))
             continue
         row = store.find_by_path(str(path))
-        if row is not None and row.status != "pending" and (row.size, row.mtime) == (st.st_size, st.st_mtime):
+        damaged = False
+        if row is not None and row.status == "ok" and not store.codes_intact(row.id):
+            damaged = True  # whatever the file did since, its codes are computed again
+            plan.damaged.add(str(path))
+        elif row is not None and row.status != "pending" and (row.size, row.mtime) == (st.st_size, st.st_mtime):
             if row.status == "error":  # still the same bad file: list it again, don't retry
                 plan.failed.append(FailedFile(str(path), row.error or "could not be indexed"))
             else:
@@ -208,11 +218,12 @@ def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
         except OSError as e:
             plan.failed.append(FailedFile(str(path), f"cannot read it ({e.strerror}); check its permissions"))
             continue
-        if row is not None and row.status == "ok" and row.content_hash == digest:
+        if row is not None and row.status == "ok" and row.content_hash == digest and not damaged:
             store.update_file(row.id, str(path), st.st_size, st.st_mtime)  # touched, same bytes
             plan.unchanged += 1
             continue
-        same = [t for t in store.find_by_hash(digest) if t.status == "ok" and t.path != str(path)]
+        same = [t for t in store.find_by_hash(digest)
+                if t.status == "ok" and t.path != str(path) and store.codes_intact(t.id)]
         gone = [t for t in same if t.path not in scanned and not os.path.exists(t.path)]
         if gone and row is None:
             store.update_file(gone[0].id, str(path), st.st_size, st.st_mtime)

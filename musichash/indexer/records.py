@@ -5,9 +5,13 @@ Split from ``store.py``, which holds the logic; everything here is re-exported t
 
 from __future__ import annotations
 
+import os
+import re
+import sqlite3
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import (
@@ -22,13 +26,13 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from musichash.errors import MusichashError
 
-SCHEMA_VERSION = 2
-#: the oldest format a writer upgrades in place (``store._upgrade_v1``); older ones are re-indexed
+SCHEMA_VERSION = 3
+#: the oldest format a writer upgrades in place (``store._upgrade``); older ones are re-indexed
 MIN_SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "pending")
 
@@ -49,6 +53,33 @@ class SchemaVersionError(LibraryError):
 
 class ModelMismatchError(LibraryError):
     """The library holds codes of another model (or code length)."""
+
+
+class LibraryMismatchError(LibraryError):
+    """The database and the codes folder belong to different libraries."""
+
+
+class DatabaseURLError(LibraryError):
+    """``db_url`` is not a database URL (a usage error)."""
+
+
+class DamagedDatabaseError(LibraryError):
+    """The library database is not readable: truncated, or garbled."""
+
+
+class DamagedCodesError(LibraryError):
+    """codes.h5, or one track's codes in it, cannot be read or fail their checksum."""
+
+    def __init__(self, message: str, track_id: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        #: the track whose codes are damaged; None when the whole file is
+        self.track_id = track_id
+        #: what is wrong, in a few words ("checksum mismatch", "unreadable: ...")
+        self.reason = reason
+
+
+class EmptyLibraryError(LibraryError):
+    """The library has no indexed tracks to search yet."""
 
 
 # -------------------------------------------------------------------- records
@@ -117,6 +148,29 @@ class LibraryStats:
     bits: int
     code_bytes: int  # track and segment codes, without times or HDF5 overhead
     code_bytes_per_hour: float  # 0.0 for an empty library
+    #: what a look over codes.h5's metadata found wrong (``LibraryStore.check_codes``): empty when
+    #: healthy, None when not looked (``stats(check=True)`` looks)
+    problems: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a library (``musichash check``): ``where`` (a file or folder) and ``what``."""
+
+    where: str
+    what: str
+    track_id: int | None = None  # the track it concerns, if one
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+class CodesCheck(NamedTuple):
+    """What ``LibraryStore.check_codes`` found."""
+
+    problems: tuple[Problem, ...]
+    checked: int  # 'ok' tracks looked at
+    unchecked: int  # of them, read but without a checksum to check (written before checksums)
 
 
 @dataclass(frozen=True)
@@ -126,6 +180,7 @@ class RepairReport:
     orphans_removed: tuple[int, ...] = ()  # HDF5 groups without an 'ok' row
     marked_pending: tuple[int, ...] = ()  # 'ok' rows whose codes were missing or malformed
     codes_set_aside: Path | None = None  # where an unreadable codes.h5 was moved
+    checksums_added: int = 0  # groups written before codes had checksums, given one (adopted, not redone)
 
     @property
     def changed(self) -> bool:
@@ -171,6 +226,28 @@ class _Track(_Base):
         return Track(tags=tags, **{name: getattr(self, name) for name in names})
 
 
+def folder_writable(folder: Path) -> bool:
+    """Whether this process may create files in ``folder`` (read-only media, permissions).
+
+    The one place that decides: readers open SQLite ``immutable`` and build the FAISS cache
+    in memory where it is False. (Under root it is True even for a ``chmod a-w`` folder,
+    since root may write there.)
+    """
+    return os.access(folder, os.W_OK)
+
+
+#: what ``db_url`` looks like, for messages
+URL_FORMS = "postgresql+psycopg://user@host/dbname or sqlite:///path/to/library.db"
+
+
+def shown_url(url: str) -> str:
+    """``url`` for a message: its password hidden, even when it does not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL: readers never wait for the writer and the writer never waits for readers.
@@ -178,16 +255,83 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def _engine(url: str, write: bool) -> Engine:
+def _query_only(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
+def sqlite_reader_uri(path: Path) -> str:
+    """The URI a reader opens a SQLite library database with: never created, never changed.
+
+    ``mode=rw`` plus ``PRAGMA query_only`` where the folder is writable: a reader of a WAL
+    database needs its ``-shm`` file to see the writer's commits, and a read-write
+    connection (only) removes that file again when it closes, leaving the folder as it
+    was (``mode=ro`` would leave ``-wal`` and ``-shm`` behind). ``mode=ro&immutable=1``
+    where the folder is not writable: no ``-shm`` can be made there, and no writer can work.
+    """
+    path = path.absolute()
+    mode = "rw" if folder_writable(path.parent) else "ro&immutable=1"
+    return f"file:{quote(str(path))}?mode={mode}"
+
+
+def _damage_handler(where: str):
+    """A ``handle_error`` listener: SQLite's "malformed" and "not a database" become one DamagedDatabaseError."""
+
+    def handle(context) -> None:
+        orig = context.original_exception
+        name = getattr(orig, "sqlite_errorname", "")
+        text = " ".join(str(orig).split())
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+            not name and ("malformed" in text or "not a database" in text)
+        ):
+            raise DamagedDatabaseError(
+                f"{where}: the library database is damaged ({text}); restore it from a backup, "
+                f"or index the music again into a new library"
+            ) from None
+
+    return handle
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases (and unparsable URLs)."""
     try:
-        engine = create_engine(url)
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return None if parsed.database.startswith("file:") else Path(parsed.database)
+
+
+def _engine(url: str, write: bool) -> Engine:
+    """An engine for the library database; a reader's never writes (SQLite: ``sqlite_reader_uri``;
+    PostgreSQL: read-only transactions)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise DatabaseURLError(f"{shown_url(url)}: not a database URL; give one like {URL_FORMS}") from None
+    sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+    try:
+        if sqlite_file and not write and not parsed.database.startswith("file:"):
+            uri = sqlite_reader_uri(Path(parsed.database))
+            engine = create_engine(parsed, creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+            event.listen(engine, "connect", _query_only)
+        else:
+            engine = create_engine(parsed)
     except (ImportError, NoSuchModuleError) as e:
         raise LibraryError(
-            f"{make_url(url).render_as_string(hide_password=True)}: no driver for this database "
+            f"{parsed.render_as_string(hide_password=True)}: no driver for this database "
             f"({e}); for PostgreSQL use a postgresql+psycopg:// URL and "
             f"pip install 'musichash[postgres]'"
         ) from None
+    except ArgumentError as e:
+        raise DatabaseURLError(f"{shown_url(url)}: not a usable database URL ({e}); give one like {URL_FORMS}") from None
+    where = parsed.database if sqlite_file else parsed.render_as_string(hide_password=True)
+    event.listen(engine, "handle_error", _damage_handler(where))
     # Only the writer switches the journal mode, so that readers work on read-only media.
     if write and engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    if not write and engine.dialect.name == "postgresql":
+        engine = engine.execution_options(postgresql_readonly=True)
     return engine

@@ -4,15 +4,23 @@ A library is a folder::
 
     library.db   SQLite (or any SQLAlchemy URL given as ``db_url``): tables
                  ``meta`` (schema_version, code_model, bits, code_digest, created,
-                 generation: bumped by every commit that changes which codes are valid) and
+                 generation: bumped by every commit that changes which codes are valid,
+                 library_id and library_folder: see below) and
                  ``tracks`` (one row per file, ``status`` 'ok' | 'error' | 'pending')
-    codes.h5     root attrs ``code_model``, ``bits``, ``schema_version``; one group
-                 ``tracks/<id>`` per 'ok' track holding
+    codes.h5     root attrs ``code_model``, ``bits``, ``schema_version``, ``library_id``; one
+                 group ``tracks/<id>`` per 'ok' track holding
                  ``track_code: uint8 [bits/8]``, ``segment_codes: uint8 [n, bits/8]``,
                  ``segment_times: float32 [n]`` (segment start, seconds), ``chroma:
-                 uint8 [m]`` (``musichash.features.chroma.pack``; optional: older tracks lack it)
+                 uint8 [m]`` (``musichash.features.chroma.pack``; optional: older tracks lack it),
+                 and the attribute ``checksum`` (``codes_file.codes_checksum`` of those)
+    library.id   the library's id (``identity``)
     index/       FAISS cache, derived from codes.h5 (not managed here)
     .lock        held by the one writer (``fcntl.flock``), holds its PID
+
+A library knows its parts.  ``meta.library_id`` and the folder's ``library.id`` (and
+codes.h5's ``library_id``) must agree, or the open is refused before anything is
+read, repaired or written (``identity.check_pairing``): one ``--db-url`` used with a
+second folder would otherwise see every track's codes missing.
 
 Crash safety.  HDF5 is the source of truth for codes and SQL says which codes
 are valid: a track's codes are written and flushed before its row is committed
@@ -22,6 +30,15 @@ point, ``repair()`` (run on every write-open) only has to delete HDF5 groups tha
 have no 'ok' row (orphans) and mark 'ok' rows whose group is missing or malformed
 as 'pending', which the next ``musichash index`` redoes.
 
+Damage.  HDF5 checksums its metadata (below) but not the data, so each group's
+``checksum`` covers its codes: every read (``get_codes``, ``get_chroma``,
+``code_tables``) verifies it, and a track that fails is never used: it is noted in
+``damaged`` (searches leave it out), ``index`` redoes it when it meets it as
+unchanged (``codes_intact``), and ``verify`` (``musichash check``) lists them all.
+Groups written before checksums get one, from their data as it is, on the next
+write-open (``repair``). A damaged SQLite database surfaces as one
+DamagedDatabaseError, whatever query met it.
+
 HDF5 files can be left unreadable by a kill mid-write.  We flush after each
 track (so a killed process leaves the file as of its last flush), write the
 checksummed metadata format of HDF5 1.8 (``libver=('v108', 'latest')``), so
@@ -30,6 +47,11 @@ open for writing we do not refuse the library: it is renamed to
 ``codes.h5.corrupt-<UTC timestamp>``, a fresh file is started, every track
 becomes 'pending', and ``RepairReport.codes_set_aside`` says so, for the CLI to
 warn about.  Metadata and errors survive; only the codes need recomputing.
+When it opens but its metadata is damaged (its root attributes or track index
+cannot be read, or HDF5 cannot delete or write a group) it is salvaged
+(``_salvage``): every 'ok' track whose codes read and pass their checksum is
+copied to a new file, which replaces it; the old one is kept under the same
+``corrupt-`` name, and only the tracks not copied become 'pending'.
 ``libver='latest'`` would be worse: its "open for write" flags survive a kill,
 so every crash would look like a corrupt file, and it shuts out readers.
 Flushes do not fsync: a power cut may still cost the codes file (set aside as
@@ -37,11 +59,14 @@ above), never the metadata.
 
 Format versions.  v2 added ``meta.generation``, so that ``stamp()`` reads one row
 instead of aggregating every track (7-10 ms a search at 10k tracks, and linear in the
-tracks). A writer opening a v1 library upgrades it in place (nothing else changed); a
-reader of a v1 library falls back to the aggregate.
+tracks). v3 added the library id and the groups' checksums. A writer opening an older
+library upgrades it in place (``_upgrade``; nothing is recomputed); a reader of a v1
+library falls back to the aggregate, and one of a v2 library checks neither id nor checksums.
 
-Concurrency.  One writer at a time, enforced by ``.lock``; readers take no lock.
-SQLite runs in WAL mode so readers never wait for the writer.  HDF5's own file
+Concurrency.  One writer at a time, enforced by ``.lock``; readers take no lock and
+never write: SQLite is opened so that it cannot create or change the database
+(``records.sqlite_reader_uri``), PostgreSQL in read-only transactions, codes.h5
+read-only. SQLite runs in WAL mode so readers never wait for the writer.  HDF5's own file
 locking is off (``.lock`` does that job, and HDF5 locks fail on some network
 file systems); a reader sees codes as of the writer's last flush, and only uses
 codes of rows committed 'ok', which were flushed before the commit.
@@ -49,57 +74,94 @@ codes of rows committed 'ok', which were flushed before the commit.
 
 from __future__ import annotations
 
-import datetime as dt
-import fcntl
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import h5py
 import numpy as np
-from sqlalchemy import Integer, Text, cast, delete, func, inspect, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from musichash.indexer import identity, records
 from musichash.indexer.codes_file import (
+    H5_ERRORS,
+    H5_KW,
+    CodesDamaged,
+    CodesFileDamaged,
+    CodesMissing,
+    adopt_checksum,
+    check_file,
+    copy_groups,
     group_valid,
+    has_checksum,
+    keep_aside,
+    new_codes_file,
     open_codes_for_read,
     open_codes_for_write,
+    read_group,
+    write_group,
+)
+from musichash.indexer.meta import (
+    acquire_lock,
+    bump_generation,
+    check_database,
+    check_meta,
+    create_schema,
+    make_folder,
+    read_meta,
+    release_lock,
+    upgrade,
 )
 from musichash.indexer.records import (
     MIN_SCHEMA_VERSION,
     SCHEMA_VERSION,
     STATUSES,
+    CodesCheck,
+    DamagedCodesError,
+    DamagedDatabaseError,
+    DatabaseURLError,
+    EmptyLibraryError,
     LibraryError,
     LibraryLockedError,
+    LibraryMismatchError,
     LibraryStats,
     ModelMismatchError,
+    Problem,
     RepairReport,
     SchemaVersionError,
     SegmentTable,
     Track,
     TrackCodes,
     TrackRecord,
-    _Base,
     _engine,
     _Meta,
     _Track,
+    shown_url,
 )
 
 __all__ = [
     "CODES_FILE",
     "DB_FILE",
+    "ID_FILE",
     "LOCK_FILE",
+    "MIN_SCHEMA_VERSION",
     "SCHEMA_VERSION",
     "STATUSES",
+    "DamagedCodesError",
+    "DamagedDatabaseError",
+    "DatabaseURLError",
+    "EmptyLibraryError",
     "LibraryError",
     "LibraryLockedError",
+    "LibraryMismatchError",
     "LibraryStats",
     "LibraryStore",
     "ModelMismatchError",
+    "Problem",
     "RepairReport",
     "SchemaVersionError",
     "SegmentTable",
@@ -111,6 +173,7 @@ __all__ = [
 DB_FILE = "library.db"
 CODES_FILE = "codes.h5"
 LOCK_FILE = ".lock"
+ID_FILE = identity.ID_FILE
 # ---------------------------------------------------------------------- store
 
 
@@ -142,6 +205,11 @@ class LibraryStore:
         self._lock_fd = lock_fd
         #: whether ``meta`` keeps ``generation`` (format v2; a v1 library opened read-only does not)
         self._generation = True
+        #: ``meta.library_id`` (None: a library from before ids, opened read-only)
+        self.library_id: str | None = None
+        #: tracks whose stored codes this store found damaged or missing on reading them
+        #: (``get_codes``, ``get_chroma``, ``code_tables``): left out of searches
+        self.damaged: set[int] = set()
 
     # ------------------------------------------------------------ open/close
 
@@ -161,61 +229,81 @@ class LibraryStore:
         ``code_model`` and ``bits`` are required to create a library; when given
         for an existing one they must match what it holds (ModelMismatchError).
         ``code_digest`` (which weights make the codes) is recorded in a new
-        library; ``Library.open`` checks an existing one's.
+        library; ``Library.open`` checks an existing one's. A database and a folder
+        of two libraries are refused (LibraryMismatchError) before anything is written.
         """
         folder = Path(folder)
         db_path = folder / DB_FILE
+        codes = folder / CODES_FILE
         url = db_url or f"sqlite:///{db_path}"
+        where = shown_url(db_url) if db_url else str(db_path)
         if not write and db_url is None and not db_path.exists():
             raise LibraryError(
                 f"{folder}: no musichash library here; create one with "
                 f"`musichash index --library {folder} PATH...`"
             )
+        if not write and db_url is not None and (p := records.sqlite_path(db_url)) is not None and not p.exists():
+            raise LibraryError(  # a reader does not create it
+                f"{where}: no musichash library in this database; create one "
+                f"with `musichash index --library {folder} PATH...`"
+            )
         lock_fd = engine = h5 = None
         try:
-            if write:
-                folder.mkdir(parents=True, exist_ok=True)
-                lock_fd = _acquire_lock(folder / LOCK_FILE)
+            if write and db_url is None:
+                make_folder(folder)  # library.db goes in it
             engine = _engine(url, write)
-            meta = _read_meta(engine)
-            if meta is None:
-                if not write:
-                    where = engine.url.render_as_string(hide_password=True) if db_url else db_path
-                    raise LibraryError(
-                        f"{where}: no musichash library in this database; create one "
-                        f"with `musichash index --library {folder} PATH...`"
-                    )
-                if code_model is None or bits is None:
-                    raise ValueError("code_model and bits are needed to create a library")
-                meta = _create_schema(engine, code_model, bits, code_digest)
-            _check_meta(meta, folder, code_model, bits)
-            if write and "generation" not in meta:
-                meta = _upgrade_v1(engine)
-            stored_model, stored_bits = meta["code_model"], int(meta["bits"])
-            set_aside = None
+            meta = read_meta(engine)
+            if meta is not None:  # refused before the folder or its lock is made
+                check_meta(meta, folder, code_model, bits)
+                identity.check_pairing(meta, folder, codes, where)
             if write:
-                h5, set_aside = open_codes_for_write(
-                    folder / CODES_FILE, stored_model, stored_bits
+                make_folder(folder)
+                lock_fd = acquire_lock(folder / LOCK_FILE)
+                meta = read_meta(engine)  # as the lock found it
+                if meta is None:
+                    identity.check_new(folder, codes, where)
+                    if code_model is None or bits is None:
+                        raise ValueError("code_model and bits are needed to create a library")
+                    meta = create_schema(engine, code_model, bits, code_digest, folder)
+            elif meta is None:
+                raise LibraryError(
+                    f"{where}: no musichash library in this database; create one "
+                    f"with `musichash index --library {folder} PATH...`"
                 )
+            check_meta(meta, folder, code_model, bits)
+            folder_id = identity.check_pairing(meta, folder, codes, where)
+            if write:
+                meta = upgrade(engine, meta, folder)
+                if folder_id != meta["library_id"]:
+                    identity.write_folder_id(folder, meta["library_id"])
+            stored_model, stored_bits = meta["code_model"], int(meta["bits"])
+            set_aside_path, damaged = None, False
+            if write:
+                h5, set_aside_path, damaged = open_codes_for_write(codes, stored_model, stored_bits, meta["library_id"])
             else:
-                h5 = open_codes_for_read(folder / CODES_FILE)
+                h5 = open_codes_for_read(codes, meta.get("library_id"))
         except BaseException:
             if h5 is not None:
                 h5.close()
             if engine is not None:
                 engine.dispose()
             if lock_fd is not None:
-                _release_lock(lock_fd)
+                release_lock(lock_fd)
             raise
         store = cls(folder, engine, h5, lock_fd, stored_model, stored_bits, meta.get("code_digest"))
         store._generation = "generation" in meta
+        store.library_id = meta.get("library_id")
         if write:
             try:
+                lost: tuple[int, ...] = ()
+                if damaged:
+                    set_aside_path, lost = store._salvage()
                 report = store.repair()
             except BaseException:
                 store.close()
                 raise
-            store.repair_report = replace(report, codes_set_aside=set_aside)
+            store.repair_report = replace(report, codes_set_aside=report.codes_set_aside or set_aside_path,
+                                          marked_pending=tuple(sorted({*report.marked_pending, *lost})))
         return store
 
     @property
@@ -228,7 +316,7 @@ class LibraryStore:
             self._h5 = None
         self._engine.dispose()
         if self._lock_fd is not None:
-            _release_lock(self._lock_fd)
+            release_lock(self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self) -> "LibraryStore":
@@ -293,11 +381,14 @@ class LibraryStore:
                 row.status, row.error, row.n_segments = "pending", None, 0
                 s.flush()
                 ids.append(row.id)
-            _bump_generation(s)
+            bump_generation(s)
         # 2. codes on disk.
-        for track_id, (_, track_code, segment_codes, segment_times, chroma) in zip(ids, checked):
-            self._write_codes(track_id, track_code, segment_codes, segment_times, chroma)
-        self._h5.flush()
+        def write() -> None:
+            for track_id, (_, track_code, segment_codes, segment_times, chroma) in zip(ids, checked):
+                self._write_codes(track_id, track_code, segment_codes, segment_times, chroma)
+            self._h5.flush()
+
+        self._h5_write(write)
         # 3. only now are they valid.
         return self._mark_ok({tid: len(c[2]) for tid, c in zip(ids, checked)})
 
@@ -313,7 +404,7 @@ class LibraryStore:
             row.status, row.error, row.n_segments = "error", reason, 0
             s.flush()
             track = row.to_track()
-            _bump_generation(s)
+            bump_generation(s)
         self._delete_codes([track.id])
         return track
 
@@ -328,7 +419,7 @@ class LibraryStore:
             n = sum(
                 s.execute(delete(_Track).where(_Track.id.in_(c))).rowcount for c in _chunks(ids)
             )
-            _bump_generation(s)
+            bump_generation(s)
         self._delete_codes(ids)
         return n
 
@@ -344,38 +435,57 @@ class LibraryStore:
             return row.to_track()
 
     def repair(self) -> RepairReport:
-        """Make SQL and HDF5 agree after a crash (see module docstring)."""
+        """Make SQL and HDF5 agree after a crash (see module docstring); give checksum-less groups one.
+
+        A damaged group that cannot even be deleted has the file salvaged (``_salvage``).
+        """
         self._check_writable()
         groups = self._h5["tracks"]
+        nbytes = self.bits // 8
         with Session(self._engine) as s:
             ok = dict(
                 s.execute(select(_Track.id, _Track.n_segments).where(_Track.status == "ok")).all()
             )
-        orphans, pending = [], []  # group names, track ids
+        orphans, pending, adopted = [], [], 0  # group names, track ids, checksums added
         for name in list(groups):
             tid = int(name) if name.isdigit() else None
             if tid not in ok:
                 orphans.append(name)
-            elif not group_valid(groups[name], ok.pop(tid), self.bits // 8):
-                del groups[name]
+                continue
+            if not group_valid(groups, name, ok.pop(tid), nbytes):
+                orphans.append(name)
                 pending.append(tid)
+            elif not has_checksum(groups, name):
+                if adopt_checksum(groups, name, nbytes):
+                    adopted += 1
+                else:
+                    orphans.append(name)
+                    pending.append(tid)
         pending += ok  # 'ok' rows left in ``ok`` have no group
-        for name in orphans:
-            del groups[name]
-        self._h5.flush()
-        with Session(self._engine) as s, s.begin():
-            for chunk in _chunks(pending):
-                s.execute(
-                    update(_Track)
-                    .where(_Track.id.in_(chunk))
-                    .values(status="pending", n_segments=0, updated=time.time())
-                )
-            if pending:
-                _bump_generation(s)
+        # Rows first, as everywhere: a crash in between leaves groups without an 'ok' row.
+        self._set_pending(pending)
+        aside = None
+        try:
+            for name in orphans:
+                del groups[name]
+            self._h5.flush()
+        except H5_ERRORS:  # a damaged group that cannot even be deleted: copy the others to a new file
+            aside, lost = self._salvage()
+            pending += lost
+        pending_set = set(pending)
         return RepairReport(
-            orphans_removed=tuple(sorted(int(n) for n in orphans if n.isdigit())),
-            marked_pending=tuple(sorted(pending)),
+            orphans_removed=tuple(sorted(int(n) for n in orphans if n.isdigit() and int(n) not in pending_set)),
+            marked_pending=tuple(sorted(pending_set)),
+            codes_set_aside=aside,
+            checksums_added=adopted,
         )
+
+    def mark_pending(self, track_ids: Iterable[int]) -> None:
+        """Set these tracks 'pending' and drop their codes, for the next ``index`` to redo (``check --repair``)."""
+        self._check_writable()
+        ids = sorted({int(t) for t in track_ids})
+        self._set_pending(ids)
+        self._delete_codes(ids)
 
     # ----------------------------------------------------------------- reads
 
@@ -408,53 +518,92 @@ class LibraryStore:
         return self._select(q)
 
     def get_codes(self, track_id: int) -> TrackCodes:
+        """A track's codes, verified against their checksum.
+
+        Raises LibraryError when it has none, DamagedCodesError when they are damaged
+        (and notes the track in ``damaged``).
+        """
         try:
-            g = self._h5["tracks"][str(int(track_id))]
-            chroma = g["chroma"][()] if "chroma" in g else None
-            return TrackCodes(g["track_code"][()], g["segment_codes"][()], g["segment_times"][()], chroma)
-        except (KeyError, OSError):  # missing, or damaged
+            return self._read(track_id)
+        except CodesMissing:
             raise LibraryError(
                 f"track {track_id} has no readable codes in {self.folder / CODES_FILE}; "
                 f"run `musichash index` to (re)compute them"
             ) from None
 
     def get_chroma(self, track_id: int) -> np.ndarray | None:
-        """A track's packed chroma (uint8 [m]), or None when it has none (or its codes are unreadable)."""
+        """A track's packed chroma (uint8 [m]), or None when it was indexed before tracks kept one.
+
+        Its codes are verified first: damaged or missing ones raise DamagedCodesError (and the
+        track is noted in ``damaged``) rather than let a search skip its harmony check.
+        """
         try:
-            return self._h5["tracks"][str(int(track_id))]["chroma"][()]
-        except (KeyError, OSError):
-            return None
+            return self._read(track_id).chroma
+        except CodesMissing:
+            self.damaged.add(int(track_id))
+            raise DamagedCodesError(
+                f"{self.folder / CODES_FILE}: track {track_id} has no codes; run `musichash check --repair`",
+                int(track_id),
+            ) from None
+
+    def codes_intact(self, track_id: int) -> bool:
+        """Whether a track's stored codes are there and pass their checksum (what ``index`` trusts as unchanged)."""
+        try:
+            self._read(track_id)
+        except (CodesMissing, DamagedCodesError):
+            return False
+        return True
+
+    def code_tables(self) -> tuple[SegmentTable, np.ndarray, np.ndarray]:
+        """Every 'ok' track's verified codes, in track id order: the segment table, and the track
+        codes as ``ids: int64 [n]``, ``codes: uint8 [n, bits/8]``. Damaged ones are left out and
+        noted in ``damaged``; missing ones (committed after this reader opened codes.h5) left out.
+        A damaged track index raises DamagedCodesError for the file."""
+        nbytes = self.bits // 8
+        codes, tids, times, ids, track_codes = [], [], [], [], []
+        for t in self.tracks("ok"):
+            try:
+                c = self._read(t.id)
+            except CodesMissing:
+                continue
+            except DamagedCodesError as e:
+                if e.track_id is None:  # no track can be trusted to be found
+                    raise
+                continue
+            codes.append(c.segment_codes)
+            times.append(c.segment_times)
+            tids.append(np.full(len(c.segment_codes), t.id, dtype=np.int64))
+            ids.append(t.id)
+            track_codes.append(c.track_code)
+        ids = np.asarray(ids, np.int64)
+        track_codes = np.asarray(track_codes, np.uint8).reshape(-1, nbytes)
+        if not codes:
+            empty = SegmentTable(np.zeros((0, nbytes), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.float32))
+            return empty, ids, track_codes
+        return SegmentTable(np.concatenate(codes), np.concatenate(tids), np.concatenate(times)), ids, track_codes
 
     def iter_segment_codes(self) -> SegmentTable:
-        """Segment codes of all 'ok' tracks, concatenated in track id order."""
-        nbytes = self.bits // 8
-        codes, tids, times = [], [], []
-        groups = self._h5["tracks"]
-        for t in self.tracks("ok"):
-            g = groups.get(str(t.id))
-            if g is None:  # committed after this reader opened codes.h5, or damaged
-                continue
-            c = g["segment_codes"][()]
-            codes.append(c)
-            times.append(g["segment_times"][()])
-            tids.append(np.full(len(c), t.id, dtype=np.int64))
-        if not codes:
-            return SegmentTable(
-                np.zeros((0, nbytes), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.float32)
-            )
-        return SegmentTable(np.concatenate(codes), np.concatenate(tids), np.concatenate(times))
+        """Segment codes of all 'ok' tracks, concatenated in track id order (``code_tables``)."""
+        return self.code_tables()[0]
 
     def track_codes(self) -> tuple[np.ndarray, np.ndarray]:
-        """Track-level codes of all 'ok' tracks: ``ids: int64 [n]``, ``codes: uint8 [n, bits/8]``."""
-        ids, codes = [], []
-        groups = self._h5["tracks"]
-        for t in self.tracks("ok"):
-            g = groups.get(str(t.id))
-            if g is not None:
-                ids.append(t.id)
-                codes.append(g["track_code"][()])
-        nbytes = self.bits // 8
-        return np.asarray(ids, np.int64), np.asarray(codes, np.uint8).reshape(-1, nbytes)
+        """Track-level codes of all 'ok' tracks: ``ids: int64 [n]``, ``codes: uint8 [n, bits/8]`` (``code_tables``)."""
+        return self.code_tables()[1:]
+
+    def check_database(self) -> list[Problem]:
+        """What SQLite's ``quick_check`` finds wrong with the database (others are not checked here)."""
+        return check_database(self._engine)
+
+    def check_codes(self, *, deep: bool = True, progress: Callable[[int, int], None] | None = None) -> CodesCheck:
+        """What is wrong with codes.h5: its root attributes and track index, and each 'ok' track's group:
+        ``deep``, its codes read and checked against their checksum (``musichash check``; the tracks
+        that fail are noted in ``damaged``); else its datasets' shapes only (``stats``).
+        progress(done, total) after each track."""
+        found = check_file(self._h5, self.folder / CODES_FILE, self.tracks("ok"), self.code_model, self.bits,
+                           deep=deep, progress=progress)
+        if deep:
+            self.damaged |= {p.track_id for p in found.problems if p.track_id is not None}
+        return found
 
     def stamp(self) -> str:
         """A token that changes whenever the set of valid codes changes (for derived caches).
@@ -476,7 +625,8 @@ class LibraryStore:
             ).one()
         return f"{self.code_model}:{self.bits}:{n}:{ids}:{segs}:{float(last):.6f}"
 
-    def stats(self) -> LibraryStats:
+    def stats(self, *, check: bool = False) -> LibraryStats:
+        """Counts and sizes; ``check``: also look over codes.h5's metadata (``check_codes(deep=False)``, O(tracks))."""
         with Session(self._engine) as s:
             counts = dict(
                 s.execute(select(_Track.status, func.count()).group_by(_Track.status)).all()
@@ -500,6 +650,7 @@ class LibraryStore:
             bits=self.bits,
             code_bytes=code_bytes,
             code_bytes_per_hour=code_bytes / hours if hours > 0 else 0.0,
+            problems=tuple(str(p) for p in self.check_codes(deep=False).problems) if check else None,
         )
 
     # -------------------------------------------------------------- internals
@@ -530,16 +681,44 @@ class LibraryStore:
         segment_times: np.ndarray,
         chroma: np.ndarray | None,
     ) -> None:
-        groups = self._h5["tracks"]
-        name = str(track_id)
-        if name in groups:
-            del groups[name]
-        g = groups.create_group(name)
-        g.create_dataset("track_code", data=track_code)
-        g.create_dataset("segment_codes", data=segment_codes)
-        g.create_dataset("segment_times", data=segment_times)
-        if chroma is not None:
-            g.create_dataset("chroma", data=chroma)
+        write_group(self._h5["tracks"], str(track_id), track_code, segment_codes, segment_times, chroma)
+
+    def _read(self, track_id: int) -> TrackCodes:
+        """A track's verified codes; CodesMissing, or DamagedCodesError: of this track (noted in
+        ``damaged``), or of the whole file (``track_id`` None: its track index cannot be read)."""
+        path = self.folder / CODES_FILE
+        try:
+            codes, _ = read_group(self._h5["tracks"], str(int(track_id)), self.bits // 8)
+        except CodesFileDamaged as e:
+            raise self._file_damaged(e.reason) from None
+        except CodesDamaged as e:
+            self.damaged.add(int(track_id))
+            raise DamagedCodesError(
+                f"{path}: the codes of track {track_id} are damaged ({e.reason}); run `musichash check --repair`",
+                int(track_id), e.reason,
+            ) from None
+        except H5_ERRORS as e:  # the track group itself
+            raise self._file_damaged(" ".join(str(e).split())) from None
+        return codes
+
+    def _file_damaged(self, reason: str) -> DamagedCodesError:
+        return DamagedCodesError(
+            f"{self.folder / CODES_FILE}: the codes file is damaged ({reason}); run `musichash check --repair`",
+            None, reason,
+        )
+
+    def _set_pending(self, track_ids: Sequence[int]) -> None:
+        """Commit these rows as 'pending' (no segments), in one transaction."""
+        if not track_ids:
+            return
+        with Session(self._engine) as s, s.begin():
+            for chunk in _chunks(list(track_ids)):
+                s.execute(
+                    update(_Track)
+                    .where(_Track.id.in_(chunk))
+                    .values(status="pending", n_segments=0, updated=time.time())
+                )
+            bump_generation(s)
 
     def _mark_ok(self, n_segments: dict[int, int]) -> list[Track]:
         """Mark these rows (id -> segment count) 'ok' in one transaction; their rows, in that order."""
@@ -551,113 +730,53 @@ class LibraryStore:
                 row.status, row.n_segments, row.updated = "ok", n, now
                 rows.append(row)
             s.flush()
-            _bump_generation(s)
+            bump_generation(s)
             return [row.to_track() for row in rows]
 
     def _delete_codes(self, track_ids: Sequence[int]) -> None:
-        groups = self._h5["tracks"]
-        for tid in track_ids:
-            if str(tid) in groups:
-                del groups[str(tid)]
-        self._h5.flush()
+        def delete() -> None:
+            groups = self._h5["tracks"]
+            for tid in track_ids:
+                if str(tid) in groups:
+                    del groups[str(tid)]
+            self._h5.flush()
+
+        self._h5_write(delete)
+
+    def _h5_write(self, op: Callable[[], None]) -> None:
+        """Run ``op``, a change to codes.h5; when the file's metadata turns out damaged (HDF5 cannot
+        update it), salvage the file (``_salvage``, noted in ``repair_report``) and run ``op`` again."""
+        try:
+            op()
+        except H5_ERRORS:
+            aside, lost = self._salvage()
+            r = self.repair_report
+            self.repair_report = replace(r, codes_set_aside=aside, marked_pending=tuple(sorted({*r.marked_pending, *lost})))
+            op()
+
+    def _salvage(self) -> tuple[Path, tuple[int, ...]]:
+        """Replace a codes.h5 that opens but is damaged by a copy of every 'ok' track whose codes read
+        and pass their checksum; the old file stays as ``codes.h5.corrupt-<UTC timestamp>`` and the
+        tracks not copied become 'pending'. Returns (the old file's new name, the tracks not copied)."""
+        path = self.folder / CODES_FILE
+        tmp = path.with_name(f".{CODES_FILE}.{os.getpid()}.salvage")
+        new = new_codes_file(tmp, self.code_model, self.bits, self.library_id)
+        try:
+            lost = copy_groups(self._h5, new, [t.id for t in self.tracks("ok")], self.bits // 8)
+            new.close()
+        except BaseException:
+            new.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        self._set_pending(lost)  # rows first: the new file has no codes for them
+        self._h5.close()
+        aside = keep_aside(path)  # a crash from here on leaves the old file as codes.h5, or the new one
+        os.replace(tmp, path)
+        self._h5 = h5py.File(path, "a", **H5_KW)
+        return aside, tuple(lost)
 
 
 # ------------------------------------------------------------------- helpers
-
-
-def _acquire_lock(lock: Path) -> int:
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise LibraryLockedError(
-            f"{lock}: the library is being written by another musichash process (PID {pid}); "
-            f"wait for it to finish, or if no process {pid} is running, delete {lock}"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _release_lock(fd: int) -> None:
-    # The file stays: unlinking it would let a waiting writer lock a file that a
-    # third process then no longer sees.
-    os.ftruncate(fd, 0)
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-
-
-def _read_meta(engine: Engine) -> dict[str, str] | None:
-    try:
-        if not inspect(engine).has_table(_Meta.__tablename__):
-            return None
-    except OperationalError as e:  # server down, wrong credentials, unreadable file
-        raise LibraryError(
-            f"{engine.url.render_as_string(hide_password=True)}: cannot connect to the database "
-            f"({' '.join(str(e.orig or e).split())}); check the URL and that the database server "
-            f"is running"
-        ) from None
-    with Session(engine) as s:
-        meta = {m.key: m.value for m in s.scalars(select(_Meta))}
-    return meta or None
-
-
-def _create_schema(engine: Engine, code_model: str, bits: int, code_digest: str | None) -> dict[str, str]:
-    if bits <= 0 or bits % 8:
-        raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
-    _Base.metadata.create_all(engine)
-    meta = {
-        "schema_version": str(SCHEMA_VERSION),
-        "code_model": code_model,
-        "bits": str(bits),
-        **({"code_digest": code_digest} if code_digest else {}),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "generation": "0",
-    }
-    with Session(engine) as s, s.begin():
-        s.add_all(_Meta(key=k, value=v) for k, v in meta.items())
-    return meta
-
-
-def _check_meta(
-    meta: dict[str, str], folder: Path, code_model: str | None, bits: int | None
-) -> None:
-    version = int(meta.get("schema_version", 0))
-    if version < MIN_SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"{folder}: library format v{version} is older than this musichash's v{SCHEMA_VERSION} "
-            f"and cannot be converted in place; move the folder away and index the music again: "
-            f"musichash index --library {folder} PATH..."
-        )
-    if version > SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"{folder}: library format v{version} is newer than this musichash's v{SCHEMA_VERSION}; "
-            f"upgrade musichash: pip install -U musichash"
-        )
-    stored = (meta["code_model"], int(meta["bits"]))
-    if (code_model is not None and code_model != stored[0]) or (
-        bits is not None and bits != stored[1]
-    ):
-        wanted = f"{code_model or stored[0]} ({bits or stored[1]} bits)"
-        raise ModelMismatchError(
-            f"{folder}: library holds codes of model {stored[0]} ({stored[1]} bits), not {wanted}; "
-            f"leave out --code-model to keep using {stored[0]}, or give another --library for {code_model or stored[0]}"
-        )
-
-
-def _upgrade_v1(engine: Engine) -> dict[str, str]:
-    """Format v1 -> v2 in place: add ``meta.generation``. Returns the new meta."""
-    with Session(engine) as s, s.begin():
-        s.add(_Meta(key="generation", value="0"))
-        s.execute(update(_Meta).where(_Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))
-    return _read_meta(engine)
-
-
-def _bump_generation(s: Session) -> None:
-    """In a write transaction: the set of valid codes changes (``stamp``)."""
-    s.execute(update(_Meta).where(_Meta.key == "generation").values(value=cast(cast(_Meta.value, Integer) + 1, Text)))
 
 
 def _chunks(ids: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
