@@ -181,6 +181,44 @@ def test_an_unreadable_folder_is_named():
     assert skipped == [[str(music / "locked"), "cannot read this folder (Permission denied); its files were skipped"]]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="drops privileges in a forked child")
+def test_an_unreadable_file_is_one_error():
+    """A file the user may not read is its own one-line error (as 'nobody' in a forked child: root reads all)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="musichash-faults-"))
+    os.chmod(base, 0o755)
+    locked = base / "locked.wav"
+    write_song(locked, seed=1, seconds=5)
+    os.chmod(locked, 0o000)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                load_audio(locked)
+                said = "read"
+            except AudioError as e:
+                said = str(e)
+            os.write(write, json.dumps(said).encode())
+        except BaseException as e:
+            os.write(write, json.dumps(repr(e)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        said = json.loads(f.read() or "null")
+    os.waitpid(pid, 0)
+    shutil.rmtree(base)
+    assert said == f"{locked}: cannot read (permission denied); check the file's permissions"
+
+
 @needs_ffmpeg
 @pytest.mark.parametrize("ext, args", [("mp3", ["-b:a", "128k"]), ("ogg", ["-c:a", "libvorbis"])])
 def test_truncated_files_are_refused_whole(tmp_path, ext, args):
