@@ -138,84 +138,84 @@ def test_linked_folders_are_named_not_followed(tmp_path):
     ]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="drops privileges in a forked child")
-def test_an_unreadable_folder_is_named():
-    """A folder the scan cannot open is reported, not skipped without a word. Root reads every folder,
-    so the scan runs in a forked child that is 'nobody' when the tests run as root (in a folder of
-    /tmp that nobody may enter: pytest's own are root's alone)."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from musichash.indexer.pipeline import scan
-
-    base = Path(tempfile.mkdtemp(prefix="musichash-faults-"))
-    os.chmod(base, 0o755)
-    music = base / "music"
-    (music / "locked").mkdir(parents=True)
-    write_song(music / "a.wav", seed=1, seconds=5)
-    write_song(music / "locked" / "b.wav", seed=2, seconds=5)
-    os.chmod(music, 0o755)
-    os.chmod(music / "locked", 0o000)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to nobody, scan, report, and leave without running pytest's teardown
-        try:
-            os.close(read)
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            files, skipped = scan([music])
-            os.write(write, json.dumps([[p.name for p in files], [[x.path, x.reason] for x in skipped]]).encode())
-        except BaseException as e:
-            os.write(write, json.dumps([[], [["child failed", repr(e)]]]).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        files, skipped = json.loads(f.read() or "null")
-    os.waitpid(pid, 0)
-    os.chmod(music / "locked", 0o755)
-    shutil.rmtree(base)
-    assert files == ["a.wav"]
-    assert skipped == [[str(music / "locked"), "cannot read this folder (Permission denied); its files were skipped"]]
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="drops privileges in a forked child")
-def test_an_unreadable_file_is_one_error():
-    """A file the user may not read is its own one-line error (as 'nobody' in a forked child: root reads all)."""
+def as_nobody(task):
+    """``task(base)`` lays out files in ``base``, a folder of /tmp that nobody may enter (pytest's own
+    are root's alone), and returns a function; that runs in a forked child that is 'nobody' when the
+    tests run as root (root reads every file and folder), and its JSON-able result comes back."""
     import json
     import tempfile
     from pathlib import Path
 
     base = Path(tempfile.mkdtemp(prefix="musichash-faults-"))
     os.chmod(base, 0o755)
-    locked = base / "locked.wav"
-    write_song(locked, seed=1, seconds=5)
-    os.chmod(locked, 0o000)
+    prepare = task(base)
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:
+    if pid == 0:  # the child: drop to nobody, run, report, and leave without running pytest's teardown
         try:
             os.close(read)
             if os.geteuid() == 0:
                 os.setgid(65534)
                 os.setuid(65534)
-            try:
-                load_audio(locked)
-                said = "read"
-            except AudioError as e:
-                said = str(e)
-            os.write(write, json.dumps(said).encode())
+            os.write(write, json.dumps(prepare()).encode())
         except BaseException as e:
-            os.write(write, json.dumps(repr(e)).encode())
+            os.write(write, json.dumps(f"child failed: {e!r}").encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
         said = json.loads(f.read() or "null")
     os.waitpid(pid, 0)
+    for root, dirs, _ in os.walk(base):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
     shutil.rmtree(base)
+    return said
+
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="drops privileges in a forked child")
+
+
+@needs_fork
+def test_an_unreadable_folder_is_named():
+    """A folder the scan cannot open is reported, not skipped without a word."""
+    from musichash.indexer.pipeline import scan
+
+    def task(base):
+        music = base / "music"
+        (music / "locked").mkdir(parents=True)
+        write_song(music / "a.wav", seed=1, seconds=5)
+        write_song(music / "locked" / "b.wav", seed=2, seconds=5)
+        os.chmod(music, 0o755)
+        os.chmod(music / "locked", 0o000)
+
+        def scanned():
+            files, skipped = scan([music])
+            return [[p.name for p in files], [[x.path, x.reason] for x in skipped]], str(music / "locked")
+        return scanned
+
+    (files, skipped), locked = as_nobody(task)
+    assert files == ["a.wav"]
+    assert skipped == [[locked, "cannot read this folder (Permission denied); its files were skipped"]]
+
+
+@needs_fork
+def test_an_unreadable_file_is_one_error():
+    """A file the user may not read is its own one-line error."""
+    def task(base):
+        locked = base / "locked.wav"
+        write_song(locked, seed=1, seconds=5)
+        os.chmod(locked, 0o000)
+
+        def decoded():
+            try:
+                load_audio(locked)
+                return "read", str(locked)
+            except AudioError as e:
+                return str(e), str(locked)
+        return decoded
+
+    said, locked = as_nobody(task)
     assert said == f"{locked}: cannot read (permission denied); check the file's permissions"
 
 
