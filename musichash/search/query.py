@@ -187,15 +187,14 @@ def search(
     store: ``indexer.store.LibraryStore`` (chroma and tracks are read from it); top_tags(track) ->
     the tags a hit shows.
     """
-    usable = [q for q in queries if q.problem() is None]
-    hits = dict(zip((id(q) for q in usable), lookup(index, [q.enc for q in usable], store.bits, settings)))
+    problems = [q.problem() for q in queries]
+    hits = iter(lookup(index, [q.enc for q, p in zip(queries, problems) if p is None], store.bits, settings))
     out = []
-    for q in queries:
-        problem = q.problem()
+    for q, problem in zip(queries, problems):
         if problem is not None:
             out.append(SearchResult(q.name, False, (), 0.0 if q.enc is None else q.enc.duration_s, error=problem))
             continue
-        votes, agree = verify(q.enc, rank(hits[id(q)], settings), store.get_chroma)
+        votes, agree = verify(q.enc, rank(next(hits), settings), store.get_chroma)
         votes = votes[: settings.top_k]
         tracks = store.get_many(v.track_id for v in votes)
         shown = [v for v in votes if v.track_id in tracks]  # a track removed since the index was built drops out
