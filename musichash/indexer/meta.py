@@ -90,7 +90,7 @@ def read_meta(engine: Engine) -> dict[str, str] | None:
 
 
 def create_schema(
-    engine: Engine, code_model: str, bits: int, code_digest: str | None, folder: Path
+    engine: Engine, code_model: str, bits: int, code_digest: str | None, folder: Path, shards: int = 1
 ) -> dict[str, str]:
     if bits <= 0 or bits % 8:
         raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
@@ -104,6 +104,7 @@ def create_schema(
         "generation": "0",
         "library_id": identity.new_id(),
         "library_folder": identity.folder_path(folder),
+        **({"shards": str(shards)} if shards > 1 else {}),  # absent: one shard, codes.h5 (``indexer.shards``)
     }
     with Session(engine) as s, s.begin():
         s.add_all(_Meta(key=k, value=v) for k, v in meta.items())

@@ -87,6 +87,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from musichash.indexer import identity, records
+from musichash.indexer import shards as sharding
 from musichash.indexer.codes_file import (
     H5_ERRORS,
     H5_KW,
@@ -171,7 +172,7 @@ __all__ = [
 ]
 
 DB_FILE = "library.db"
-CODES_FILE = "codes.h5"
+CODES_FILE = sharding.CODES_FILE
 LOCK_FILE = ".lock"
 ID_FILE = identity.ID_FILE
 # ---------------------------------------------------------------------- store
@@ -188,7 +189,7 @@ class LibraryStore:
         self,
         folder: Path,
         engine: Engine,
-        h5: h5py.File | None,
+        files: list[h5py.File],
         lock_fd: int | None,
         code_model: str,
         bits: int,
@@ -201,7 +202,10 @@ class LibraryStore:
         self.code_digest = code_digest
         self.repair_report = RepairReport()
         self._engine = engine
-        self._h5 = h5
+        #: the codes files, shard by shard (``indexer.shards``): [codes.h5] for one shard
+        self._files = list(files)
+        self.shards = len(self._files)
+        self._paths = sharding.paths(folder, self.shards)
         self._lock_fd = lock_fd
         #: whether ``meta`` keeps ``generation`` (format v2; a v1 library opened read-only does not)
         self._generation = True
@@ -223,6 +227,7 @@ class LibraryStore:
         code_model: str | None = None,
         bits: int | None = None,
         code_digest: str | None = None,
+        shards: int | None = None,
     ) -> "LibraryStore":
         """Open the library in ``folder``; with ``write=True``, create it if needed.
 
@@ -231,6 +236,8 @@ class LibraryStore:
         ``code_digest`` (which weights make the codes) is recorded in a new
         library; ``Library.open`` checks an existing one's. A database and a folder
         of two libraries are refused (LibraryMismatchError) before anything is written.
+        ``shards``: how many codes files a new library spreads its codes over (``indexer.shards``;
+        default 1, ``codes.h5``); an existing library keeps its own count, and another is refused.
         """
         folder = Path(folder)
         db_path = folder / DB_FILE
@@ -247,7 +254,8 @@ class LibraryStore:
                 f"{where}: no musichash library in this database; create one "
                 f"with `musichash index --library {folder} PATH...`"
             )
-        lock_fd = engine = h5 = None
+        lock_fd = engine = None
+        files: list[h5py.File] = []
         try:
             if write and db_url is None:
                 make_folder(folder)  # library.db goes in it
@@ -264,7 +272,8 @@ class LibraryStore:
                     identity.check_new(folder, codes, where)
                     if code_model is None or bits is None:
                         raise ValueError("code_model and bits are needed to create a library")
-                    meta = create_schema(engine, code_model, bits, code_digest, folder)
+                    meta = create_schema(engine, code_model, bits, code_digest, folder,
+                                         sharding.check_count(shards or 1))
             elif meta is None:
                 raise LibraryError(
                     f"{where}: no musichash library in this database; create one "
@@ -277,27 +286,38 @@ class LibraryStore:
                 if folder_id != meta["library_id"]:
                     identity.write_folder_id(folder, meta["library_id"])
             stored_model, stored_bits = meta["code_model"], int(meta["bits"])
-            set_aside_path, damaged = None, False
-            if write:
-                h5, set_aside_path, damaged = open_codes_for_write(codes, stored_model, stored_bits, meta["library_id"])
-            else:
-                h5 = open_codes_for_read(codes, meta.get("library_id"))
+            n_shards = sharding.count(meta)
+            if shards is not None and shards != n_shards:
+                raise LibraryError(f"{folder}: this library holds its codes in {n_shards} shards, not {shards}; "
+                                   f"leave out --shards, or index into a new library")
+            set_aside_path, damaged = None, []
+            for j, path in enumerate(sharding.paths(folder, n_shards)):
+                if write:
+                    path.parent.mkdir(exist_ok=True)
+                    h5, aside, bad = open_codes_for_write(path, stored_model, stored_bits, meta["library_id"])
+                    set_aside_path = set_aside_path or aside
+                    if bad:
+                        damaged.append(j)
+                else:
+                    h5 = open_codes_for_read(path, meta.get("library_id"))
+                files.append(h5)
         except BaseException:
-            if h5 is not None:
+            for h5 in files:
                 h5.close()
             if engine is not None:
                 engine.dispose()
             if lock_fd is not None:
                 release_lock(lock_fd)
             raise
-        store = cls(folder, engine, h5, lock_fd, stored_model, stored_bits, meta.get("code_digest"))
+        store = cls(folder, engine, files, lock_fd, stored_model, stored_bits, meta.get("code_digest"))
         store._generation = "generation" in meta
         store.library_id = meta.get("library_id")
         if write:
             try:
                 lost: tuple[int, ...] = ()
-                if damaged:
-                    set_aside_path, lost = store._salvage()
+                for j in damaged:
+                    aside, lost_j = store._salvage(j)
+                    set_aside_path, lost = set_aside_path or aside, (*lost, *lost_j)
                 report = store.repair()
             except BaseException:
                 store.close()
@@ -310,10 +330,14 @@ class LibraryStore:
     def writable(self) -> bool:
         return self._lock_fd is not None
 
+    def codes_path(self, track_id: int | None = None) -> Path:
+        """The codes file holding ``track_id`` (None: the first, ``codes.h5`` in a one-shard library)."""
+        return self._paths[0 if track_id is None else sharding.shard_of(track_id, self.shards)]
+
     def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
+        for h5 in self._files:
+            h5.close()
+        self._files = []
         self._engine.dispose()
         if self._lock_fd is not None:
             release_lock(self._lock_fd)
@@ -386,7 +410,8 @@ class LibraryStore:
         def write() -> None:
             for track_id, (_, track_code, segment_codes, segment_times, chroma) in zip(ids, checked):
                 self._write_codes(track_id, track_code, segment_codes, segment_times, chroma)
-            self._h5.flush()
+            for h5 in {id(self._h5_of(t)): self._h5_of(t) for t in ids}.values():
+                h5.flush()
 
         self._h5_write(write)
         # 3. only now are they valid.
@@ -440,41 +465,46 @@ class LibraryStore:
         A damaged group that cannot even be deleted has the file salvaged (``_salvage``).
         """
         self._check_writable()
-        groups = self._h5["tracks"]
         nbytes = self.bits // 8
         with Session(self._engine) as s:
             ok = dict(
                 s.execute(select(_Track.id, _Track.n_segments).where(_Track.status == "ok")).all()
             )
-        orphans, pending, adopted = [], [], 0  # group names, track ids, checksums added
-        for name in list(groups):
-            tid = int(name) if name.isdigit() else None
-            if tid not in ok:
-                orphans.append(name)
-                continue
-            if not group_valid(groups, name, ok.pop(tid), nbytes):
-                orphans.append(name)
-                pending.append(tid)
-            elif not has_checksum(groups, name):
-                if adopt_checksum(groups, name, nbytes):
-                    adopted += 1
-                else:
-                    orphans.append(name)
+        orphans: list[list[str]] = [[] for _ in self._files]  # group names by shard
+        pending, adopted = [], 0  # track ids, checksums added
+        for j, h5 in enumerate(self._files):
+            groups = h5["tracks"]
+            for name in list(groups):
+                tid = int(name) if name.isdigit() else None
+                if tid not in ok or sharding.shard_of(tid, self.shards) != j:
+                    orphans[j].append(name)  # no 'ok' row, or in a shard that is not its own
+                    continue
+                if not group_valid(groups, name, ok.pop(tid), nbytes):
+                    orphans[j].append(name)
                     pending.append(tid)
+                elif not has_checksum(groups, name):
+                    if adopt_checksum(groups, name, nbytes):
+                        adopted += 1
+                    else:
+                        orphans[j].append(name)
+                        pending.append(tid)
         pending += ok  # 'ok' rows left in ``ok`` have no group
         # Rows first, as everywhere: a crash in between leaves groups without an 'ok' row.
         self._set_pending(pending)
         aside = None
-        try:
-            for name in orphans:
-                del groups[name]
-            self._h5.flush()
-        except H5_ERRORS:  # a damaged group that cannot even be deleted: copy the others to a new file
-            aside, lost = self._salvage()
-            pending += lost
+        for j, h5 in enumerate(self._files):
+            try:
+                for name in orphans[j]:
+                    del h5["tracks"][name]
+                h5.flush()
+            except H5_ERRORS:  # a damaged group that cannot even be deleted: copy the others to a new file
+                aside_j, lost = self._salvage(j)
+                aside = aside or aside_j
+                pending += lost
         pending_set = set(pending)
         return RepairReport(
-            orphans_removed=tuple(sorted(int(n) for n in orphans if n.isdigit() and int(n) not in pending_set)),
+            orphans_removed=tuple(sorted(int(n) for names in orphans for n in names
+                                         if n.isdigit() and int(n) not in pending_set)),
             marked_pending=tuple(sorted(pending_set)),
             codes_set_aside=aside,
             checksums_added=adopted,
@@ -527,7 +557,7 @@ class LibraryStore:
             return self._read(track_id)
         except CodesMissing:
             raise LibraryError(
-                f"track {track_id} has no readable codes in {self.folder / CODES_FILE}; "
+                f"track {track_id} has no readable codes in {self.codes_path(track_id)}; "
                 f"run `musichash index` to (re)compute them"
             ) from None
 
@@ -542,7 +572,7 @@ class LibraryStore:
         except CodesMissing:
             self.damaged.add(int(track_id))
             raise DamagedCodesError(
-                f"{self.folder / CODES_FILE}: track {track_id} has no codes; run `musichash check --repair`",
+                f"{self.codes_path(track_id)}: track {track_id} has no codes; run `musichash check --repair`",
                 int(track_id),
             ) from None
 
@@ -599,8 +629,16 @@ class LibraryStore:
         ``deep``, its codes read and checked against their checksum (``musichash check``; the tracks
         that fail are noted in ``damaged``); else its datasets' shapes only (``stats``).
         progress(done, total) after each track."""
-        found = check_file(self._h5, self.folder / CODES_FILE, self.tracks("ok"), self.code_model, self.bits,
-                           deep=deep, progress=progress)
+        ok = self.tracks("ok")
+        mine = [[t for t in ok if sharding.shard_of(t.id, self.shards) == j] for j in range(self.shards)]
+        done_before = [sum(map(len, mine[:j])) for j in range(self.shards)]
+        checks = [
+            check_file(h5, path, mine[j], self.code_model, self.bits, deep=deep,
+                       progress=progress and (lambda done, _, j=j: progress(done_before[j] + done, len(ok))))
+            for j, (h5, path) in enumerate(zip(self._files, self._paths))
+        ]
+        found = CodesCheck(tuple(p for c in checks for p in c.problems), sum(c.checked for c in checks),
+                           sum(c.unchecked for c in checks))
         if deep:
             self.damaged |= {p.track_id for p in found.problems if p.track_id is not None}
         return found
@@ -681,16 +719,19 @@ class LibraryStore:
         segment_times: np.ndarray,
         chroma: np.ndarray | None,
     ) -> None:
-        write_group(self._h5["tracks"], str(track_id), track_code, segment_codes, segment_times, chroma)
+        write_group(self._h5_of(track_id)["tracks"], str(track_id), track_code, segment_codes, segment_times, chroma)
+
+    def _h5_of(self, track_id: int) -> h5py.File:
+        return self._files[sharding.shard_of(track_id, self.shards)]
 
     def _read(self, track_id: int) -> TrackCodes:
         """A track's verified codes; CodesMissing, or DamagedCodesError: of this track (noted in
         ``damaged``), or of the whole file (``track_id`` None: its track index cannot be read)."""
-        path = self.folder / CODES_FILE
+        path = self.codes_path(track_id)
         try:
-            codes, _ = read_group(self._h5["tracks"], str(int(track_id)), self.bits // 8)
+            codes, _ = read_group(self._h5_of(track_id)["tracks"], str(int(track_id)), self.bits // 8)
         except CodesFileDamaged as e:
-            raise self._file_damaged(e.reason) from None
+            raise self._file_damaged(e.reason, path) from None
         except CodesDamaged as e:
             self.damaged.add(int(track_id))
             raise DamagedCodesError(
@@ -698,12 +739,12 @@ class LibraryStore:
                 int(track_id), e.reason,
             ) from None
         except H5_ERRORS as e:  # the track group itself
-            raise self._file_damaged(" ".join(str(e).split())) from None
+            raise self._file_damaged(" ".join(str(e).split()), path) from None
         return codes
 
-    def _file_damaged(self, reason: str) -> DamagedCodesError:
+    def _file_damaged(self, reason: str, path: Path) -> DamagedCodesError:
         return DamagedCodesError(
-            f"{self.folder / CODES_FILE}: the codes file is damaged ({reason}); run `musichash check --repair`",
+            f"{path}: the codes file is damaged ({reason}); run `musichash check --repair`",
             None, reason,
         )
 
@@ -735,44 +776,48 @@ class LibraryStore:
 
     def _delete_codes(self, track_ids: Sequence[int]) -> None:
         def delete() -> None:
-            groups = self._h5["tracks"]
             for tid in track_ids:
+                groups = self._h5_of(tid)["tracks"]
                 if str(tid) in groups:
                     del groups[str(tid)]
-            self._h5.flush()
+            for h5 in self._files:
+                h5.flush()
 
         self._h5_write(delete)
 
     def _h5_write(self, op: Callable[[], None]) -> None:
-        """Run ``op``, a change to codes.h5; when the file's metadata turns out damaged (HDF5 cannot
-        update it), salvage the file (``_salvage``, noted in ``repair_report``) and run ``op`` again."""
+        """Run ``op``, a change to the codes files; when a file's metadata turns out damaged (HDF5 cannot
+        update it), salvage the files (``_salvage``, noted in ``repair_report``) and run ``op`` again."""
         try:
             op()
         except H5_ERRORS:
-            aside, lost = self._salvage()
+            salvaged = [self._salvage(j) for j in range(self.shards)]
+            aside, lost = salvaged[0][0], tuple(t for _, lost_j in salvaged for t in lost_j)
             r = self.repair_report
             self.repair_report = replace(r, codes_set_aside=aside, marked_pending=tuple(sorted({*r.marked_pending, *lost})))
             op()
 
-    def _salvage(self) -> tuple[Path, tuple[int, ...]]:
+    def _salvage(self, shard: int = 0) -> tuple[Path, tuple[int, ...]]:
         """Replace a codes.h5 that opens but is damaged by a copy of every 'ok' track whose codes read
         and pass their checksum; the old file stays as ``codes.h5.corrupt-<UTC timestamp>`` and the
-        tracks not copied become 'pending'. Returns (the old file's new name, the tracks not copied)."""
-        path = self.folder / CODES_FILE
-        tmp = path.with_name(f".{CODES_FILE}.{os.getpid()}.salvage")
+        tracks not copied become 'pending'. Returns (the old file's new name, the tracks not copied).
+        ``shard``: which codes file (``indexer.shards``); each holds only its own tracks."""
+        path = self._paths[shard]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.salvage")
         new = new_codes_file(tmp, self.code_model, self.bits, self.library_id)
+        ids = [t.id for t in self.tracks("ok") if sharding.shard_of(t.id, self.shards) == shard]
         try:
-            lost = copy_groups(self._h5, new, [t.id for t in self.tracks("ok")], self.bits // 8)
+            lost = copy_groups(self._files[shard], new, ids, self.bits // 8)
             new.close()
         except BaseException:
             new.close()
             tmp.unlink(missing_ok=True)
             raise
         self._set_pending(lost)  # rows first: the new file has no codes for them
-        self._h5.close()
+        self._files[shard].close()
         aside = keep_aside(path)  # a crash from here on leaves the old file as codes.h5, or the new one
         os.replace(tmp, path)
-        self._h5 = h5py.File(path, "a", **H5_KW)
+        self._files[shard] = h5py.File(path, "a", **H5_KW)
         return aside, tuple(lost)
 
 
