@@ -26,6 +26,7 @@ import numpy as np
 from musichash.devices import faiss_device
 from musichash.errors import MusichashError
 from musichash.features.audio import AudioError, AudioTooShortError
+from musichash.indexer import shards as sharding
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
 from musichash.indexer.store import (
     CODES_FILE,
@@ -135,8 +136,12 @@ class Library:
         code_model: str | None = None,
         device: str = "auto",
         precision: str = "auto",
+        shards: int | None = None,
     ) -> Library:
         """Open (``write=True``: create if needed, and lock) the library in ``folder``.
+
+        ``shards``: how many codes files (and segment indexes) a new library spreads its codes
+        over (``musichash.indexer.shards``); an existing library keeps its own.
 
         ``precision``: of the code model's convolutions (``musichash.models.registry.resolve_precision``:
         ``auto`` is bfloat16 on CPUs with native bfloat16, float32 elsewhere).
@@ -146,6 +151,8 @@ class Library:
         the digest of its weights (codes of retrained weights are never mixed).
         """
         folder = Path(folder).expanduser() if folder is not None else default_folder()
+        if shards is not None:
+            sharding.check_count(shards)
         if code_model is not None:
             spec = get_spec(code_model)
             if spec.kind != "hash":
@@ -158,7 +165,7 @@ class Library:
             spec = get_spec(name) if name is not None else None
             return LibraryStore.open(
                 folder, db_url, write=write, code_model=name, bits=spec.bits if spec else None,
-                code_digest=weights_digest(spec) if spec else None,
+                code_digest=weights_digest(spec) if spec else None, shards=shards,
             )
 
         try:

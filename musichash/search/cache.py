@@ -4,7 +4,8 @@
 table), ``segment_codes.npy`` (the same codes by row, memory-mapped, for re-ranking
 a query's neighbours), ``segments.npz`` (each row's track id and start time, and the stamp
 they were built from), ``tracks.faiss`` (track codes, ids = track ids) and
-``config.json`` (the index kind and its parameters, set by ``reindex``). The
+``config.json`` (the index kind and its parameters, set by ``reindex``). A library of N > 1
+shards has ``segments.NNN.faiss`` instead of ``segments.faiss``, one a shard (``search.shards``). The
 store's ``stamp()`` changes whenever its valid codes do; a cache built from
 another stamp is rebuilt on the next search. A reader that cannot write the
 folder (``records.folder_writable``) builds the index in memory.
@@ -32,6 +33,7 @@ import numpy as np
 from musichash.indexer import records
 from musichash.indexer.store import LibraryStore
 from musichash.search.faiss_index import BinaryIndex, IndexConfig, SearchError
+from musichash.search.shards import MIN_IVF_SHARD, ShardedIndex, build_segments, shard_count
 
 INDEX_DIR = "index"
 _SEGMENTS, _TABLE, _TRACKS, _CONFIG = "segments.faiss", "segments.npz", "tracks.faiss", "config.json"
@@ -46,7 +48,7 @@ class SearchIndex:
     the segment index (seg_codes may be memory-mapped).
     """
 
-    segments: BinaryIndex
+    segments: BinaryIndex | ShardedIndex
     seg_track: np.ndarray
     seg_time: np.ndarray
     seg_codes: np.ndarray
@@ -76,8 +78,8 @@ class SearchIndex:
         drop = self.left_out | {int(t) for t in track_ids}
         rows = np.flatnonzero(~np.isin(self.seg_track, np.fromiter(drop, np.int64)))
         seg_codes = np.ascontiguousarray(self.seg_codes[rows])
-        segments = BinaryIndex.build(seg_codes, np.arange(len(rows), dtype=np.int64), self.segments.config,
-                                     self.segments.device)
+        segments = build_segments(seg_codes, self.seg_track[rows], self.segments.config, self.segments.device,
+                                  shard_count(self.segments))
         keep = ~np.isin(self.track_ids, np.fromiter(drop, np.int64))
         tracks = BinaryIndex.build(self.track_xb[keep], self.track_ids[keep], self.tracks.config, self.tracks.device)
         return SearchIndex(segments, self.seg_track[rows], self.seg_time[rows], seg_codes, tracks, self.stamp,
@@ -142,12 +144,12 @@ def load_or_build(store: LibraryStore, device: str = "auto", *, force: bool = Fa
     stamp = store.stamp()
     if not force:
         try:
-            return _read(folder / INDEX_DIR, stamp, device)
+            return _read(folder / INDEX_DIR, stamp, device, store.shards)
         except CacheProblem:
             pass  # missing, stale, or damaged: rebuild
     table, ids, codes = store.code_tables()
     seg_config = choose_config(folder, store.bits, len(table.codes))
-    segments = BinaryIndex.build(table.codes, np.arange(len(table.codes), dtype=np.int64), seg_config, device)
+    segments = build_segments(table.codes, table.track_ids, seg_config, device, store.shards)
     tracks = BinaryIndex.build(codes, ids, track_config(folder, store.bits, len(codes)), device)
     index = SearchIndex(segments, table.track_ids, table.times, table.codes, tracks, stamp, rebuilt=True,
                         left_out=frozenset(store.damaged))
@@ -179,7 +181,7 @@ class CacheProblem(Exception):
 def inspect(store: LibraryStore) -> CacheState:
     """Check the files under ``index/`` against the store and their checksums, without rebuilding them."""
     try:
-        _read(Path(store.folder) / INDEX_DIR, store.stamp(), "cpu")
+        _read(Path(store.folder) / INDEX_DIR, store.stamp(), "cpu", store.shards)
     except CacheProblem as e:
         return e.found
     return CacheState("ok")
@@ -188,7 +190,11 @@ def inspect(store: LibraryStore) -> CacheState:
 _MIN_IVF_SEGMENTS = 10_000
 
 
-def _read(d: Path, stamp: str, device: str) -> SearchIndex:
+def _segment_files(n_shards: int) -> list[str]:
+    return [_SEGMENTS] if n_shards == 1 else [f"segments.{j:03d}.faiss" for j in range(n_shards)]
+
+
+def _read(d: Path, stamp: str, device: str, n_shards: int = 1) -> SearchIndex:
     """The cache in ``d`` if it is there, of ``stamp`` and intact; else CacheProblem."""
     table = d / _TABLE
     if not table.is_file():
@@ -206,7 +212,10 @@ def _read(d: Path, stamp: str, device: str) -> SearchIndex:
         raise
     except Exception as e:  # noqa: BLE001 -- BadZipFile, EOFError, ValueError...: whatever a garbled file raises
         raise CacheProblem("damaged", table, f"unreadable ({_first_line(e)})") from None
-    for name in (_SEGMENTS, _CODES, _TRACKS):
+    seg_files = _segment_files(n_shards)
+    if sorted(files) != sorted([*seg_files, _CODES, _TRACKS]):
+        raise CacheProblem("stale", table, "built for another number of shards")
+    for name in files:
         try:
             found = _size_crc(d / name)
         except OSError as e:
@@ -215,16 +224,24 @@ def _read(d: Path, stamp: str, device: str) -> SearchIndex:
             raise CacheProblem("damaged", d / name, "fails its checksum")
     try:
         seg_codes = np.load(d / _CODES, mmap_mode="r")
-        segments = BinaryIndex.load(d / _SEGMENTS, device)
+        segments = (BinaryIndex.load(d / _SEGMENTS, device) if n_shards == 1
+                    else ShardedIndex.load([d / f for f in seg_files], device))
         tracks = BinaryIndex.load(d / _TRACKS, device)
     except (OSError, ValueError, SearchError) as e:
         raise CacheProblem("damaged", d, f"unreadable ({_first_line(e)})") from None
     n = len(seg_track)
     if segments.ntotal != n or seg_codes.shape != (n, segments.bits // 8):
         raise CacheProblem("damaged", d, "its files do not fit together")
-    if segments.kind != choose_config(d.parent, segments.bits, n).kind or tracks.kind != track_config(d.parent, tracks.bits, tracks.ntotal).kind:
+    if segments.kind != _built_kind(choose_config(d.parent, segments.bits, n), segments) or tracks.kind != track_config(d.parent, tracks.bits, tracks.ntotal).kind:
         raise CacheProblem("stale", d, "built with other settings")
     return SearchIndex(segments, seg_track, seg_time, seg_codes, tracks, stamp, left_out=left_out)
+
+
+def _built_kind(config: IndexConfig, segments: BinaryIndex | ShardedIndex) -> str:
+    """The kind ``config`` builds as: a sharded index is IVF only where a shard has enough codes."""
+    if isinstance(segments, ShardedIndex) and config.kind == "ivf":
+        return "ivf" if any(s.ntotal >= MIN_IVF_SHARD for s in segments.shards) else "flat"
+    return config.kind
 
 
 def _size_crc(path: Path) -> tuple[int, int]:
@@ -237,7 +254,8 @@ def _size_crc(path: Path) -> tuple[int, int]:
 
 def _save(d: Path, index: SearchIndex) -> None:
     d.mkdir(exist_ok=True)
-    index.segments.save(d / _SEGMENTS)
+    seg_files = _segment_files(shard_count(index.segments))
+    index.segments.save(d / seg_files[0] if len(seg_files) == 1 else [d / f for f in seg_files])
     index.tracks.save(d / _TRACKS)
     codes = d / f".{_CODES}.{os.getpid()}.tmp.npy"
     try:
@@ -245,7 +263,7 @@ def _save(d: Path, index: SearchIndex) -> None:
         os.replace(codes, d / _CODES)
     finally:
         codes.unlink(missing_ok=True)
-    files = {name: list(_size_crc(d / name)) for name in (_SEGMENTS, _CODES, _TRACKS)}
+    files = {name: list(_size_crc(d / name)) for name in (*seg_files, _CODES, _TRACKS)}
     tmp = d / f".{_TABLE}.{os.getpid()}.tmp.npz"
     try:
         np.savez(tmp, track_ids=index.seg_track, times=index.seg_time, stamp=np.array(index.stamp),
