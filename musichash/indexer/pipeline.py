@@ -25,7 +25,7 @@ import collections
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -88,6 +88,25 @@ class Progress:
         """One file is done (or failed); ``seconds`` of its audio counted."""
 
 
+@dataclass(frozen=True)
+class Coded:
+    """One file decoded and encoded, ready to store (``store.put_tracks`` takes its arrays)."""
+
+    fmt: str
+    duration_s: float
+    tags: tuple[float, ...]
+    track_code: np.ndarray  # uint8 [bits/8]
+    segment_codes: np.ndarray  # uint8 [n, bits/8]
+    segment_times: np.ndarray  # float32 [n]
+    chroma: np.ndarray  # uint8 [m], ``features.chroma.pack``
+
+
+#: How the files to compute are decoded and encoded: called with the jobs (``job[0]`` is the path),
+#: yields batches of (job number, ``Coded`` or the reason the file cannot be used), in any order;
+#: each batch is committed in one ``put_tracks``. ``local_encoder`` here, ``musichash.cluster`` on Ray.
+Encoder = Callable[[list], Iterable[list[tuple[int, "Coded | str"]]]]
+
+
 @dataclass
 class _Plan:
     # path, hash, stat, seconds from the header, whether the path already has a row
@@ -144,8 +163,12 @@ def index_paths(
     prune: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    encoder: Encoder | None = None,
 ) -> IndexReport:
-    """Add or update the audio files under ``paths``; see the module docstring."""
+    """Add or update the audio files under ``paths``; see the module docstring.
+
+    ``encoder``: how the files are decoded and encoded (default ``local_encoder(model, workers)``).
+    """
     t0 = time.perf_counter()
     progress = progress or Progress()
     files, failed = scan(paths)
@@ -153,21 +176,26 @@ def index_paths(
     plan.failed[:0] = failed
     progress.start(len(plan.compute), sum(c[3] for c in plan.compute))
     added, updated, audio_s = [], [], 0.0
-    for (path, digest, st, header_s, existed), result in zip(plan.compute, _decoded(plan.compute, workers)):
-        if isinstance(result, str):
-            store.put_error(str(path), digest, st.st_size, st.st_mtime, result)
-            plan.failed.append(FailedFile(str(path), result))
+    done: set[int] = set()  # a batch an encoder delivers twice (a retried task) is stored once
+    for batch in (encoder or local_encoder(model, workers))(plan.compute):
+        batch = [(i, r) for i, r in dict(batch).items() if i not in done]
+        done.update(i for i, _ in batch)
+        for i, result in batch:
+            if isinstance(result, str):
+                path, digest, st, header_s, _ = plan.compute[i]
+                store.put_error(str(path), digest, st.st_size, st.st_mtime, result)
+                plan.failed.append(FailedFile(str(path), result))
+                progress.advance(str(path), header_s)
+        coded = [(plan.compute[i], r) for i, r in batch if not isinstance(r, str)]
+        store.put_tracks([
+            (TrackRecord(str(path), digest, st.st_size, st.st_mtime, c.duration_s, c.fmt, c.tags),
+             c.track_code, c.segment_codes, c.segment_times, c.chroma)
+            for (path, digest, st, _, _), c in coded
+        ])
+        for (path, _, _, header_s, existed), c in coded:
+            (updated if existed else added).append(str(path))
+            audio_s += c.duration_s
             progress.advance(str(path), header_s)
-            continue
-        mel, fmt, harmony = result
-        enc = model.encode(mel, LIBRARY_HOP)
-        record = TrackRecord(
-            str(path), digest, st.st_size, st.st_mtime, enc.duration_s, fmt, tuple(float(p) for p in enc.tags)
-        )
-        store.put_track(record, enc.track_code, enc.codes, enc.times, harmony)
-        (updated if existed else added).append(str(path))
-        audio_s += enc.duration_s
-        progress.advance(str(path), header_s)
     for path, digest, st, original in plan.copy_later:
         source = store.find_by_path(str(original))
         if source is not None and source.status == "ok":
@@ -271,6 +299,26 @@ def decode_mel(path: str | os.PathLike) -> tuple[np.ndarray, str, np.ndarray] | 
         return e.reason
     except Exception as e:  # a decoder crash must cost one file, not the run
         return f"cannot decode it ({type(e).__name__}: {e}); convert it to flac or wav"
+
+
+def encode_decoded(model: CodeModel, decoded: tuple[np.ndarray, str, np.ndarray] | str) -> Coded | str:
+    """``decode_mel``'s answer encoded by ``model`` (the reason passed on when it is one)."""
+    if isinstance(decoded, str):
+        return decoded
+    mel, fmt, harmony = decoded
+    enc = model.encode(mel, LIBRARY_HOP)
+    return Coded(fmt, enc.duration_s, tuple(float(p) for p in enc.tags), enc.track_code, enc.codes, enc.times, harmony)
+
+
+def local_encoder(model: CodeModel, workers: int | None) -> Encoder:
+    """This machine: decoding in ``workers`` processes (``_decoded``), the model here; one file a batch,
+    so every track is committed as soon as it is encoded."""
+
+    def run(jobs: list) -> Iterable[list[tuple[int, Coded | str]]]:
+        for i, decoded in enumerate(_decoded(jobs, workers)):
+            yield [(i, encode_decoded(model, decoded))]
+
+    return run
 
 
 def _init_worker() -> None:
