@@ -189,7 +189,7 @@ def library_options(f):
 
 @contextlib.contextmanager
 def _open(library: Path | None, db_url: str | None, *, write: bool = False, device: str = "auto",
-          code_model: str | None = None, warn: bool = True):
+          code_model: str | None = None, warn: bool = True, shards: int | None = None):
     """The library, opened for the command; warnings about what opening repaired (``warn``), and after a
     read, about tracks left out because their codes are damaged."""
     from musichash.indexer.store import CODES_FILE
@@ -205,7 +205,7 @@ def _open(library: Path | None, db_url: str | None, *, write: bool = False, devi
             err=True,
         )
 
-    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model)
+    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model, shards=shards)
     with lib:
         opened = lib.store.repair_report
         if opened.changed and warn:
@@ -220,6 +220,16 @@ def _open(library: Path | None, db_url: str | None, *, write: bool = False, devi
         if not write and lib.damaged and warn:
             click.echo(f"Warning: {lib.folder / CODES_FILE}: {len(lib.damaged)} tracks left out, their stored codes "
                        f"are damaged or missing; run `musichash check --repair`", err=True)
+
+
+def _cluster_address(value: str | None) -> str | None:
+    """``--cluster``'s value: None (not asked), '' (a cluster on this machine) or an address."""
+    if value is None or value == "local":
+        return None if value is None else ""
+    if Path(value).exists():  # `--cluster MUSIC/` took the first path as the address
+        raise click.BadParameter(f"{value!r} is a path, not a Ray address; put --cluster after the paths, "
+                                 f"or give the address (auto, ray://HOST:PORT)", param_hint="--cluster")
+    return value
 
 
 def _bar(quiet: bool, as_json: bool):
@@ -255,8 +265,14 @@ def _clock(seconds: float) -> str:
 @json_option
 @device_option
 @quiet_option
+@click.option("--cluster", "cluster", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              callback=lambda ctx, p, v: _cluster_address(v),
+              help="Decode and encode on a Ray cluster: 'auto' (the one `ray start` made here), ray://HOST:PORT, "
+                   "or nothing (a new one on this machine); put it after the paths (extra: cluster).")
+@click.option("--shards", type=click.IntRange(1, 1000), default=None,
+              help="Codes files (and segment indexes) a new library spreads its codes over (default 1).")
 @reports_errors
-def index(paths, library, db_url, prune, code_model, workers, as_json, device, quiet):
+def index(paths, library, db_url, prune, code_model, workers, as_json, device, quiet, cluster, shards):
     """Add or update the audio files under PATHS (folders are scanned recursively).
 
     Unchanged files are skipped, moved files are recognised by their content,
@@ -275,13 +291,14 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
             self.bar.set_postfix_str(Path(path).name[:30], refresh=False)
             self.bar.update(seconds)
 
-    with _open(library, db_url, write=True, device=device, code_model=code_model) as lib:
-        if not (quiet or as_json) and sys.stderr.isatty():
+    with _open(library, db_url, write=True, device=device, code_model=code_model, shards=shards) as lib:
+        if not (quiet or as_json) and sys.stderr.isatty() and cluster is None:
             click.echo(f"loading the code model {lib.code_model}...", err=True)
-        lib.model  # noqa: B018  (loaded before the bar starts, so the bar's rate is the indexing's)
+        if cluster is None:
+            lib.model  # noqa: B018  (loaded before the bar starts, so the bar's rate is the indexing's)
         progress = Bar()
         try:
-            report = lib.index(paths, prune=prune, workers=workers, progress=progress)
+            report = lib.index(paths, prune=prune, workers=workers, progress=progress, cluster=cluster)
         finally:
             if hasattr(progress, "bar"):
                 progress.bar.close()

@@ -234,10 +234,20 @@ class Library:
         prune: bool = False,
         workers: int | None = None,
         progress: Progress | None = None,
+        cluster: str | None = None,
     ) -> IndexReport:
-        """Add or update the audio under ``paths`` (see ``musichash.indexer.pipeline``)."""
-        return index_paths(self.store, self.model, [_user(p) for p in paths], prune=prune, workers=workers,
-                           progress=progress)
+        """Add or update the audio under ``paths`` (see ``musichash.indexer.pipeline``).
+
+        ``cluster``: decode and encode on the Ray cluster at this address ('' : on this machine; see
+        ``musichash.cluster.index``); the library is written from here either way.
+        """
+        encoder = None
+        if cluster is not None:
+            from musichash.cluster.index import ray_encoder
+
+            encoder = ray_encoder(self.code_model, address=cluster or None, precision=self.precision)
+        return index_paths(self.store, None if encoder else self.model, [_user(p) for p in paths], prune=prune,
+                           workers=workers, progress=progress, encoder=encoder)
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> list[str]:
         """Drop tracks by file path, or every track under a folder; returns the paths removed."""

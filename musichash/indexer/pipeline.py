@@ -157,7 +157,7 @@ def file_hash(path: str | os.PathLike) -> str:
 
 def index_paths(
     store: LibraryStore,
-    model: CodeModel,
+    model: CodeModel | None,
     paths: Sequence[str | os.PathLike],
     *,
     prune: bool = False,

@@ -1,0 +1,136 @@
+"""``musichash index --cluster``: decoding and encoding on a Ray cluster, storing as on one machine.
+
+The files ``indexer.pipeline`` plans to compute go through a Ray Data pipeline:
+
+1. the file list, one row a file (``from_items``);
+2. decode, resample, log-mel and chroma (``pipeline.decode_mel``) in CPU tasks, one file a task;
+3. the code model (``pipeline.encode_decoded``) in a pool of actors, each with the model loaded once:
+   one a GPU where the cluster has GPUs, else CPU actors;
+4. the driver takes the encoded files in batches and commits each batch with one ``put_tracks``
+   (two SQL transactions and one flush per shard) into the library, as ``index_paths`` does with
+   every result. Planning (unchanged, moved, copied files), errors and the report are
+   ``index_paths``'s own: only the encoder differs.
+
+Resumable and idempotent because the store is: a row is 'ok' only after its codes are flushed, so
+a killed driver leaves at most 'pending' rows, which the next run plans again; a file already
+'ok' is unchanged and skipped; a path has one row. A killed worker costs Ray a retry: Ray Data
+re-runs the task or restarts the actor and re-sends its batch, and ``index_paths`` stores a
+file once however often it is delivered.
+
+Codes are written by the driver, one batch at a time, not by the workers: ``LibraryStore``'s crash
+safety rests on one writer per codes file (see docs/scale.md for the shard-writer design this
+leaves for later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from musichash.cluster.connect import connect
+from musichash.indexer.pipeline import Coded, Encoder, decode_mel, encode_decoded
+
+#: files a batch: the model's unit of work in an actor and the driver's unit of commit
+DEFAULT_BATCH = 8
+_MEL_BANDS = 96
+
+
+def _decode_row(row: dict) -> dict:
+    """Stage 2 (a CPU task): one file's log-mel and chroma, or why it cannot be used."""
+    decoded = decode_mel(row["path"])
+    if isinstance(decoded, str):
+        return {"i": row["i"], "error": decoded, "fmt": "", "mel": np.zeros((0, _MEL_BANDS), np.float32),
+                "chroma": np.zeros(0, np.uint8)}
+    mel, fmt, harmony = decoded
+    return {"i": row["i"], "error": "", "fmt": fmt, "mel": mel, "chroma": harmony}
+
+
+def _decode_args() -> dict:
+    return {"num_cpus": 1}
+
+
+class _Encoder:
+    """Stage 3 (an actor): the code model, loaded once, over batches of decoded files."""
+
+    def __init__(self, code_model: str, device: str | None, precision: str, threads: int | None) -> None:
+        import torch
+
+        from musichash.models.encoder import CodeModel
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = CodeModel(code_model, device, precision)
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict[str, list] = {k: [] for k in ("i", "error", "fmt", "duration_s", "tags", "track_code",
+                                                 "segment_codes", "segment_times", "chroma")}
+        nbytes = self.model.bits // 8
+        for i, error, fmt, mel, harmony in zip(batch["i"], batch["error"], batch["fmt"], batch["mel"], batch["chroma"]):
+            coded = encode_decoded(self.model, str(error) if error else (np.asarray(mel), str(fmt), np.asarray(harmony)))
+            if isinstance(coded, str):
+                coded = Coded("", 0.0, (0.0,), np.zeros(nbytes, np.uint8), np.zeros((0, nbytes), np.uint8),
+                              np.zeros(0, np.float32), np.zeros(0, np.uint8))
+            out["i"].append(int(i))
+            out["error"].append(str(error))
+            out["fmt"].append(coded.fmt)
+            out["duration_s"].append(coded.duration_s)
+            out["tags"].append(np.asarray(coded.tags, np.float64))
+            out["track_code"].append(coded.track_code)
+            out["segment_codes"].append(coded.segment_codes)
+            out["segment_times"].append(np.asarray(coded.segment_times, np.float32))
+            out["chroma"].append(coded.chroma)
+        return out
+
+
+def _coded(row: dict) -> Coded | str:
+    if row["error"]:
+        return str(row["error"])
+    return Coded(str(row["fmt"]), float(row["duration_s"]), tuple(float(p) for p in row["tags"]),
+                 np.asarray(row["track_code"], np.uint8), np.asarray(row["segment_codes"], np.uint8),
+                 np.asarray(row["segment_times"], np.float32), np.asarray(row["chroma"], np.uint8))
+
+
+def ray_encoder(
+    code_model: str,
+    *,
+    address: str | None = None,
+    precision: str = "auto",
+    batch_size: int | None = None,
+    encoders: int | None = None,
+    encoder_threads: int | None = None,
+) -> Encoder:
+    """An ``index_paths`` encoder that runs on the Ray cluster at ``address`` (``connect``).
+
+    ``batch_size``: files a model call and a commit (default DEFAULT_BATCH); ``encoders``: model actors (default: one a GPU, else one); ``encoder_threads``: torch threads in each
+    CPU actor (default: torch's own choice, the node's cores).
+    """
+
+    def run(jobs: list) -> Iterable[list[tuple[int, Coded | str]]]:
+        if not jobs:
+            return
+        size = batch_size or DEFAULT_BATCH
+        ray = connect(address)
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        ds = ray.data.from_items([{"i": i, "path": str(job[0])} for i, job in enumerate(jobs)],
+                                 override_num_blocks=len(jobs))
+        # its own CPU tasks, not fused into the model's actors (Ray Data fuses a task map into the actor map
+        # after it when their arguments agree; arguments made by a function never do): a GPU actor must
+        # not wait on decoding, and the decoders scale with the cluster's cores, not its GPUs
+        ds = ds.map(_decode_row, ray_remote_args_fn=_decode_args)
+        ds = ds.map_batches(
+            _Encoder,
+            fn_constructor_kwargs={"code_model": code_model, "device": "cuda" if gpus else "cpu",
+                                   "precision": precision, "threads": None if gpus else encoder_threads},
+            batch_size=size, compute=ray.data.ActorPoolStrategy(size=encoders or max(gpus, 1)),
+            num_gpus=1 if gpus else 0, num_cpus=1,
+        )  # Ray Data restarts a killed actor and sends its batch again (max_restarts, max_task_retries: -1)
+        for batch in ds.iter_batches(batch_size=size, batch_format="numpy", prefetch_batches=1):
+            yield [(int(i), _coded({k: v[j] for k, v in batch.items()})) for j, i in enumerate(batch["i"])]
+
+    return run

@@ -1,0 +1,195 @@
+"""Indexing on a real local Ray cluster (a head and a second node, each its own raylet and workers):
+the same codes and tags as indexing in one process, the same search answers, resumable after a
+killed driver, and a worker killed mid-run retried with nothing lost or stored twice."""
+
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+from synth import write_song
+
+from musichash.cli import cli
+from musichash.indexer.pipeline import Progress
+from musichash.indexer.store import LibraryStore
+from musichash.library import Library
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'musichash[cluster]')")
+pytestmark = pytest.mark.cluster
+
+MODEL = "unittest_hash"
+N_SONGS = 6
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    c.wait_for_nodes()
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory):
+    d = tmp_path_factory.mktemp("music")
+    for i in range(N_SONGS):
+        write_song(d / f"song{i}.wav", seed=i, seconds=8 + i)
+    shutil.copy(d / "song1.wav", d / "copy1.wav")
+    (d / "broken.mp3").write_bytes(b"\xff\xfb" + bytes(200))
+    return d
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, music):
+    folder = tmp_path_factory.mktemp("single")
+    with Library.open(folder, write=True, code_model=MODEL) as lib:
+        lib.index([music], workers=0)
+    return folder
+
+
+def contents(folder):
+    """Every row by file name: status, error, tags and codes (bytes, so equality is bit for bit)."""
+    out = {}
+    with LibraryStore.open(folder) as store:
+        for t in store.tracks():
+            row = (t.status, t.error, t.tags, t.duration_s, t.format, t.n_segments)
+            if t.status == "ok":
+                c = store.get_codes(t.id)
+                row += tuple(np.ascontiguousarray(a).tobytes() for a in
+                             (c.track_code, c.segment_codes, c.segment_times, c.chroma))
+            out[os.path.basename(t.path)] = row
+    return out
+
+
+def cluster_index(folder, music, progress=None, shards=None):
+    with Library.open(folder, write=True, code_model=MODEL, shards=shards) as lib:
+        return lib.index([music], progress=progress, cluster="")
+
+
+def test_cluster_codes_and_tags_equal_single_process(ray_cluster, music, single, tmp_path):
+    report = cluster_index(tmp_path / "lib", music, shards=2)
+    assert len(report.added) == N_SONGS and [os.path.basename(f.path) for f in report.failed] == ["broken.mp3"]
+    assert [os.path.basename(c[0]) for c in report.copies] == ["song1.wav"]  # copy1.wav sorts first
+    want, got = contents(single), contents(tmp_path / "lib")
+    assert len(want) == N_SONGS + 2 and got == want
+    # idempotent: a second run finds everything done and stores nothing twice
+    again = cluster_index(tmp_path / "lib", music)
+    assert again.unchanged == N_SONGS + 1 and not again.added and not again.updated
+    assert contents(tmp_path / "lib") == want
+
+
+def test_search_on_a_cluster_indexed_sharded_library_equals_single_process(ray_cluster, music, single, tmp_path):
+    cluster_index(tmp_path / "lib", music, shards=3)
+    clips = []
+    for i in (0, 2, 4):
+        audio, sr = sf.read(music / f"song{i}.wav")
+        sf.write(tmp_path / f"clip{i}.wav", audio[int(1.7 * sr): int(6.9 * sr)], sr)
+        clips.append(tmp_path / f"clip{i}.wav")
+    answers = []
+    for folder in (single, tmp_path / "lib"):
+        with Library.open(folder) as lib:
+            answers.append([(r.match, [(os.path.basename(h.path), round(h.score, 6), h.hamming, round(h.offset_s, 3))
+                                       for h in r.results]) for r in lib.search(clips, top_k=4)])
+    assert answers[0] == answers[1] and all(r[1] for r in answers[0])
+
+
+class Interrupt(Progress):
+    """Stops the driver after ``after`` files are stored, as a Ctrl-C or a killed driver would."""
+
+    def __init__(self, after):
+        self.after, self.done = after, 0
+
+    def advance(self, path, seconds):
+        self.done += 1
+        if self.done == self.after:
+            raise KeyboardInterrupt
+
+
+def test_a_stopped_driver_loses_only_unfinished_files(ray_cluster, music, single, tmp_path, monkeypatch):
+    from musichash.cluster import index as cluster_mod
+
+    monkeypatch.setattr(cluster_mod, "DEFAULT_BATCH", 1)  # one file a commit
+    folder = tmp_path / "lib"
+    with pytest.raises(KeyboardInterrupt):
+        cluster_index(folder, music, progress=Interrupt(after=3))  # the bad file may be one of the three
+    part = contents(folder)
+    kept = {k: v for k, v in part.items() if v[0] == "ok"}
+    assert 2 <= len(kept) < N_SONGS and all(v == contents(single)[k] for k, v in kept.items())
+    report = cluster_index(folder, music)
+    assert report.unchanged == len(part) - ("broken.mp3" in part)  # the stored ones are not redone
+    assert contents(folder) == contents(single)
+
+
+def encoder_pids():
+    """PIDs of the processes running the model's actors (Ray titles them ``ray::MapWorker(MapBatches(_Encoder))``)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if d.isdigit() and cmd.startswith(b"ray::") and b"_Encoder" in cmd:
+            pids.append(int(d))
+    return pids
+
+
+class KillEncoder(Progress):
+    """SIGKILLs the model actor's process once the first file is stored, with the others in flight."""
+
+    killed = None
+
+    def __init__(self):
+        self.after = []  # files stored after the kill (each encoded by the restarted actor or a retry)
+
+    def advance(self, path, seconds):
+        if self.killed is None:
+            pids = encoder_pids()
+            assert len(pids) == 1, pids
+            self.killed = pids[0]
+            os.kill(self.killed, signal.SIGKILL)
+        else:
+            self.after.append(path)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the actor's process in /proc (Linux)")
+def test_a_killed_worker_is_retried_with_nothing_lost_or_doubled(ray_cluster, music, single, tmp_path, monkeypatch):
+    from musichash.cluster import index as cluster_mod
+
+    monkeypatch.setattr(cluster_mod, "DEFAULT_BATCH", 1)  # one file a batch: the kill lands while most are to do
+    folder = tmp_path / "lib"
+    progress = KillEncoder()
+    report = cluster_index(folder, music, progress=progress)
+    assert progress.killed is not None and not os.path.exists(f"/proc/{progress.killed}")
+    # the kill came mid-run: files were still to be encoded, and were, by the actor Ray brought back
+    assert len(progress.after) >= 3 and encoder_pids() != [progress.killed]
+    assert len(report.added) == N_SONGS
+    with LibraryStore.open(folder) as store:
+        paths = [t.path for t in store.tracks()]
+        assert len(paths) == len(set(paths)) == N_SONGS + 2
+    assert contents(folder) == contents(single)
+
+
+def test_cli_index_cluster(ray_cluster, music, single, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["index", str(music), "--library", str(tmp_path / "lib"), "--code-model", MODEL,
+                            "--shards", "2", "--json", "--cluster"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    out = json.loads(r.stdout)
+    assert out["added"] == N_SONGS and [f["path"] for f in out["failed"]] == [str(music / "broken.mp3")]
+    assert contents(tmp_path / "lib") == contents(single)
+    r = runner.invoke(cli, ["index", "--cluster", str(music), "--library", str(tmp_path / "lib")])
+    assert r.exit_code == 2
+    assert f"'{music}' is a path, not a Ray address; put --cluster after the paths" in r.output
