@@ -24,6 +24,7 @@ leaves for later).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -58,8 +59,9 @@ class _Encoder:
 
         from musichash.models.encoder import CodeModel
 
-        if threads:
-            torch.set_num_threads(threads)
+        # Ray gives a worker as many threads as it reserved cores (1); a CPU model wants the node's cores,
+        # which it shares with the decoding tasks as the single-process indexer shares them with decoding
+        torch.set_num_threads(threads or os.cpu_count() or 1)
         self.model = CodeModel(code_model, device, precision)
 
     def __call__(self, batch: dict) -> dict:
@@ -102,8 +104,8 @@ def ray_encoder(
 ) -> Encoder:
     """An ``index_paths`` encoder that runs on the Ray cluster at ``address`` (``connect``).
 
-    ``batch_size``: files a model call and a commit (default DEFAULT_BATCH); ``encoders``: model actors (default: one a GPU, else one); ``encoder_threads``: torch threads in each
-    CPU actor (default: torch's own choice, the node's cores).
+    ``batch_size``: files a model call and a commit (default DEFAULT_BATCH); ``encoders``: model actors
+    (default: one a GPU, else one); ``encoder_threads``: torch threads in each actor (default: the node's cores).
     """
 
     def run(jobs: list) -> Iterable[list[tuple[int, Coded | str]]]:
@@ -126,7 +128,7 @@ def ray_encoder(
         ds = ds.map_batches(
             _Encoder,
             fn_constructor_kwargs={"code_model": code_model, "device": "cuda" if gpus else "cpu",
-                                   "precision": precision, "threads": None if gpus else encoder_threads},
+                                   "precision": precision, "threads": encoder_threads},
             batch_size=size, compute=ray.data.ActorPoolStrategy(size=encoders or max(gpus, 1)),
             num_gpus=1 if gpus else 0, num_cpus=1,
         )  # Ray Data restarts a killed actor and sends its batch again (max_restarts, max_task_retries: -1)

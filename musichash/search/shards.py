@@ -7,15 +7,21 @@ returns the same neighbours as one index over all the codes (up to the order of 
 which the merge fixes by id). It answers ``search`` as ``BinaryIndex`` does, so the query, dedup
 and recommend code above it does not know whether an index is sharded.
 
-The shards are searched in this process one after another; a cluster runs one per actor
-(``musichash.cluster.search``) with the same merge (``merge_knn``).
+In one process the shards are searched at once, one thread a shard (FAISS releases the GIL), each
+FAISS call on one core: on this 2-core machine under load, one OpenMP search over 2M codes took
+326 ms at p50 and the 4 shards in 2 threads 61 ms (benchmarks/bench_cluster.py, docs/scale.md), as
+OpenMP's barriers suffer most when other processes hold the cores. A cluster runs one shard per
+actor with the same merge (``merge_knn``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from musichash.indexer import shards as sharding
@@ -98,7 +104,7 @@ class ShardedIndex:
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``BinaryIndex.search`` over all shards: each shard's k nearest, merged (``merge_knn``)."""
-        return merge_knn([s.search(xq, k) for s in self.shards], k)
+        return merge_knn(list(_pool().map(lambda s: _search_one(s, xq, k), self.shards)), k)
 
     def save(self, paths: Sequence[Path]) -> None:
         for s, p in zip(self.shards, paths, strict=True):
@@ -107,6 +113,21 @@ class ShardedIndex:
     @classmethod
     def load(cls, paths: Sequence[Path], device: str = "auto") -> ShardedIndex:
         return cls([BinaryIndex.load(p, device) for p in paths])
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="musichash-shard")
+    return _POOL
+
+
+def _search_one(index: BinaryIndex, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    faiss.omp_set_num_threads(1)  # this pool thread's own setting: the shards, not OpenMP, share the cores
+    return index.search(xq, k)
 
 
 def build_segments(

@@ -1,0 +1,157 @@
+"""Ray's cost on one machine, and what shards cost a search.
+
+    python -m benchmarks.bench_cluster FILE_OR_FOLDER... [--rounds 2] [--segments 2000000] [--shards 4] [--json OUT]
+
+1. Indexing: the inputs indexed into a fresh library by ``Library.index`` in this process
+   (``workers`` as the engine picks), then by ``Library.index(cluster='')`` on a Ray cluster started
+   on this machine (``ray.init``, all cores), alternating, ``--rounds`` times each. Ray's figure is
+   taken with the cluster already up (its start is timed apart). Both libraries' codes and tags are
+   compared bit for bit.
+2. Sharded search: ``--segments`` random 64-bit codes in one flat index and split over ``--shards``
+   shards (``search.shards.ShardedIndex``, by a random track id as the store splits them); each query is
+   one 10 s clip's 8 windows, k = 40 (the engine's 10 x RERANK_FACTOR 4). Latency per query, p50 and
+   p99 over ``--queries`` queries, both indexes queried alternately; the answers compared with
+   brute force on a sample. Memory: bytes of each saved index (flat and IVF, one shard's share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine
+
+from musichash.models import DEFAULT_CODE_MODEL
+
+
+def library_contents(folder: Path) -> dict:
+    from musichash.indexer.store import LibraryStore
+
+    out = {}
+    with LibraryStore.open(folder) as store:
+        for t in store.tracks():
+            row = (t.status, t.tags)
+            if t.status == "ok":
+                c = store.get_codes(t.id)
+                row += tuple(np.ascontiguousarray(a).tobytes() for a in (c.track_code, c.segment_codes, c.segment_times, c.chroma))
+            out[t.path] = row
+    return out
+
+
+def index_once(paths: list[str], code_model: str, tmp: Path, name: str, cluster: str | None) -> dict:
+    from musichash.library import Library
+
+    folder = tmp / name
+    with Library.open(folder, write=True, code_model=code_model) as lib:
+        if cluster is None:
+            lib.model  # noqa: B018 -- loaded before the clock, as the CLI does; Ray's actors load theirs inside it
+        t0 = time.perf_counter()
+        report = lib.index(paths, cluster=cluster)
+        wall = time.perf_counter() - t0
+    return {"how": "ray" if cluster is not None else "single", "audio_s": report.audio_s, "wall_s": wall,
+            "x_real_time": report.audio_s / wall, "files": len(report.added), "failed": len(report.failed),
+            "folder": str(folder)}
+
+
+def bench_index(paths: list[str], code_model: str, rounds: int) -> dict:
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    start_s = time.perf_counter() - t0
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for how in ("single", "ray") if r % 2 == 0 else ("ray", "single"):
+                run = index_once(paths, code_model, Path(tmp), f"{how}{r}", "" if how == "ray" else None)
+                print(f"  round {r} {how}: {run['audio_s']:.0f} s audio in {run['wall_s']:.1f} s, {run['x_real_time']:.0f}x real time", flush=True)
+                runs.append(run)
+        same = library_contents(Path(runs[0]["folder"])) == library_contents(Path(runs[1]["folder"]))
+    ray.shutdown()
+    best = {h: max(r["x_real_time"] for r in runs if r["how"] == h) for h in ("single", "ray")}
+    mean = {h: float(np.mean([r["x_real_time"] for r in runs if r["how"] == h])) for h in ("single", "ray")}
+    return {"ray_start_s": start_s, "runs": runs, "best_x": best, "mean_x": mean,
+            "ray_over_single_mean": mean["ray"] / mean["single"], "same_codes_and_tags": same}
+
+
+def bench_search(n: int, n_shards: int, queries: int, seed: int = 0) -> dict:
+    import faiss
+
+    from musichash.indexer import shards as sharding
+    from musichash.search.faiss_index import BinaryIndex, IndexConfig, hamming_knn
+    from musichash.search.shards import ShardedIndex
+
+    rng = np.random.default_rng(seed)
+    xb = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    track = rng.integers(0, n // 30, n)  # ~30 segments a track, as a 40 s track has
+    rows = np.arange(n, dtype=np.int64)
+    flat_cfg = IndexConfig("flat", bits=64)
+    one = BinaryIndex.build(xb, rows, flat_cfg, "cpu")
+    sharded = ShardedIndex.build(xb, rows, sharding.rows_by_shard(track, n_shards), flat_cfg, "cpu")
+    # a query: 8 windows near stored codes (a clip of the library) with a few bits flipped
+    picks = rng.integers(0, n, (queries, 8))
+    flips = rng.integers(0, 2, (queries, 8, 8), dtype=np.uint8) * (1 << rng.integers(0, 8, (queries, 8, 8))).astype(np.uint8)
+    xq = xb[picks] ^ flips
+    k = 40
+    times = {"one": [], "sharded": []}
+    for q in range(queries):
+        for name, idx in (("one", one), ("sharded", sharded)) if q % 2 == 0 else (("sharded", sharded), ("one", one)):
+            t0 = time.perf_counter()
+            idx.search(xq[q], k)
+            times[name].append(time.perf_counter() - t0)
+    exact = True
+    for q in range(min(5, queries)):
+        D, _ = sharded.search(xq[q], k)
+        exact &= bool(np.array_equal(D, hamming_knn(xq[q], xb, k)[0]))
+    lat = {name: {"p50_ms": 1e3 * float(np.percentile(t, 50)), "p99_ms": 1e3 * float(np.percentile(t, 99)),
+                  "mean_ms": 1e3 * float(np.mean(t))} for name, t in times.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        one.save(Path(tmp) / "flat.faiss")
+        shard_n = sharded.shards[0].ntotal
+        ivf = BinaryIndex.build(xb[:shard_n], rows[:shard_n], IndexConfig("ivf", bits=64), "cpu")
+        ivf.save(Path(tmp) / "ivf.faiss")
+        sizes = {"flat_bytes_per_code": (Path(tmp) / "flat.faiss").stat().st_size / n,
+                 "ivf_bytes_per_code": (Path(tmp) / "ivf.faiss").stat().st_size / shard_n, "ivf_nlist": ivf.config.nlist}
+    return {"segments": n, "shards": n_shards, "k": k, "windows_per_query": 8, "queries": queries,
+            "faiss_threads": faiss.omp_get_max_threads(), "latency": lat,
+            "sharded_over_one_p50": lat["sharded"]["p50_ms"] / lat["one"]["p50_ms"],
+            "sharded_over_one_p99": lat["sharded"]["p99_ms"] / lat["one"]["p99_ms"],
+            "exact_distances": exact, **sizes}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="*", help="audio to index (none: the search part only)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--code-model", default=DEFAULT_CODE_MODEL)
+    ap.add_argument("--segments", type=int, default=2_000_000)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    out = {"machine": machine(), "code_model": a.code_model}
+    if a.paths:
+        print(f"indexing {len(a.paths)} inputs, {a.rounds} rounds each way", flush=True)
+        out["index"] = bench_index(a.paths, a.code_model, a.rounds)
+        i = out["index"]
+        print(f"ray start {i['ray_start_s']:.1f} s; mean {i['mean_x']['single']:.0f}x single, {i['mean_x']['ray']:.0f}x ray "
+              f"({100 * i['ray_over_single_mean']:.0f} %); same codes and tags: {i['same_codes_and_tags']}", flush=True)
+    out["search"] = s = bench_search(a.segments, a.shards, a.queries)
+    print(f"search over {s['segments']:,} codes: one index p50 {s['latency']['one']['p50_ms']:.2f} ms p99 "
+          f"{s['latency']['one']['p99_ms']:.2f} ms; {s['shards']} shards p50 {s['latency']['sharded']['p50_ms']:.2f} ms "
+          f"p99 {s['latency']['sharded']['p99_ms']:.2f} ms ({100 * (s['sharded_over_one_p50'] - 1):+.0f} % at p50); "
+          f"exact: {s['exact_distances']}; flat {s['flat_bytes_per_code']:.1f} B/code, ivf {s['ivf_bytes_per_code']:.1f} B/code")
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
