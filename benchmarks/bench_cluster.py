@@ -11,7 +11,8 @@
    shards (``search.shards.ShardedIndex``, by a random track id as the store splits them); each query is
    one 10 s clip's 8 windows, k = 40 (the engine's 10 x RERANK_FACTOR 4). Latency per query, p50 and
    p99 over ``--queries`` queries, both indexes queried alternately; the answers compared with
-   brute force on a sample. Memory: bytes of each saved index (flat and IVF, one shard's share).
+   brute force on a sample. ``one_core``: the one index on one core (OpenMP off), the per-core
+   scan rate docs/scale.md builds on. Memory: bytes of each saved index (flat and IVF, one shard's share).
 """
 
 from __future__ import annotations
@@ -99,12 +100,15 @@ def bench_search(n: int, n_shards: int, queries: int, seed: int = 0) -> dict:
     flips = rng.integers(0, 2, (queries, 8, 8), dtype=np.uint8) * (1 << rng.integers(0, 8, (queries, 8, 8))).astype(np.uint8)
     xq = xb[picks] ^ flips
     k = 40
-    times = {"one": [], "sharded": []}
+    times = {"one": [], "sharded": [], "one_core": []}
+    threads = faiss.omp_get_max_threads()
     for q in range(queries):
-        for name, idx in (("one", one), ("sharded", sharded)) if q % 2 == 0 else (("sharded", sharded), ("one", one)):
+        for name in ("one", "sharded", "one_core") if q % 2 == 0 else ("one_core", "sharded", "one"):
+            faiss.omp_set_num_threads(1 if name == "one_core" else threads)
             t0 = time.perf_counter()
-            idx.search(xq[q], k)
+            (sharded if name == "sharded" else one).search(xq[q], k)
             times[name].append(time.perf_counter() - t0)
+    faiss.omp_set_num_threads(threads)
     exact = True
     for q in range(min(5, queries)):
         D, _ = sharded.search(xq[q], k)
@@ -147,6 +151,7 @@ def main(argv=None) -> int:
     print(f"search over {s['segments']:,} codes: one index p50 {s['latency']['one']['p50_ms']:.2f} ms p99 "
           f"{s['latency']['one']['p99_ms']:.2f} ms; {s['shards']} shards p50 {s['latency']['sharded']['p50_ms']:.2f} ms "
           f"p99 {s['latency']['sharded']['p99_ms']:.2f} ms ({100 * (s['sharded_over_one_p50'] - 1):+.0f} % at p50); "
+          f"one index on one core p50 {s['latency']['one_core']['p50_ms']:.2f} ms; "
           f"exact: {s['exact_distances']}; flat {s['flat_bytes_per_code']:.1f} B/code, ivf {s['ivf_bytes_per_code']:.1f} B/code")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
