@@ -193,3 +193,22 @@ def test_cli_index_cluster(ray_cluster, music, single, tmp_path):
     r = runner.invoke(cli, ["index", "--cluster", str(music), "--library", str(tmp_path / "lib")])
     assert r.exit_code == 2
     assert f"'{music}' is a path, not a Ray address; put --cluster after the paths" in r.output
+
+
+def test_search_through_shard_actors_equals_local(ray_cluster, music, single, tmp_path):
+    from musichash.cluster.search import RemoteShards, attach
+
+    cluster_index(tmp_path / "lib", music, shards=3)
+    audio, sr = sf.read(music / "song3.wav")
+    sf.write(tmp_path / "clip.wav", audio[int(2.1 * sr): int(7.0 * sr)], sr)
+
+    def answer(lib):
+        return [(r.match, [(os.path.basename(h.path), round(h.score, 6), h.offset_s) for h in r.results])
+                for r in lib.search([tmp_path / "clip.wav"], top_k=4)] + [
+            sorted(sorted(os.path.basename(m.path) for m in g.tracks) for g in lib.dedup(verify=False))]
+
+    with Library.open(tmp_path / "lib") as lib:
+        local = answer(lib)
+        remote = attach(lib)
+        assert isinstance(lib.search_index().segments, RemoteShards) and len(remote.actors) == 3
+        assert answer(lib) == local and local[0][1]

@@ -1,0 +1,65 @@
+"""Search with a library's segment shards held by Ray actors, one a shard, spread over the nodes.
+
+``attach(lib)`` moves the segment index of an open ``Library`` into ``ShardActor``s (each builds its
+shard's FAISS index from the codes it is sent, on a GPU where its node has one) and leaves in its place
+a ``RemoteShards``, which answers ``search`` as ``search.shards.ShardedIndex`` does: the query's windows
+go to every actor at once and each actor's k nearest come back to be merged (``merge_knn``). Everything
+else stays in the front process (encoding the clip, re-ranking, the vote, chroma, the store), so
+``Library.search`` and ``Library.dedup`` run unchanged over it. A front per Ray Serve replica would
+call ``attach`` once; the HTTP app itself (``musichash serve --cluster``) is not written yet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from musichash.cluster.connect import connect
+from musichash.search.faiss_index import BinaryIndex, IndexConfig
+from musichash.search.shards import ShardedIndex, merge_knn
+
+
+class ShardActor:
+    """One shard's segment index (run as a Ray actor)."""
+
+    def __init__(self, codes: np.ndarray, ids: np.ndarray, config: IndexConfig, device: str) -> None:
+        self.index = BinaryIndex.build(codes, ids, config, device)
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(xq, k)
+
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+
+class RemoteShards:
+    """Shard actors answering ``search`` as one index would (``ShardedIndex``'s interface, read side)."""
+
+    def __init__(self, actors: list, like: ShardedIndex | BinaryIndex) -> None:
+        self.actors = actors
+        self.ntotal, self.bits, self.kind, self.config = like.ntotal, like.bits, like.kind, like.config
+        self.device = "ray"
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ray = connect()
+        return merge_knn(ray.get([a.search.remote(xq, k) for a in self.actors]), k)
+
+
+def attach(lib, address: str | None = None) -> RemoteShards:
+    """Serve ``lib``'s segment shards from actors (one a shard, spread over the cluster's nodes, one GPU
+    each where the cluster has GPUs); ``lib``'s searches use them from now on. Returns the remote index."""
+    ray = connect(address)
+    index = lib.search_index()
+    shards = index.segments.shards if isinstance(index.segments, ShardedIndex) else [index.segments]
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    remote = ray.remote(ShardActor).options(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0,
+                                            scheduling_strategy="SPREAD")
+    actors = []
+    for s in shards:
+        codes, ids = s._codes_and_ids()
+        actors.append(remote.remote(ray.put(codes), ray.put(ids), s.config, "cuda" if gpus else "cpu"))
+    ray.get([a.ntotal.remote() for a in actors])  # built before the first query
+    index.segments = RemoteShards(actors, index.segments)
+    return index.segments
