@@ -54,7 +54,10 @@ def attach(lib, address: str | None = None) -> RemoteShards:
     index = lib.search_index()
     shards = index.segments.shards if isinstance(index.segments, ShardedIndex) else [index.segments]
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    remote = ray.remote(ShardActor).options(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0,
+    # a core a shard where the cluster has them, else a share: every shard must find a place, or
+    # the first query would wait for ever on an actor that is never scheduled
+    cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / len(shards))
+    remote = ray.remote(ShardActor).options(num_cpus=0 if gpus else cpus, num_gpus=1 if gpus else 0,
                                             scheduling_strategy="SPREAD")
     actors = []
     for s in shards:
