@@ -9,8 +9,9 @@ Decisions per file (cheapest first):
   (a touch) or as an 'ok' track whose file is gone (a move or rename): the
   row is pointed at the file, codes kept; same bytes as an 'ok' track whose
   file is still there: an exact copy, noted, and its codes are copied;
-- else decoded (worker processes: decode, resample, log-mel and the
-  track's chroma, ``musichash.features.chroma``) and encoded (main process: the
+- else decoded (worker processes: decode, resample, log-mel, the track's
+  chroma, ``musichash.features.chroma``, and its sketch for dedup,
+  ``musichash.features.spectra``) and encoded (main process: the
   model, batched over each track's windows).
 
 Every track is committed on its own (``LibraryStore.put_track`` is crash
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from musichash.errors import MusichashError
-from musichash.features import chroma
+from musichash.features import chroma, spectra
 from musichash.features.audio import (
     AudioError,
     audio_info,
@@ -159,12 +160,12 @@ def index_paths(
             plan.failed.append(FailedFile(str(path), result))
             progress.advance(str(path), header_s)
             continue
-        mel, fmt, harmony = result
+        mel, fmt, harmony, sketch = result
         enc = model.encode(mel, LIBRARY_HOP)
         record = TrackRecord(
             str(path), digest, st.st_size, st.st_mtime, enc.duration_s, fmt, tuple(float(p) for p in enc.tags)
         )
-        store.put_track(record, enc.track_code, enc.codes, enc.times, harmony)
+        store.put_track(record, enc.track_code, enc.codes, enc.times, harmony, sketch)
         (updated if existed else added).append(str(path))
         audio_s += enc.duration_s
         progress.advance(str(path), header_s)
@@ -248,7 +249,8 @@ def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
 def _copy_track(store: LibraryStore, source: Track, path: Path, digest: str, st: os.stat_result) -> None:
     codes = store.get_codes(source.id)
     record = TrackRecord(str(path), digest, st.st_size, st.st_mtime, source.duration_s, source.format, source.tags)
-    store.put_track(record, codes.track_code, codes.segment_codes, codes.segment_times, codes.chroma)
+    store.put_track(record, codes.track_code, codes.segment_codes, codes.segment_times, codes.chroma,
+                    store.get_sketch(source.id))
 
 
 def _prune(store: LibraryStore) -> list[str]:
@@ -260,13 +262,17 @@ def _prune(store: LibraryStore) -> list[str]:
 # ------------------------------------------------------------------ decoding
 
 
-def decode_mel(path: str | os.PathLike) -> tuple[np.ndarray, str, np.ndarray] | str:
-    """Worker job: ``(log-mel float32 [T, 96], format, packed chroma uint8 [m])``, or the reason the file cannot be used."""
+Decoded = tuple[np.ndarray, str, np.ndarray, np.ndarray]
+
+
+def decode_mel(path: str | os.PathLike) -> Decoded | str:
+    """Worker job: ``(log-mel float32 [T, 96], format, packed chroma uint8 [m], sketch uint8 [f, bands])``,
+    or the reason the file cannot be used."""
     try:
         fmt = audio_info(path).format
         harmony = chroma.TrackChroma()
         mel = np.concatenate(list(iter_mel_blocks(harmony.tap(iter_audio_blocks(path)))))
-        return mel, fmt, chroma.pack(harmony.bits())
+        return mel, fmt, chroma.pack(harmony.bits()), spectra.sketch(mel)
     except AudioError as e:
         return e.reason
     except Exception as e:  # a decoder crash must cost one file, not the run
@@ -295,7 +301,7 @@ def default_workers() -> int:
     return 0 if cpus <= 2 else max(1, min(4, cpus // 4))
 
 
-def _decoded(jobs: list, workers: int | None) -> Iterable[tuple[np.ndarray, str, np.ndarray] | str]:
+def _decoded(jobs: list, workers: int | None) -> Iterable[Decoded | str]:
     """Decode jobs in order, at most ``workers + 1`` ahead of the consumer (bounded memory)."""
     workers = default_workers() if workers is None else workers
     if workers <= 0 or len(jobs) <= 1:
