@@ -22,15 +22,22 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from musichash.train import augment
 from musichash.features.audio import SAMPLE_RATE, load_audio
-from musichash.search.calibrate import JOINT_TNR, calibrate_threshold, fit_joint, matched, rates
+from musichash.search.calibrate import (
+    JOINT_TNR,
+    calibrate_threshold,
+    fit_joint,
+    matched,
+    rates,
+)
+from musichash.train import augment
 
 STRETCH_ROOM = 1.06  # an excerpt is cut this much longer than asked, so a slowed-down one still fills it
 
@@ -121,6 +128,7 @@ class Outcome:
     latency_s: float
     clip: str = ""  # clip_id of the excerpt: two systems' outcomes can be checked query for query
     chroma: float | None = None  # harmony agreement with the top track (musichash.features.chroma); None: not checked
+    matched: bool | None = None  # the system's own answer to "is it in the library" (Library.search's match)
 
 
 def clip_id(y: np.ndarray) -> str:
@@ -128,16 +136,37 @@ def clip_id(y: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(y, dtype=np.float32).tobytes()).hexdigest()[:12]
 
 
-def cut_corpus(manifest: Path, out: Path, minutes: float, held_out: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """FLAC cuts of each track's first minutes, in out/library and out/held-out; returns both lists."""
+def split_of(row: dict) -> str:
+    """A manifest row's split unit: its Debian package, or ``midi/<composer>`` for a render."""
+    return row.get("package") or f"{row['source']}/{row.get('labels', {}).get('composer', 'other')}"
+
+
+def splits_of(manifest: Path) -> dict[str, str]:
+    """Cut file name (``cut_corpus``'s) -> split unit (``split_of``), for every manifest row."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    return {r["id"].replace("/", "__") + ".flac": split_of(r) for r in rows}
+
+
+def cut_corpus(manifest: Path, out: Path, minutes: float, held_out: int, seed: int,
+               held_from: Collection[str] | None = None) -> tuple[list[Path], list[Path]]:
+    """FLAC cuts of each track's first minutes, in out/library and out/held-out; returns both lists.
+
+    Held-out tracks alternate over the sources, or with ``held_from`` over those split units
+    (``split_of``: packages, ``midi/<composer>``), so out-of-library clips come only from them.
+    """
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     rng = np.random.default_rng(seed)
     by_source: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
-        by_source.setdefault(r["source"], []).append(i)
+        if held_from is None:
+            by_source.setdefault(r["source"], []).append(i)
+        elif split_of(r) in held_from:
+            by_source.setdefault(split_of(r), []).append(i)
     held = set()
     for k in range(held_out):  # alternate sources so both styles are tested out of library
         pool = by_source[sorted(by_source)[k % len(by_source)]]
+        if not pool:
+            continue
         held.add(pool.pop(int(rng.integers(len(pool)))))
     lib, out_files = [], []
     for i, r in enumerate(rows):
