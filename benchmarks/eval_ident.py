@@ -13,8 +13,9 @@ package (``queries.split_of``: a Debian package, or ``midi/<composer>`` for rend
 - **calibration**: everything else (the packages the shipped heads were fitted on, and the Bach
   renders): the thresholds are fitted on its clips (``--write-thresholds``).
 
-Every track of the corpus (first ``--minutes-per-track`` minutes) is in the library but the
-held-out ones, so the queries of either split search the same large library. Clips are the
+Every track of the corpus (first ``--minutes-per-track`` minutes) is in the library but one
+track of each split unit, held out for out-of-library clips, so the queries of either split
+search the same large library (indexed once, in ``--work``). Clips are the
 identification set (``queries.SETS["ident"]``: 2, 3, 5 and 10 s, 21 degradations, out-of-library
 clips), searched one by one with ``Library.search``: ``top1``, ``matched`` (the search's own
 ``match``) and the offset come from that call. Chromaprint (``fpcalc -raw``, best-alignment BER
@@ -67,7 +68,11 @@ def run(a: argparse.Namespace) -> dict:
     present = set(units.values())
     evaluation = tuple(u for u in EVALUATION if u in present)
     mine = evaluation if a.split == "evaluation" else tuple(sorted(present - set(evaluation)))
-    lib_files, held = cut_corpus(a.manifest, a.work / "audio", a.minutes_per_track, a.held_out, a.seed, held_from=mine)
+    # one track of every split unit (of both splits) is held out, so that both splits' runs search
+    # the same library, indexed once
+    lib_files, held_all = cut_corpus(a.manifest, a.work / "audio", a.minutes_per_track, len(present), a.seed,
+                                     held_from=sorted(present))
+    held = split_files(held_all, units, mine)
     pool = split_files(lib_files, units, mine)
     rng = np.random.default_rng(a.seed)
     rest = [f for f in lib_files if f not in set(pool)]
@@ -186,10 +191,10 @@ def _pct(x) -> str:
 
 def render(d: dict) -> str:
     lib = d["library"]
-    lines = [f"Split: **{d['split']}** ({', '.join(d['units'])}). Library: {lib['tracks']} tracks, {lib['hours']:.2f} h "
+    lines = [(f"Split: **{d['split']}** ({', '.join(d['units'])}). Library: {lib['tracks']} tracks, {lib['hours']:.2f} h "
              f"(every split; {lib['query_tracks']} of them are this split's and give the in-library clips), "
              f"{len(lib['held_out'])} held out for out-of-library clips. Code model `{d['code_model']}`; "
-             f"{d['queries_per_cell']} clips per length x condition, seed {d['seed']}.", ""]
+             f"{d['queries_per_cell']} clips per length x condition, seed {d['seed']}."), ""]
     idx = d["indexing"]
     if idx["x_real_time"]:
         lines.append(f"Indexing: {idx['audio_s'] / 3600:.2f} h in {idx['wall_s']:.0f} s = {idx['x_real_time']:.0f}x real "
@@ -226,8 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
     ap.add_argument("--code-model", default=DEFAULT_CODE_MODEL)
     ap.add_argument("--minutes-per-track", type=float, default=30.0)
-    ap.add_argument("--held-out", type=int, default=5, help="tracks of the split kept out of the library")
-    ap.add_argument("--queries", type=int, default=8, help="clips per length x condition")
+    ap.add_argument("--queries", type=int, default=10, help="clips per length x condition")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-chromaprint", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="delete the library first (times the indexing)")
