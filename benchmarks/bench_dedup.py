@@ -15,12 +15,17 @@ evaluation found joined, each its own recording:
 Reported: pair precision, recall and F1 against the true families, the pairs that join two
 different recordings (must be 0), and the wall time of ``Library.dedup`` (verification reads
 the sketches stored at index time). ``--no-verify`` also times the codes alone.
+
+``--growth 1000 2000 4000`` times ``Library.dedup`` on synthetic libraries of that many tracks
+(``bench_library_scale.synthetic_tracks``: seeded codes of 0.5-6 min tracks, no duplicates), to show
+how its cost grows with the library (every segment looks up its nearest neighbours among all).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -68,6 +73,16 @@ def hard_negatives(originals: list[Path], corpus_files: list[Path], out: Path, s
 
 
 def run(a: argparse.Namespace) -> dict:
+    out: dict = {"meta": machine()}
+    if a.originals:
+        out.update(dedup_set_run(a))
+    if a.growth:
+        out["growth"] = growth(a.work, a.growth, a.seed)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def dedup_set_run(a: argparse.Namespace) -> dict:
     lib_files, _ = cut_corpus(a.manifest, a.work / "audio", 10.0, 0, a.seed)
     long_enough = [f for f in lib_files if sf.info(str(f)).duration >= 60]
     files, families = dedup_set(long_enough, a.manifest, a.work / "set", a.originals, a.seed)
@@ -75,7 +90,7 @@ def run(a: argparse.Namespace) -> dict:
     extra = hard_negatives(originals, lib_files, a.work / "set", a.seed)
     families += [{f.name} for f in extra]
     hours = sum(sf.info(str(f)).duration for f in [*files, *extra]) / 3600
-    out = {"meta": machine(), "files": len(files) + len(extra), "hours": hours, "originals": len(originals),
+    out = {"files": len(files) + len(extra), "hours": hours, "originals": len(originals),
            "hard_negatives": {"jingles": sum(".jingle." in f.name for f in extra),
                               "shared_intros": sum(".intro-of." in f.name for f in extra),
                               "short_files": sum(".short." in f.name for f in extra)}}
@@ -97,11 +112,33 @@ def run(a: argparse.Namespace) -> dict:
                 "dedup_s": dt, "groups": len(groups), **pair_scores(pred, truth),
                 "pairs_between_recordings": len(wrong), "wrong_pairs": wrong[:20],
                 "missed_pairs": sorted(" + ".join(sorted(p)) for p in truth - pred)[:20]}
-    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
+def growth(work: Path, sizes: list[int], seed: int) -> list[dict]:
+    from benchmarks.bench_library_scale import synthetic_tracks
+
+    rows = []
+    for n in sizes:
+        folder = work / f"growth-{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        with Library.open(folder, write=True, code_model=DEFAULT_CODE_MODEL) as lib:
+            for items in synthetic_tracks(n, 0, np.random.default_rng(seed), len(lib.vocabulary)):
+                lib.store.put_tracks(items)
+        with Library.open(folder) as lib:
+            lib.search_index()
+            t0 = time.perf_counter()
+            groups = lib.dedup()
+            rows.append({"tracks": n, "segments": lib.stats().n_segments, "dedup_s": time.perf_counter() - t0,
+                         "groups": len(groups)})
+        print(f"growth: {rows[-1]}", file=sys.stderr, flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
 def render(d: dict) -> str:
+    if "hard_negatives" not in d:
+        return render_growth(d, [])
     neg = d["hard_negatives"]
     lines = [(f"Dedup set: {d['files']} files, {d['hours']:.2f} h: {d['originals']} originals with 4 copies each "
              f"(and arrangements of the scores), plus {neg['jingles']} jingles cut from originals, {neg['shared_intros']} "
@@ -114,6 +151,17 @@ def render(d: dict) -> str:
             r = d[key]
             lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} "
                          f"| {r['pairs_between_recordings']} | {r['dedup_s']:.1f} s |")
+    return render_growth(d, lines)
+
+
+def render_growth(d: dict, lines: list[str]) -> str:
+    if d.get("growth"):
+        g = d["growth"]
+        lines += ["", "| synthetic library | segments | `Library.dedup` |", "|---|---|---|"]
+        lines += [f"| {r['tracks']:,} tracks | {r['segments']:,} | {r['dedup_s']:.1f} s |" for r in g]
+        if len(g) > 1:
+            k = np.polyfit(np.log([r["segments"] for r in g]), np.log([r["dedup_s"] for r in g]), 1)[0]
+            lines.append(f"\nTime grows as segments^{k:.2f} over these sizes.")
     return "\n".join(lines)
 
 
@@ -125,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--code-model", default=DEFAULT_CODE_MODEL)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-verify", action="store_true", help="also time dedup on the codes alone")
+    ap.add_argument("--growth", type=int, nargs="*", default=[], help="synthetic library sizes to time dedup on")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     d = run(a)
