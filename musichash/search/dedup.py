@@ -246,7 +246,7 @@ def find_groups(
         pairs += duplicates_of(index, codes.segment_codes, codes.segment_times, store.bits,
                                self_id=tid, duration_s=t.duration_s, threshold=threshold)
     pairs = [p for p in pairs if p.a in tracks and p.b in tracks and tracks[p.a].content_hash != tracks[p.b].content_hash]
-    pairs = [p for p in best_pairs(pairs).values() if plausible(p, dur[p.a], dur[p.b])]
+    pairs = list(best_pairs(p for p in pairs if plausible(p, dur[p.a], dur[p.b])).values())
     if verify:
         pairs = same_recording(pairs, sketches, paths, progress)
     for ids in _same_bytes(tracks.values()):  # the same bytes: the same recording whatever the codes say
