@@ -151,3 +151,15 @@ def test_dedup_cli_verify_flag(family):
     assert sorted(os.path.basename(r.split(",")[2]) for r in out.stdout.splitlines()[1:]) == ["copy.flac", "song.wav"]
     out = run(cli, ["dedup", "--library", str(lib), "--no-verify"])
     assert out.exit_code == 0 and out.stdout.startswith("group 1 (3 files, score 0.50)\n")
+
+
+def test_files_of_mostly_silence_do_not_confirm_each_other():
+    """Two game announcements: a second of a different sound each, then silence. In time they line up,
+    and every chunk but the sound is silence in both: nothing there says they are one recording."""
+    quiet = np.zeros(10 * SR, np.float32)
+    a, b = quiet.copy(), quiet.copy()
+    a[SR : 2 * SR] = make_song(5, 1.0)
+    b[SR : 2 * SR] = make_song(6, 1.0)
+    assert spectrogram_agreement(spectrogram(a), spectrogram(b), 0.0, 1.0) == 0.0
+    song = make_song(5, 10.0)  # the same check passes a copy of sound that fills its chunks
+    assert spectrogram_agreement(spectrogram(song), spectrogram(0.5 * song), 0.0, 1.0) >= SAME_RECORDING
