@@ -36,3 +36,21 @@ def test_the_code_model_encodes_with_tf32_off(monkeypatch):
     seen.clear()
     model.encode(np.zeros((400, 96), np.float32))
     assert seen == ["cpu"]
+
+
+def test_bench_gpu_runs_on_the_cpu(tmp_path, capsys):
+    """The GPU benchmark's smoke mode runs anywhere: its figures are there and its checks pass."""
+    import json
+
+    from benchmarks import bench_gpu
+
+    out = tmp_path / "gpu.json"
+    assert bench_gpu.main(["--device", "cpu", "--code-model", "unittest_crnnh", "--seconds", "8", "--db", "3000",
+                           "--queries", "40", "--k", "20", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["device"] == "cpu" and d["peak_gpu_mb"] is None
+    assert d["model"]["float32_bits_moved"] == 0.0 and d["model"]["float32_track_code_equal"]
+    assert d["model"]["model_float32_x"] > 0 and 0 <= d["model"]["bfloat16_bits_moved"] <= 0.5
+    s = d["search"]
+    assert (s["backend"], s["torch_backend"], s["exact"], s["torch_exact"]) == ("faiss", "torch:cpu", True, True)
+    assert "exact k=20 search of 40 queries among 3,000" in capsys.readouterr().out
