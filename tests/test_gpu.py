@@ -54,3 +54,60 @@ def test_bench_gpu_runs_on_the_cpu(tmp_path, capsys):
     s = d["search"]
     assert (s["backend"], s["torch_backend"], s["exact"], s["torch_exact"]) == ("faiss", "torch:cpu", True, True)
     assert "exact k=20 search of 40 queries among 3,000" in capsys.readouterr().out
+
+
+def test_mel_made_in_the_main_process_gives_the_workers_codes(tmp_path):
+    """The GPU pipeline's split (workers decode, the main process makes the mel: ``decode_wave``),
+    run on the CPU: every stored array equals the one of the usual path (mel in the workers)."""
+    import numpy as np
+    import soundfile as sf
+
+    from benchmarks.bench_gpu import synthetic_wave
+    from musichash.indexer import pipeline
+    from musichash.library import Library
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for i, seconds in enumerate((7.3, 12.0, 2.1)):  # the last shorter than a window
+        sf.write(music / f"s{i}.wav", synthetic_wave(seconds, seed=i), 16000)
+    sf.write(music / "s3.flac", synthetic_wave(5.0, seed=9)[:0], 16000)  # empty: fails the same way
+    stored = []
+    for mel_device in (None, "cpu"):
+        with Library.open(tmp_path / f"lib{mel_device}", write=True, code_model="unittest_hash") as lib:
+            report = pipeline.index_paths(lib.store, lib.model, [music], workers=0, mel_device=mel_device)
+            tracks = sorted(lib.store.tracks("ok"), key=lambda t: t.path)
+            stored.append(([f.reason for f in report.failed],
+                           [(t.path, t.tags, t.duration_s) for t in tracks],
+                           [lib.store.get_codes(t.id) for t in tracks],
+                           [lib.store.get_sketch(t.id) for t in tracks]))
+    (f0, t0, c0, s0), (f1, t1, c1, s1) = stored
+    assert f0 == f1 and len(f0) == 1 and t0 == t1 and len(t0) == 3
+    for a, b in zip(c0, c1):
+        for name in ("track_code", "segment_codes", "segment_times", "chroma"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for a, b in zip(s0, s1):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_cuda_model_gets_its_mel_in_the_main_process(monkeypatch):
+    """With the model on CUDA the workers run ``decode_wave`` and the mel is made on the model's device."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from musichash.indexer import pipeline
+
+    seen = {}
+
+    def decoded(jobs, workers, decode=None):
+        seen["decode"] = decode
+        return iter(())
+
+    monkeypatch.setattr(pipeline, "_decoded", decoded)
+    monkeypatch.setattr(pipeline, "_plan", lambda store, files: pipeline._Plan())
+    model = SimpleNamespace(device=torch.device("cuda", 0))
+    pipeline.index_paths(None, model, [], workers=0)
+    assert seen["decode"] is pipeline.decode_wave
+    model.device = torch.device("cpu")
+    pipeline.index_paths(None, model, [], workers=0)
+    assert seen["decode"] is pipeline.decode_mel
