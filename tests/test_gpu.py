@@ -100,7 +100,7 @@ def test_a_cuda_model_gets_its_mel_in_the_main_process(monkeypatch):
     seen = {}
 
     def decoded(jobs, workers, decode=None):
-        seen["decode"] = decode
+        seen["decode"], seen["workers"] = decode, workers
         return iter(())
 
     monkeypatch.setattr(pipeline, "_decoded", decoded)
@@ -108,6 +108,10 @@ def test_a_cuda_model_gets_its_mel_in_the_main_process(monkeypatch):
     model = SimpleNamespace(device=torch.device("cuda", 0))
     pipeline.index_paths(None, model, [], workers=0)
     assert seen["decode"] is pipeline.decode_wave
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 16)
+    pipeline.index_paths(None, model, [])
+    assert seen["workers"] == 15  # the CPU's cores all decode for the GPU
+    assert pipeline.default_workers() == 4
     model.device = torch.device("cpu")
     pipeline.index_paths(None, model, [], workers=0)
     assert seen["decode"] is pipeline.decode_mel

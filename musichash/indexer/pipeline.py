@@ -164,6 +164,8 @@ def index_paths(
     if mel_device is None and model.device.type == "cuda":
         mel_device = str(model.device)
     job = decode_mel if mel_device is None else decode_wave
+    if workers is None and model.device.type == "cuda":
+        workers = default_workers(gpu=True)
     for (path, digest, st, header_s, existed), result in zip(plan.compute, _decoded(plan.compute, workers, job)):
         if isinstance(result, str):
             store.put_error(str(path), digest, st.st_size, st.st_mtime, result)
@@ -312,8 +314,11 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # the main process's model gets the cores
 
 
-def default_workers() -> int:
-    """Decoding processes: none on 2 cores or fewer, else one per 4 cores (at most 4).
+def default_workers(gpu: bool = False) -> int:
+    """Decoding processes: none on 2 cores or fewer, else one per 4 cores (at most 4); with the model
+    on a GPU (``gpu``), all cores but one: decoding, resampling and chroma are then the CPU's
+    whole share of the work (on an H200 the model alone ran at 6,780x real time, issue 23; how
+    far the cores' decoding caps indexing there is not yet measured).
 
     Decoding, resampling and the mel took about a sixth of the CPU time the
     float32 VGG backbone did (benchmarks/HISTORY.md), so one worker fed a CPU model
@@ -325,6 +330,8 @@ def default_workers() -> int:
     123-143x without, three alternating rounds of ``bench_index.py``).
     """
     cpus = os.cpu_count() or 1
+    if gpu:
+        return max(1, cpus - 1)
     return 0 if cpus <= 2 else max(1, min(4, cpus // 4))
 
 
