@@ -115,3 +115,32 @@ def test_a_cuda_model_gets_its_mel_in_the_main_process(monkeypatch):
     model.device = torch.device("cpu")
     pipeline.index_paths(None, model, [], workers=0)
     assert seen["decode"] is pipeline.decode_mel
+
+
+def test_library_search_on_the_torch_index_finds_what_faiss_finds(tmp_path, monkeypatch):
+    """``Library`` hands its device to the index, so where torch has the GPU (faked here: torch's
+    search on the CPU) a library is searched by ``torch_knn``, with FAISS's answers."""
+    from synth import write_song
+
+    from musichash.features.audio import load_audio
+    from musichash.library import Clip, Library
+    from musichash.search import faiss_index
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for i in range(4):
+        write_song(music / f"song{i}.wav", seed=i, seconds=12)
+    with Library.open(tmp_path / "lib", write=True, code_model="unittest_crnnh") as lib:
+        lib.index([music], workers=0)
+    clips = [Clip(f"song{i}", load_audio(music / f"song{i}.wav", offset_s=2.0, duration_s=6.0)) for i in range(4)]
+    answers = []
+    for fake_gpu in (False, True):
+        if fake_gpu:
+            monkeypatch.setattr(faiss_index, "index_device", lambda device: ("cuda", "cpu"))
+        with Library.open(tmp_path / "lib") as lib:
+            index = lib.search_index(force=True)
+            assert index.segments.backend == ("torch:cpu" if fake_gpu else "faiss")
+            answers.append([(r.match, [(h.path, h.score, h.offset_s) for h in r.results[:1]])
+                            for r in lib.search(clips, threshold=0.0)])
+    assert answers[0] == answers[1]
+    assert all(hits for _, hits in answers[1]) and answers[1][0][1][0][0].endswith("song0.wav")
