@@ -144,3 +144,35 @@ def test_library_search_on_the_torch_index_finds_what_faiss_finds(tmp_path, monk
                             for r in lib.search(clips, threshold=0.0)])
     assert answers[0] == answers[1]
     assert all(hits for _, hits in answers[1]) and answers[1][0][1][0][0].endswith("song0.wav")
+
+
+def test_files_are_hashed_in_threads_and_an_unreadable_one_is_reported(tmp_path, monkeypatch):
+    """The plan hashes the files to look at concurrently; one that cannot be read costs only itself."""
+    import threading
+
+    import soundfile as sf
+
+    from benchmarks.bench_gpu import synthetic_wave
+    from musichash.indexer import pipeline
+    from musichash.library import Library
+
+    music = tmp_path / "music"
+    music.mkdir()
+    for i in range(4):
+        sf.write(music / f"s{i}.wav", synthetic_wave(4.0, seed=i), 16000)
+    threads, real = set(), pipeline.file_hash
+
+    def hashed(path):
+        threads.add(threading.get_ident())
+        if path.name == "s2.wav":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(pipeline, "file_hash", hashed)
+    monkeypatch.setattr(pipeline, "_hash_threads", lambda: 3)
+    with Library.open(tmp_path / "lib", write=True, code_model="unittest_hash") as lib:
+        report = lib.index([music], workers=0)
+    assert threading.get_ident() not in threads
+    assert [(f.path.split("/")[-1], f.reason) for f in report.failed] == [
+        ("s2.wav", "cannot read it (Permission denied); check its permissions")]
+    assert sorted(p.split("/")[-1] for p in report.added) == ["s0.wav", "s1.wav", "s3.wav"]

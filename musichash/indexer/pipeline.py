@@ -27,7 +27,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -208,10 +208,24 @@ def index_paths(
     )
 
 
+def _hash_threads() -> int:
+    """Threads hashing files (hashlib lets go of the GIL): on 16 cores sha256 alone took 1.3 s of a
+    21 s indexing run before any decoding could start (issue 23)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _hash_or_error(path: Path) -> str | OSError:
+    try:
+        return file_hash(path)
+    except OSError as e:
+        return e
+
+
 def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
     plan = _Plan()
     planned: dict[str, Path] = {}  # hash -> first file with these bytes in this run
     scanned = {str(f) for f in files}
+    to_hash: list[tuple[Path, os.stat_result, Track | None, bool]] = []
     for path in files:
         try:
             st = path.stat()
@@ -229,10 +243,12 @@ def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
             else:
                 plan.unchanged += 1
             continue
-        try:
-            digest = file_hash(path)
-        except OSError as e:
-            plan.failed.append(FailedFile(str(path), f"cannot read it ({e.strerror}); check its permissions"))
+        to_hash.append((path, st, row, damaged))
+    with ThreadPoolExecutor(_hash_threads()) as ex:
+        digests = list(ex.map(_hash_or_error, [t[0] for t in to_hash]))
+    for (path, st, row, damaged), digest in zip(to_hash, digests):
+        if isinstance(digest, OSError):
+            plan.failed.append(FailedFile(str(path), f"cannot read it ({digest.strerror}); check its permissions"))
             continue
         if row is not None and row.status == "ok" and row.content_hash == digest and not damaged:
             store.update_file(row.id, str(path), st.st_size, st.st_mtime)  # touched, same bytes
