@@ -1,5 +1,6 @@
 """Device plumbing that keeps CUDA's answers the CPU's, tested where the CPU can test it."""
 
+import pytest
 import torch
 
 from musichash.models.gpu import exact_float32
@@ -44,15 +45,26 @@ def test_bench_gpu_runs_on_the_cpu(tmp_path, capsys):
 
     from benchmarks import bench_gpu
 
+    import soundfile as sf
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(2):
+        sf.write(audio / f"s{i}.wav", bench_gpu.synthetic_wave(16.0, seed=i), 16000)
     out = tmp_path / "gpu.json"
     assert bench_gpu.main(["--device", "cpu", "--code-model", "unittest_crnnh", "--seconds", "8", "--db", "3000",
-                           "--queries", "40", "--k", "20", "--json", str(out)]) == 0
+                           "--queries", "40", "--k", "20", "--audio", str(audio), "--workers", "0",
+                           "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["device"] == "cpu" and d["peak_gpu_mb"] is None
     assert d["model"]["float32_bits_moved"] == 0.0 and d["model"]["float32_track_code_equal"]
     assert d["model"]["model_float32_x"] > 0 and 0 <= d["model"]["bfloat16_bits_moved"] <= 0.5
     s = d["search"]
     assert (s["backend"], s["torch_backend"], s["exact"], s["torch_exact"]) == ("faiss", "torch:cpu", True, True)
+    i = d["index"]
+    assert i["warm"]["audio_s"] == pytest.approx(32.0, abs=0.1) and i["warm"]["failed"] == 0
+    assert i["decode"]["audio_s"] == pytest.approx(32.0, abs=0.1) and i["decode"]["workers"] == 0
+    assert i["clips"] == 2 and i["top1_same_on_cpu"] == 2
     assert "exact k=20 search of 40 queries among 3,000" in capsys.readouterr().out
 
 
