@@ -188,3 +188,26 @@ def test_files_are_hashed_in_threads_and_an_unreadable_one_is_reported(tmp_path,
     assert [(f.path.split("/")[-1], f.reason) for f in report.failed] == [
         ("s2.wav", "cannot read it (Permission denied); check its permissions")]
     assert sorted(p.split("/")[-1] for p in report.added) == ["s0.wav", "s1.wav", "s3.wav"]
+
+
+def test_gpu_passes_hold_a_whole_track_and_give_the_same_codes():
+    """On CUDA the backbone runs ~9 min of frames a pass; the codes are those of the CPU's passes."""
+    import numpy as np
+
+    from benchmarks.bench_gpu import synthetic_wave
+    from musichash.features.audio import log_mel
+    from musichash.models import gpu
+    from musichash.models.encoder import LIBRARY_HOP, CodeModel
+
+    assert gpu.chunk_windows(torch.device("cpu"), LIBRARY_HOP) is None
+    assert gpu.chunk_windows(torch.device("cuda"), LIBRARY_HOP) == (gpu.GPU_CHUNK_FRAMES - 187) // LIBRARY_HOP + 1
+    model = CodeModel("unittest_crnnh", device="cpu")
+    mel = torch.from_numpy(log_mel(synthetic_wave(80.0)))  # 5000 frames: 3 CPU passes
+    whole = gpu.chunk_windows(torch.device("cuda"), LIBRARY_HOP)
+    with torch.inference_mode():
+        one = [model.segment_head(wb.features) for wb in
+               model.backbone.iter_windows(mel, LIBRARY_HOP, chunk_windows=whole, features=model.features)]
+    enc = model.encode(mel, LIBRARY_HOP)
+    assert len(one) == 1
+    np.testing.assert_array_equal(np.packbits(one[0] > 0, axis=1), enc.codes)
+    np.testing.assert_array_equal(one[0], enc.relaxed)

@@ -31,7 +31,7 @@ from musichash.models import (
     tag_names,
 )
 from musichash.models.binarizer import Binarizer, BinarizerError
-from musichash.models.gpu import exact_float32
+from musichash.models.gpu import chunk_windows, exact_float32
 from musichash.models.registry import missing_weights, weights_file
 
 #: frames between library segments: 1.28 s, a multiple of the VGG's 16-frame stride
@@ -139,7 +139,8 @@ class CodeModel:
         split = track and self.segment_head is not self.head
         starts, probs, seg, trk = [], [], [], []
         with exact_float32(self.device):
-            for wb in self.backbone.iter_windows(counted(mel), hop, features=self.features):
+            chunk = chunk_windows(self.device, hop)
+            for wb in self.backbone.iter_windows(counted(mel), hop, chunk_windows=chunk, features=self.features):
                 starts.append(wb.starts.numpy())
                 probs.append(torch.sigmoid(wb.logits).double().sum(0).cpu().numpy())
                 seg.append(self.segment_head(wb.features))

@@ -30,3 +30,17 @@ def exact_float32(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+#: frames per conv pass on a GPU (~9 min): a whole typical track in one pass. On an H200 a 12 min
+#: encode was launch-bound (GPU busy 27.6 ms of 228 ms, issue 23) in passes of the CPU's
+#: ``backbones.CHUNK_FRAMES`` (2048 frames); maps of 128 VGG channels take ~1.6 GB at this size
+GPU_CHUNK_FRAMES = 32768
+
+
+def chunk_windows(device: torch.device, hop: int, window: int = 187) -> int | None:
+    """Windows per backbone pass: None (the backbone's default, sized for the CPU's caches) off CUDA,
+    as many as ``GPU_CHUNK_FRAMES`` hold on it. Codes do not depend on it (``iter_windows``)."""
+    if torch.device(device).type != "cuda":
+        return None
+    return max(1, (GPU_CHUNK_FRAMES - window) // hop + 1)
