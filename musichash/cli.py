@@ -29,7 +29,7 @@ def device_option(f):
         "--device",
         default="auto",
         show_default=True,
-        help="Where the model runs: auto (CUDA GPU if usable, else CPU), cpu, cuda, cuda:N.",
+        help="Where the model and the search run: auto (CUDA GPU if usable, else CPU), cpu, cuda, cuda:N.",
     )(f)
 
 

@@ -27,7 +27,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -145,8 +145,15 @@ def index_paths(
     prune: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    mel_device: str | None = None,
 ) -> IndexReport:
-    """Add or update the audio files under ``paths``; see the module docstring."""
+    """Add or update the audio files under ``paths``; see the module docstring.
+
+    ``mel_device``: where the log-mel is computed. None: in the decoding workers on their CPU, but
+    on the model's device when that is a GPU (``decode_wave``: the workers hand over 16 kHz audio,
+    the main process makes mel and sketch there; CUDA's mel equals the CPU's in all but ~3e-4 of
+    its values, features/audio.py). A device name: always in the main process, on that device.
+    """
     t0 = time.perf_counter()
     progress = progress or Progress()
     files, failed = scan(paths)
@@ -154,13 +161,21 @@ def index_paths(
     plan.failed[:0] = failed
     progress.start(len(plan.compute), sum(c[3] for c in plan.compute))
     added, updated, audio_s = [], [], 0.0
-    for (path, digest, st, header_s, existed), result in zip(plan.compute, _decoded(plan.compute, workers)):
+    if mel_device is None and model.device.type == "cuda":
+        mel_device = str(model.device)
+    job = decode_mel if mel_device is None else decode_wave
+    if workers is None and model.device.type == "cuda":
+        workers = default_workers(gpu=True)
+    for (path, digest, st, header_s, existed), result in zip(plan.compute, _decoded(plan.compute, workers, job)):
         if isinstance(result, str):
             store.put_error(str(path), digest, st.st_size, st.st_mtime, result)
             plan.failed.append(FailedFile(str(path), result))
             progress.advance(str(path), header_s)
             continue
         mel, fmt, harmony, sketch = result
+        if mel_device is not None:  # ``mel`` is the 16 kHz audio (``decode_wave``)
+            mel = np.concatenate(list(iter_mel_blocks([mel], device=mel_device)))
+            sketch = spectra.sketch(mel)
         enc = model.encode(mel, LIBRARY_HOP)
         record = TrackRecord(
             str(path), digest, st.st_size, st.st_mtime, enc.duration_s, fmt, tuple(float(p) for p in enc.tags)
@@ -193,10 +208,24 @@ def index_paths(
     )
 
 
+def _hash_threads() -> int:
+    """Threads hashing files (hashlib lets go of the GIL): on 16 cores sha256 alone took 1.3 s of a
+    21 s indexing run before any decoding could start (issue 23)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _hash_or_error(path: Path) -> str | OSError:
+    try:
+        return file_hash(path)
+    except OSError as e:
+        return e
+
+
 def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
     plan = _Plan()
     planned: dict[str, Path] = {}  # hash -> first file with these bytes in this run
     scanned = {str(f) for f in files}
+    to_hash: list[tuple[Path, os.stat_result, Track | None, bool]] = []
     for path in files:
         try:
             st = path.stat()
@@ -214,10 +243,12 @@ def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
             else:
                 plan.unchanged += 1
             continue
-        try:
-            digest = file_hash(path)
-        except OSError as e:
-            plan.failed.append(FailedFile(str(path), f"cannot read it ({e.strerror}); check its permissions"))
+        to_hash.append((path, st, row, damaged))
+    with ThreadPoolExecutor(_hash_threads()) as ex:
+        digests = list(ex.map(_hash_or_error, [t[0] for t in to_hash]))
+    for (path, st, row, damaged), digest in zip(to_hash, digests):
+        if isinstance(digest, OSError):
+            plan.failed.append(FailedFile(str(path), f"cannot read it ({digest.strerror}); check its permissions"))
             continue
         if row is not None and row.status == "ok" and row.content_hash == digest and not damaged:
             store.update_file(row.id, str(path), st.st_size, st.st_mtime)  # touched, same bytes
@@ -279,14 +310,31 @@ def decode_mel(path: str | os.PathLike) -> Decoded | str:
         return f"cannot decode it ({type(e).__name__}: {e}); convert it to flac or wav"
 
 
+def decode_wave(path: str | os.PathLike) -> Decoded | str:
+    """Worker job when the mel is made elsewhere (on a GPU): as ``decode_mel``, but the 16 kHz audio
+    float32 [n] in place of the mel, and no sketch (it is the mel's)."""
+    try:
+        fmt = audio_info(path).format
+        harmony = chroma.TrackChroma()
+        wave = np.concatenate([np.zeros(0, np.float32), *harmony.tap(iter_audio_blocks(path))])
+        return wave, fmt, chroma.pack(harmony.bits()), None
+    except AudioError as e:
+        return e.reason
+    except Exception as e:  # a decoder crash must cost one file, not the run
+        return f"cannot decode it ({type(e).__name__}: {e}); convert it to flac or wav"
+
+
 def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)  # the main process's model gets the cores
 
 
-def default_workers() -> int:
-    """Decoding processes: none on 2 cores or fewer, else one per 4 cores (at most 4).
+def default_workers(gpu: bool = False) -> int:
+    """Decoding processes: none on 2 cores or fewer, else one per 4 cores (at most 4); with the model
+    on a GPU (``gpu``), all cores but one: decoding, resampling and chroma are then the CPU's
+    whole share of the work (on an H200 the model alone ran at 6,780x real time, issue 23; how
+    far the cores' decoding caps indexing there is not yet measured).
 
     Decoding, resampling and the mel took about a sixth of the CPU time the
     float32 VGG backbone did (benchmarks/HISTORY.md), so one worker fed a CPU model
@@ -298,15 +346,19 @@ def default_workers() -> int:
     123-143x without, three alternating rounds of ``bench_index.py``).
     """
     cpus = os.cpu_count() or 1
+    if gpu:
+        return max(1, cpus - 1)
     return 0 if cpus <= 2 else max(1, min(4, cpus // 4))
 
 
-def _decoded(jobs: list, workers: int | None) -> Iterable[Decoded | str]:
-    """Decode jobs in order, at most ``workers + 1`` ahead of the consumer (bounded memory)."""
+def _decoded(jobs: list, workers: int | None, decode=None) -> Iterable[Decoded | str]:
+    """Decode jobs in order (``decode``: ``decode_mel`` or ``decode_wave``), at most ``workers + 1``
+    ahead of the consumer (bounded memory)."""
+    decode = decode_mel if decode is None else decode
     workers = default_workers() if workers is None else workers
     if workers <= 0 or len(jobs) <= 1:
         for job in jobs:
-            yield decode_mel(job[0])
+            yield decode(job[0])
         return
     pending: collections.deque[Future] = collections.deque()
     import torch
@@ -319,7 +371,7 @@ def _decoded(jobs: list, workers: int | None) -> Iterable[Decoded | str]:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as ex:
             try:
                 for job in jobs:
-                    pending.append(ex.submit(decode_mel, str(job[0])))
+                    pending.append(ex.submit(decode, str(job[0])))
                     if len(pending) > workers:
                         yield pending.popleft().result()
                 while pending:
