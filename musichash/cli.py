@@ -763,7 +763,7 @@ def _duration(seconds: float) -> str:
               help="A server-side folder POST /index may read (repeatable).")
 @click.option("--max-upload-mb", type=click.FloatRange(0.01), default=20.0, show_default=True, help="Largest request body.")
 @click.option("--max-clip-s", type=click.FloatRange(1), default=60.0, show_default=True, help="Longest clip, in seconds of audio.")
-@click.option("--queue", type=click.IntRange(0), default=8, show_default=True,
+@click.option("--queue", type=click.IntRange(0), default=32, show_default=True,
               help="Model requests that may wait behind the running one; more are answered 503 with Retry-After.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.1), default=30.0, show_default=True,
               help="Seconds after which a model request is answered 504.")

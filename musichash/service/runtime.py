@@ -54,7 +54,7 @@ class ServeConfig:
     max_upload_mb: float = 20.0  # request body, all clips together
     max_clip_s: float = 60.0  # decoded audio per clip
     max_clips: int = 16  # clips per POST /search
-    queue: int = 8  # model requests waiting beyond the one running; more get 503
+    queue: int = 32  # model requests waiting beyond the one running; more get 503
     timeout_s: float = 30.0  # a model request that takes longer is answered 504
     admin_token: str | None = None  # writes (POST /index, DELETE /tracks/{id}) are off without one
     allow_roots: tuple[Path, ...] = ()  # folders POST /index may read
