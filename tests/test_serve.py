@@ -243,7 +243,9 @@ def test_full_queue_is_503_with_retry_after_and_slow_is_504(built, tmp_path):
         r = c.post("/search", files=upload(clip))
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         assert r.json()["error"].startswith("the server is busy")
-        assert "musichash_queue_rejected_total 1" in c.get("/metrics").text
+        text = c.get("/metrics").text
+        assert "musichash_queue_rejected_total 1" in text
+        assert 'musichash_requests_total{method="POST",route="/search",status="503"} 1' in text
         gate.set()
         time.sleep(0.1)
         c.app.state.queue.submit(lambda: time.sleep(1.0))

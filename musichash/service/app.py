@@ -190,7 +190,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     async def model(fn: Callable[[Library], T]) -> T:
         """``fn`` on the library in the model's queue: 503 when it is full, 504 past the timeout."""
-        future = queue.submit(lambda: reader.call(fn))
+        future = queue.run(lambda: reader.call(fn))
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), config.timeout_s)
         except asyncio.TimeoutError:
@@ -233,17 +233,36 @@ def create_app(config: ServeConfig) -> FastAPI:
         traceback.print_exc()  # the trace goes to the server's log, never to the client
         return JSONResponse({"error": f"internal error ({type(e).__name__}); see the server's log"}, status_code=500)
 
+    def uses_model(request: Request) -> bool:
+        path = request.url.path
+        return (request.method == "POST" and path in ("/search", "/recommend")) or (
+            request.method == "GET" and (path == "/dedup" or (path.startswith("/tracks/") and path.endswith("/similar"))))
+
     @app.middleware("http")
     async def _observe(request: Request, call_next):
         t0 = time.perf_counter()
         status = 500
+        admitted = False
         try:
+            if uses_model(request):
+                try:
+                    queue.admit()
+                except BusyError as e:
+                    status = 503
+                    return JSONResponse({"error": str(e)}, status_code=503, headers={"Retry-After": str(e.retry_after)})
+                admitted = True
             response = await call_next(request)
             status = response.status_code
             return response
         finally:
+            if admitted:
+                queue.leave()
             route = request.scope.get("route")
-            metrics.observe(request.method, getattr(route, "path", "other"), status, time.perf_counter() - t0)
+            label = getattr(route, "path", None)
+            if label is None:  # refused before routing: the route by its shape, never the raw path
+                label = "/tracks/{track_id}/similar" if request.url.path.endswith("/similar") and uses_model(request) \
+                    else request.url.path if uses_model(request) else "other"
+            metrics.observe(request.method, label, status, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ pages
 

@@ -54,7 +54,7 @@ class ServeConfig:
     max_upload_mb: float = 20.0  # request body, all clips together
     max_clip_s: float = 60.0  # decoded audio per clip
     max_clips: int = 16  # clips per POST /search
-    queue: int = 32  # model requests waiting beyond the one running; more get 503
+    queue: int = 32  # model requests in progress (upload, decoding, waiting) beyond the one running; more get 503
     timeout_s: float = 30.0  # a model request that takes longer is answered 504
     admin_token: str | None = None  # writes (POST /index, DELETE /tracks/{id}) are off without one
     allow_roots: tuple[Path, ...] = ()  # folders POST /index may read
@@ -82,7 +82,9 @@ class ModelQueue:
         self.rejected = 0
         self.mean_s = 0.5  # running mean of a request's time, for Retry-After
 
-    def submit(self, fn: Callable[[], T]) -> Future:
+    def admit(self) -> None:
+        """Count a request in, from before its upload is read: one over the bound is refused before it
+        costs anything (parsing and decoding 64 uploads at once would starve the model)."""
         with self._lock:
             if self.depth > self.bound:
                 self.rejected += 1
@@ -90,16 +92,29 @@ class ModelQueue:
                 raise BusyError(f"the server is busy ({self.depth} requests queued); retry in {wait} s", wait)
             self.depth += 1
 
-        def run() -> T:
+    def leave(self) -> None:
+        with self._lock:
+            self.depth -= 1
+
+    def run(self, fn: Callable[[], T]) -> Future:
+        """``fn`` on the model's thread, for a request already admitted."""
+
+        def timed() -> T:
             t0 = time.perf_counter()
             try:
                 return fn()
             finally:
                 with self._lock:
-                    self.depth -= 1
                     self.mean_s = 0.9 * self.mean_s + 0.1 * (time.perf_counter() - t0)
 
-        return self._pool.submit(run)
+        return self._pool.submit(timed)
+
+    def submit(self, fn: Callable[[], T]) -> Future:
+        """``admit``, ``run`` and ``leave`` when done."""
+        self.admit()
+        future = self.run(fn)
+        future.add_done_callback(lambda _: self.leave())
+        return future
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
