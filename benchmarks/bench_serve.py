@@ -31,10 +31,10 @@ import threading
 import time
 from pathlib import Path
 
-import musichash  # noqa: F401, I001  (before faiss and torch: it sets GOMP_SPINCOUNT)
 import numpy as np
 import soundfile as sf
 
+import musichash  # noqa: F401  (before faiss and torch: it sets GOMP_SPINCOUNT)
 from benchmarks.bench_library_scale import synthetic_tracks
 from benchmarks.common import machine
 from musichash.features.audio import SAMPLE_RATE, load_audio
@@ -150,7 +150,7 @@ def load(port: int, bodies, paths, clients: int, seconds: float, timeout: float)
     wall = time.perf_counter() - t0
     ok = np.array([r[0] for r in records if r[1] == 200])
     n = len(records)
-    count = lambda f: sum(1 for r in records if f(r[1]))  # noqa: E731
+    count = lambda f: sum(1 for r in records if f(r[1]))
     return {"clients": clients, "seconds": round(wall, 1), "requests": n, "ok": len(ok),
             "throughput": len(ok) / wall, "p50_ms": 1000 * float(np.median(ok)) if len(ok) else None,
             "p95_ms": 1000 * float(np.quantile(ok, 0.95)) if len(ok) else None,
@@ -212,13 +212,16 @@ def run(a: argparse.Namespace) -> dict:
 
 def render(d: dict) -> str:
     m, b = d["meta"], d["baseline"]
-    lines = [
+    intro = (
         f"`musichash serve` over a {d['tracks']:,}-track library ({d['real_tracks']} real, the rest synthetic), "
         f"closed-loop clients POSTing {d['clip_s']:g} s WAV clips for {d['duration_s']:g} s per run, server "
         f"`--queue {d['queue']} --timeout {d['timeout_s']:g}`; clients and server on the same machine. "
         f"Baseline: `Library.search` alone, one clip at a time in one process: {b['rate']:.1f} clips/s "
         f"(p50 {b['p50_ms']:.0f} ms, p99 {b['p99_ms']:.0f} ms, top-1 {100 * b['top1']:.0f} %). "
-        f"{m['date']}, commit {m['commit']}, {m['cpu']} ({m['cores']} cores), no GPU; load before: {m['load']}.",
+        f"{m['date']}, commit {m['commit']}, {m['cpu']} ({m['cores']} cores), no GPU; load before: {m['load']}."
+    )
+    lines = [
+        intro,
         "",
         "| clients | answered/s | of Library.search's rate | p50 ms | p95 ms | p99 ms | 503 % | other 5xx % | timeouts % | 4xx % | top-1 % | server RSS start → end MB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",

@@ -15,11 +15,11 @@ from serve_fixture import MODEL, SONG_S, build_library, excerpt
 from synth import SR, make_song, write_song
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install 'musichash[serve]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from musichash.cli import cli  # noqa: E402
-from musichash.library import Library  # noqa: E402
-from musichash.service import ServeConfig, create_app  # noqa: E402
+from musichash.cli import cli
+from musichash.library import Library
+from musichash.service import ServeConfig, create_app
 
 TOKEN = "s3cret-token"
 

@@ -25,12 +25,12 @@ if not (CHROMIUM and DRIVER):
     pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
 
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
 
-from musichash.library import Library  # noqa: E402
-from musichash.service import ServeConfig, create_app  # noqa: E402
+from musichash.library import Library
+from musichash.service import ServeConfig, create_app
 
 
 @pytest.fixture(scope="module")

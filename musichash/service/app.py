@@ -19,13 +19,13 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -34,11 +34,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from musichash import __version__
 from musichash.errors import MusichashError
 from musichash.features.audio import SAMPLE_RATE, AudioError, load_audio
-from musichash.indexer.store import EmptyLibraryError, LibraryError
+from musichash.indexer.store import EmptyLibraryError
 from musichash.library import Clip, Library, QueryError
 from musichash.search.results import dedup_json, search_json, similar_json
+from musichash.service.runtime import (
+    BusyError,
+    Jobs,
+    Metrics,
+    ModelQueue,
+    ServeConfig,
+    ServiceError,
+    under_roots,
+)
 from musichash.service.writer import run_write
-from musichash.service.runtime import BusyError, Jobs, Metrics, ModelQueue, ServeConfig, ServiceError, under_roots
 
 T = TypeVar("T")
 STATIC = Path(__file__).parent / "static"
@@ -164,8 +172,6 @@ class _BodyLimit:
         await self.app(scope, counted, sending)
 
 
-
-
 def create_app(config: ServeConfig) -> FastAPI:
     """The service over the library in ``config.library`` (opened now: a bad folder fails here, not per request)."""
     reader = Reader(config)
@@ -189,7 +195,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.add_middleware(_BodyLimit, limit=config.max_upload_bytes, mb=config.max_upload_mb)
 
     async def model(fn: Callable[[Library], T]) -> T:
-        """``fn`` on the library in the model's queue: 503 when it is full, 504 past the timeout."""
+        """``fn`` on the library, on the model's thread (the request was admitted by ``_observe``); 504 past the timeout."""
         future = queue.run(lambda: reader.call(fn))
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), config.timeout_s)
@@ -293,8 +299,8 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.post("/search")
     async def search(
-        files: list[UploadFile] = File(..., description="One clip or several: any format the CLI decodes, or raw "
-                                                          "float32 little-endian mono PCM with pcm_rate."),
+        files: Annotated[list[UploadFile], File(description="One clip or several: any format the CLI decodes, or raw "
+                                                             "float32 little-endian mono PCM with pcm_rate.")],
         top_k: int = Form(5, ge=1, le=100),
         pcm_rate: int | None = Form(None, ge=8000, le=192000, description="The uploads are raw float32 PCM at this rate."),
     ):
@@ -348,13 +354,16 @@ def create_app(config: ServeConfig) -> FastAPI:
         return await read(lambda lib: _track_json(lib, _get(lib, track_id)))
 
     @app.get("/tracks/{track_id}/similar")
-    async def similar(track_id: int, top_k: int = Query(10, ge=1, le=1000), tag: list[str] = Query([]),
-                      exclude_tag: list[str] = Query([]), min_p: float = Query(0.2, ge=0, le=1)):
+    async def similar(track_id: int, top_k: Annotated[int, Query(ge=1, le=1000)] = 10,
+                      tag: Annotated[list[str] | None, Query()] = None,
+                      exclude_tag: Annotated[list[str] | None, Query()] = None,
+                      min_p: Annotated[float, Query(ge=0, le=1)] = 0.2):
         """Tracks that sound like this one, minus its duplicates (``musichash similar --json``)."""
 
         def run(lib: Library):
             _seed(lib, track_id)
-            return similar_json(lib.similar(track_id, top_k=top_k, tags=tag, exclude_tags=exclude_tag, min_p=min_p))
+            return similar_json(lib.similar(track_id, top_k=top_k, tags=tag or (), exclude_tags=exclude_tag or (),
+                                            min_p=min_p))
 
         return await model(run)
 
