@@ -100,7 +100,7 @@ def baseline(folder: Path, clips, seconds: float) -> dict:
             lat.append(time.perf_counter() - t)
             top1 += bool(r.results) and r.results[0].path == path
         total = time.perf_counter() - t0
-    return {"n": len(lat), "rate": len(lat) / total, "p50_ms": 1000 * float(np.median(lat)),
+    return {"n": len(lat), "seconds": seconds, "rate": len(lat) / total, "p50_ms": 1000 * float(np.median(lat)),
             "p99_ms": 1000 * float(np.quantile(lat, 0.99)), "top1": top1 / len(lat)}
 
 
@@ -185,12 +185,13 @@ def run(a: argparse.Namespace) -> dict:
     clips = make_clips(files, a.clips, a.seed)
     out = {"meta": machine(), "tracks": a.tracks, "real_tracks": len(files), "clip_s": CLIP_S, "queue": a.queue,
            "timeout_s": a.timeout, "duration_s": a.duration}
-    out["baseline"] = baseline(folder, clips, a.baseline_s)
-    print(f"Library.search alone: {out['baseline']['rate']:.1f} clips/s, p50 {out['baseline']['p50_ms']:.0f} ms",
-          file=sys.stderr)
     bodies, paths = [multipart(n, w) for n, w, _ in clips], [p for _, _, p in clips]
     out["runs"] = []
     for clients in a.clients:
+        # measured just before each run: on a shared machine the load moves within minutes
+        base = baseline(folder, clips, a.baseline_s)
+        out.setdefault("baseline", base)
+        print(f"Library.search alone: {base['rate']:.1f} clips/s, p50 {base['p50_ms']:.0f} ms", file=sys.stderr)
         proc, port = serve(folder, a.queue, a.timeout)
         try:
             load(port, bodies, paths, 2, 10, a.timeout + 10)  # warm-up: index loaded, model and caches warm
@@ -201,7 +202,8 @@ def run(a: argparse.Namespace) -> dict:
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(30)
-        r["share_of_library_rate"] = r["throughput"] / out["baseline"]["rate"]
+        r["baseline"] = base
+        r["share_of_library_rate"] = r["throughput"] / base["rate"]
         print(f"{clients} clients: {r['throughput']:.1f}/s, p50 {r['p50_ms']:.0f} p95 {r['p95_ms']:.0f} "
               f"p99 {r['p99_ms']:.0f} ms, 503 {100 * r['rate_503']:.1f} %, other 5xx {100 * r['rate_5xx_other']:.1f} %, "
               f"timeouts {100 * r['rate_timeout']:.1f} %, RSS {r['rss_start_mb']:.0f} -> {r['rss_end_mb']:.0f} MB",
@@ -210,27 +212,38 @@ def run(a: argparse.Namespace) -> dict:
     return out
 
 
+def _settled(r: dict) -> str:
+    """RSS from the third 10 s sample (the run's concurrency reached) to the end."""
+    s = r.get("rss_samples_mb") or []
+    if len(s) < 3:
+        return "–"
+    return f"{s[2]:.0f} → {r['rss_end_mb']:.0f} ({100 * (r['rss_end_mb'] / s[2] - 1):+.1f} %)"
+
+
 def render(d: dict) -> str:
     m, b = d["meta"], d["baseline"]
     intro = (
         f"`musichash serve` over a {d['tracks']:,}-track library ({d['real_tracks']} real, the rest synthetic), "
         f"closed-loop clients POSTing {d['clip_s']:g} s WAV clips for {d['duration_s']:g} s per run, server "
         f"`--queue {d['queue']} --timeout {d['timeout_s']:g}`; clients and server on the same machine. "
-        f"Baseline: `Library.search` alone, one clip at a time in one process: {b['rate']:.1f} clips/s "
-        f"(p50 {b['p50_ms']:.0f} ms, p99 {b['p99_ms']:.0f} ms, top-1 {100 * b['top1']:.0f} %). "
+        f"Baseline: `Library.search` alone, one clip at a time in one process, for {b['seconds']:g} s just before "
+        f"each run (the first: {b['rate']:.1f} clips/s, p50 {b['p50_ms']:.0f} ms, p99 {b['p99_ms']:.0f} ms, "
+        f"top-1 {100 * b['top1']:.0f} %). "
         f"{m['date']}, commit {m['commit']}, {m['cpu']} ({m['cores']} cores), no GPU; load before: {m['load']}."
     )
     lines = [
         intro,
         "",
-        "| clients | answered/s | of Library.search's rate | p50 ms | p95 ms | p99 ms | 503 % | other 5xx % | timeouts % | 4xx % | top-1 % | server RSS start → end MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| clients | answered/s | Library.search alone /s | server's share | p50 ms | p95 ms | p99 ms | 503 % | other 5xx % | timeouts % | 4xx % | top-1 % | server RSS start → end MB | RSS 30 s in → end |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in d["runs"]:
-        lines.append(f"| {r['clients']} | {r['throughput']:.1f} | {100 * r['share_of_library_rate']:.0f} % | {r['p50_ms']:.0f} | "
+        alone = r.get("baseline", b)["rate"]
+        lines.append(f"| {r['clients']} | {r['throughput']:.1f} | {alone:.1f} | {100 * r['share_of_library_rate']:.0f} % | {r['p50_ms']:.0f} | "
                      f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {100 * r['rate_503']:.1f} | {100 * r['rate_5xx_other']:.1f} | "
                      f"{100 * r['rate_timeout']:.1f} | {100 * r['rate_4xx']:.1f} | {100 * r['top1']:.0f} | "
-                     f"{r['rss_start_mb']:.0f} → {r['rss_end_mb']:.0f} ({100 * (r['rss_end_mb'] / r['rss_start_mb'] - 1):+.1f} %) |")
+                     f"{r['rss_start_mb']:.0f} → {r['rss_end_mb']:.0f} ({100 * (r['rss_end_mb'] / r['rss_start_mb'] - 1):+.1f} %) | "
+                     f"{_settled(r)} |")
     return "\n".join(lines)
 
 
