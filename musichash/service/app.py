@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -179,6 +180,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     metrics = Metrics()
     jobs = Jobs()
     dedup_cache: dict[str, Any] = {}
+    # uploads decoded at once: more only share the cores the model needs, and hold more audio in memory
+    decoders = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -308,7 +311,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         clip, a list for several."""
         if len(files) > config.max_clips:
             raise ServiceError(f"{len(files)} clips in one request; send at most {config.max_clips}", 413)
-        clips = [await run_in_threadpool(_decode, f, pcm_rate, config) for f in files]
+        clips = [await anyio.to_thread.run_sync(_decode, f, pcm_rate, config, limiter=decoders) for f in files]
         results = await model(lambda lib: list(lib.search(clips, top_k=top_k)))
         out = [search_json(replace(r, query=c.name)) | {"duration_s": round(r.duration_s, 2)} for r, c in zip(results, clips)]
         return out[0] if len(out) == 1 else out
