@@ -112,6 +112,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def sample_rss(pid: int, samples: list[float], done: threading.Event) -> None:
+    while not done.wait(10):
+        samples.append(round(rss_mb(pid), 1))
+
+
 def load(port: int, bodies, paths, clients: int, seconds: float, timeout: float) -> dict:
     """``clients`` threads, each sending clips back to back for ``seconds``."""
     records: list[tuple[float, int, bool]] = []  # (latency s, status; 0: timeout or connection error, right track)
@@ -199,12 +204,7 @@ def run(a: argparse.Namespace) -> dict:
             rss0 = rss_mb(proc.pid)
             samples: list[float] = []  # every 10 s: a leak climbs to the end, a warm-up levels off
             done = threading.Event()
-
-            def sample() -> None:
-                while not done.wait(10):
-                    samples.append(round(rss_mb(proc.pid), 1))
-
-            sampler = threading.Thread(target=sample)
+            sampler = threading.Thread(target=sample_rss, args=(proc.pid, samples, done))
             sampler.start()
             try:
                 # the clients wait longer than the server's own timeout, so that its 504 is seen as one
