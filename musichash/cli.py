@@ -748,3 +748,48 @@ def _need_train_extra() -> None:
 def _duration(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+# ------------------------------------------------------------------ serve
+
+
+@cli.command()
+@library_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--admin-token", envvar="MUSICHASH_ADMIN_TOKEN", default=None,
+              help="Allow writes (POST /index, DELETE /tracks/ID) to requests with Authorization: Bearer TOKEN.")
+@click.option("--allow-root", "allow_roots", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A server-side folder POST /index may read (repeatable).")
+@click.option("--max-upload-mb", type=click.FloatRange(0.01), default=20.0, show_default=True, help="Largest request body.")
+@click.option("--max-clip-s", type=click.FloatRange(1), default=60.0, show_default=True, help="Longest clip, in seconds of audio.")
+@click.option("--queue", type=click.IntRange(0), default=32, show_default=True,
+              help="Model requests that may wait behind the running one; more are answered 503 with Retry-After.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              help="Seconds after which a model request is answered 504.")
+@click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable; default: none).")
+@device_option
+@quiet_option
+@reports_errors
+def serve(library, db_url, host, port, admin_token, allow_roots, max_upload_mb, max_clip_s, queue, timeout_s,
+          cors_origins, device, quiet):
+    """HTTP API and web page over the library (API docs at /docs); needs the serve extra."""
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MusichashError(f"musichash serve needs {', '.join(missing)}: pip install 'musichash[serve]'")
+    import uvicorn
+
+    from musichash.library import default_folder
+    from musichash.service import ServeConfig, create_app
+
+    folder = library if library is not None else default_folder()
+    if db_url is None and not (folder / "library.db").exists():
+        raise MusichashError(f"{folder}: no library here; index some music first: musichash index PATH... --library {folder}")
+    config = ServeConfig(folder, db_url, device, max_upload_mb, max_clip_s, queue=queue, timeout_s=timeout_s,
+                         admin_token=admin_token, allow_roots=tuple(allow_roots), cors_origins=tuple(cors_origins))
+    app = create_app(config)
+    if not quiet:
+        click.echo(f"serving {folder} on http://{host}:{port}/ (API docs at /docs; Ctrl-C stops)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
