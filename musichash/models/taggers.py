@@ -24,10 +24,14 @@ output ``[B, C, T', F']`` Grad-CAM reads (``models.explain``).
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from musichash.errors import MusichashError
@@ -63,6 +67,8 @@ class _Conv2dStack(nn.Module):
         super().__init__()
         if len(channels) != len(pools):
             raise ArchError(f"{len(channels)} channel counts for {len(pools)} pooling sizes")
+        # batch norm of the input first, as Choi et al.'s FCNs: the log-mel's level varies with the recording
+        self.norm = nn.BatchNorm2d(c_in)
         self.blocks = nn.ModuleList(_block(a, b) for a, b in zip([c_in, *channels[:-1]], channels))
         self.pools = [tuple(p) for p in pools]
 
@@ -71,6 +77,7 @@ class _Conv2dStack(nn.Module):
         return self.blocks[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
         for block, k in zip(self.blocks, self.pools):
             x = block(x)
             x = nn.functional.max_pool2d(x, _pool(k, x.shape[-2:]))
@@ -294,3 +301,53 @@ def build_tagger(arch: str, config: dict[str, Any], n_out: int, seed: int = 0) -
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class TaggerCheckpoint:
+    """A trained tagger: ``model`` in eval mode, its output ``names``, and the JSON sidecar ``meta``
+    (``arch_name``, ``arch``, ``config``, ``multilabel``, ``epoch``, ``history``, ``provenance``)."""
+
+    model: nn.Module
+    names: tuple[str, ...]
+    multilabel: bool
+    meta: dict[str, Any]
+
+
+def sidecar(path: str | Path) -> Path:
+    """The JSON next to a checkpoint's ``.safetensors``."""
+    return Path(path).with_suffix(".json")
+
+
+def save_tagger(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Weights as safetensors and ``meta`` as JSON beside them, each written whole then renamed,
+    so an interrupted save leaves the previous checkpoint readable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(state, str(tmp))
+    meta_tmp = path.with_suffix(".json.tmp")
+    meta_tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path)
+    os.replace(meta_tmp, sidecar(path))
+
+
+def load_tagger(path: str | Path, device: str | torch.device = "cpu") -> TaggerCheckpoint:
+    """A checkpoint written by ``save_tagger`` (``musichash train-tagger``)."""
+    path = Path(path).expanduser()
+    meta_path = sidecar(path)
+    if not path.is_file() or not meta_path.is_file():
+        raise ArchError(f"{path}: no tagger checkpoint here (needs the .safetensors and its .json); "
+                        "train one with `musichash train-tagger`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        names, arch, config = tuple(meta["names"]), meta["arch"], meta["config"]
+    except (ValueError, KeyError) as e:
+        raise ArchError(f"{meta_path}: not a tagger checkpoint's config ({e}); was it written by `musichash train-tagger`?") from None
+    model = build_tagger(arch, config, len(names))
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except (RuntimeError, OSError) as e:
+        raise ArchError(f"{path}: weights do not fit {meta.get('arch_name', arch)}: {str(e).splitlines()[0]}") from None
+    return TaggerCheckpoint(model.eval().to(device), names, bool(meta.get("multilabel", True)), meta)
