@@ -153,7 +153,7 @@ def _fma(root: Path) -> LabelledSet:
         tid = f"{int(r[0]):06d}"
         files.append(folder / tid[:3] / f"{tid}.mp3")
         genres.append(genre)
-        split.append("valid" if sp == "validation" else sp)
+        split.append({"training": "train", "validation": "valid"}.get(sp, sp))
     if not files:
         raise DatasetError(f"{meta}: no tracks of the {subset} subset with a genre_top")
     _check_exist(files, meta, f"the audio of the {subset} subset must be in {folder}")
