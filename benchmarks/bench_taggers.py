@@ -49,6 +49,21 @@ def labelled_manifest(manifest: Path, out: Path) -> Path:
     return path
 
 
+def _windows(labels: Path, args) -> tuple:
+    """The labelled set and its mel windows; the windows are kept in ``--out`` and reused by a run on the same
+    labels, seed and window count (another set of architectures)."""
+    from musichash.train.tagger_data import Windows, load_labelled
+
+    key = hashlib.sha256(labels.read_bytes() + f"{args.seed} {args.windows}".encode()).hexdigest()[:16]
+    cache = args.out / f"windows-{key}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        return load_labelled(labels, "manifest", None, args.seed), Windows(z["mels"], z["file"], ())
+    data, windows = prepare(labels, "manifest", None, args.seed, args.windows)
+    np.savez(cache, mels=windows.mels, file=windows.file)
+    return data, windows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, required=True)
@@ -64,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     labels = labelled_manifest(args.manifest, args.out)
-    data, windows = prepare(labels, "manifest", None, args.seed, args.windows)
+    data, windows = _windows(labels, args)
     feature_s = time.perf_counter() - t0
     test = np.flatnonzero(np.asarray(data.split) == "test")
     in_test = np.isin(windows.file, test)

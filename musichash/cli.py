@@ -875,8 +875,8 @@ def evaluate_tagger_cmd(checkpoint, data, against, layout, split_file, max_windo
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--tag", required=True, help="The tag or class whose evidence is shown.")
-@click.option("--model", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A checkpoint of `musichash train-tagger`.")
+@click.option("--model", "checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A checkpoint of `musichash train-tagger`, or a shipped one: fcn4_rendered, crnn_parallel_rendered, ...")
 @click.option("--method", type=click.Choice(["gradcam", "occlusion", "both"]), default="both", show_default=True)
 @click.option("--seconds", type=click.FloatRange(1), default=30.0, show_default=True, help="Seconds of FILE explained, from --start.")
 @click.option("--start", type=click.FloatRange(0), default=0.0, show_default=True)

@@ -333,13 +333,27 @@ def save_tagger(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Non
     os.replace(meta_tmp, sidecar(path))
 
 
+def shipped_taggers() -> tuple[str, ...]:
+    """Names of the trained taggers that ship in ``models/weights/`` as ``tagger_NAME.safetensors``."""
+    from musichash.models.registry import weights_file
+
+    folder = weights_file("tags.json").parent
+    return tuple(sorted(p.name[len("tagger_"):-len(".safetensors")] for p in folder.glob("tagger_*.safetensors")))
+
+
 def load_tagger(path: str | Path, device: str | torch.device = "cpu") -> TaggerCheckpoint:
-    """A checkpoint written by ``save_tagger`` (``musichash train-tagger``)."""
+    """A checkpoint written by ``save_tagger`` (``musichash train-tagger``), or the name of a shipped one
+    (``shipped_taggers``)."""
+    if str(path) in shipped_taggers() and not Path(path).exists():
+        from musichash.models.registry import weights_file
+
+        path = weights_file(f"tagger_{path}.safetensors")
     path = Path(path).expanduser()
     meta_path = sidecar(path)
     if not path.is_file() or not meta_path.is_file():
+        shipped = ", ".join(shipped_taggers()) or "none"
         raise ArchError(f"{path}: no tagger checkpoint here (needs the .safetensors and its .json); "
-                        "train one with `musichash train-tagger`")
+                        f"train one with `musichash train-tagger`, or name a shipped one ({shipped})")
     try:
         meta = json.loads(meta_path.read_text())
         names, arch, config = tuple(meta["names"]), meta["arch"], meta["config"]
