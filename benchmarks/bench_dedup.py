@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from benchmarks.bench_chromaprint import families_of
 from benchmarks.common import machine, peak_rss_mb
 from benchmarks.eval_engine import _write, dedup_set
 from benchmarks.queries import cut_corpus, pair_scores, pairs_of
@@ -40,6 +41,8 @@ from musichash.features.audio import SAMPLE_RATE, load_audio
 from musichash.library import Library
 from musichash.models.registry import DEFAULT_CODE_MODEL
 
+#: the name parts of hard negatives (``hard_negatives``), each its own recording
+HARD = (".jingle.", ".intro-of.", ".short.")
 JINGLE_S = 5.0
 INTRO_S = 20.0
 SHORT_S = 30.0
@@ -83,11 +86,18 @@ def run(a: argparse.Namespace) -> dict:
 
 
 def dedup_set_run(a: argparse.Namespace) -> dict:
-    lib_files, _ = cut_corpus(a.manifest, a.work / "audio", 10.0, 0, a.seed)
-    long_enough = [f for f in lib_files if sf.info(str(f)).duration >= 60]
-    files, families = dedup_set(long_enough, a.manifest, a.work / "set", a.originals, a.seed)
-    originals = [f for f in files if f.name.count(".") == 1]
-    extra = hard_negatives(originals, lib_files, a.work / "set", a.seed)
+    if a.reuse:  # the set and library a previous run left in --work: dedup again with this code
+        names = sorted(p.name for p in (a.work / "set").iterdir())
+        extra = [a.work / "set" / n for n in names if any(t in n for t in HARD)]
+        files = [a.work / "set" / n for n in names if a.work / "set" / n not in extra]
+        families = families_of([f.name for f in files])
+        originals = [f for f in files if f.name.count(".") == 1]
+    else:
+        lib_files, _ = cut_corpus(a.manifest, a.work / "audio", 10.0, 0, a.seed)
+        long_enough = [f for f in lib_files if sf.info(str(f)).duration >= 60]
+        files, families = dedup_set(long_enough, a.manifest, a.work / "set", a.originals, a.seed)
+        originals = [f for f in files if f.name.count(".") == 1]
+        extra = hard_negatives(originals, lib_files, a.work / "set", a.seed)
     families += [{f.name} for f in extra]
     hours = sum(sf.info(str(f)).duration for f in [*files, *extra]) / 3600
     out = {"files": len(files) + len(extra), "hours": hours, "originals": len(originals),
@@ -173,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--code-model", default=DEFAULT_CODE_MODEL)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-verify", action="store_true", help="also time dedup on the codes alone")
+    ap.add_argument("--reuse", action="store_true",
+                    help="dedup the set and library already in --work again (no rebuilding, no indexing)")
     ap.add_argument("--growth", type=int, nargs="*", default=[], help="synthetic library sizes to time dedup on")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)

@@ -57,8 +57,10 @@ def test_joint_fit_keeps_the_most_matches_at_the_target():
 
 def test_thresholds_come_from_the_model_json_and_say_so():
     shipped = Thresholds.of("crnnh64")
-    assert shipped.source and "calibration third" in shipped.source and shipped.target_tnr == JOINT_TNR
-    assert shipped.harmony_check and shipped.describe().startswith("thresholds calibrated on the fit corpus")
+    assert shipped.source and "package-split calibration set" in shipped.source and shipped.target_tnr == JOINT_TNR
+    assert shipped.harmony_check and shipped.describe().startswith("thresholds calibrated on the package-split")
+    assert [r[0] for r in shipped.by_length] == [2.5, 4.0, 7.5]
+    assert "(by clip length: up to 2.5, 4, 7.5 s, and longer)" in shipped.describe()
     other = Thresholds.of("crnnh32")  # no calibration set chose its thresholds
     assert other.source is None and other.match == DEFAULT_MATCH_THRESHOLD and not other.harmony_check
     assert other.describe() == "thresholds: defaults, not calibrated"
