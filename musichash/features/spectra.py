@@ -13,9 +13,9 @@ bands at ``1 / FRAME_S`` frames a second, as power in dB clipped ``FLOOR_DB`` be
 track's loudest bin and stored as uint8 (``FLOOR_DB / 255`` dB a step). The indexer keeps
 every track's sketch (250 bytes a second, before HDF5's compression), so dedup
 never decodes a file again; tracks indexed before sketches existed have theirs
-made from the file when dedup needs it. On the evaluation corpus's dedup set the
-sketch keeps copies and an arrangement as far apart as the full spectrogram did
-(HISTORY.md, "Dedup on stored sketches").
+made from the file when dedup needs it. The pooling was chosen on the old
+evaluation corpus's dedup set (benchmarks/HISTORY.md, "Dedup on stored sketches"), the check's
+details on the dedup benchmark's hard negatives (BENCHMARKS.md, issue 22).
 
 ``spectrogram_agreement`` compares two sketches along the pair's alignment: a's
 frames in chunks of ``CHUNK_S``, each correlated with b's at every shift within
