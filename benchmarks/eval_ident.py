@@ -37,6 +37,7 @@ import soundfile as sf
 
 from benchmarks import bench_chromaprint as cp
 from benchmarks.common import machine, peak_rss_mb
+from benchmarks.eval_engine import search_outcome
 from benchmarks.queries import (
     SETS,
     Outcome,
@@ -46,7 +47,7 @@ from benchmarks.queries import (
     splits_of,
 )
 from musichash.features.audio import SAMPLE_RATE
-from musichash.library import Clip, Library
+from musichash.library import Library
 from musichash.models.registry import DEFAULT_CODE_MODEL, get_spec
 from musichash.search import calibrate
 from musichash.search.thresholds import Thresholds
@@ -100,15 +101,7 @@ def run(a: argparse.Namespace) -> dict:
         lib.search_index()
         model = lib.code_model
         for length, cond, inside, f, y, off in draw_queries(pool, held, a.queries, a.seed, "ident", others=under):
-            truth = str(f.absolute())
-            t1 = time.perf_counter()
-            (r,) = lib.search([Clip(f.name, y)], top_k=10)  # every musichash figure comes from this call
-            dt = time.perf_counter() - t1
-            paths = [h.path for h in r.results]
-            top1 = inside and bool(paths) and paths[0] == truth
-            err = abs(r.results[0].offset_s - off) if top1 else None
-            mh.append(Outcome(f.name, length, cond, inside, top1, inside and truth in paths, err,
-                              r.results[0].score if r.results else 0.0, dt, clip_id(y), r.chroma, r.match))
+            mh.append(search_outcome(lib, length, cond, inside, f, y, off))  # through Library.search
             if fps:
                 chroma_outs.append(_chromaprint(y, length, cond, inside, f, off, fps, Path(tmp)))
     thresholds = Thresholds.of(model)
@@ -146,12 +139,7 @@ def _chromaprint(y, length, cond, inside, f, off, fps, tmp: Path) -> Outcome:
     if len(xq) == 0:  # too short for a fingerprint: no answer
         return Outcome(f.name, length, cond, inside, False, False, None, 0.0, time.perf_counter() - t0, clip_id(y),
                        None, False)
-    hits = sorted(((cp.best_alignment(xq, fp, len(xq)), g) for g, fp in fps.items()), key=lambda h: h[0].ber)
-    best, g0 = hits[0]
-    top1 = inside and g0 == f
-    err = abs(best.offset * cp.ITEM_S - off) if top1 else None
-    return Outcome(f.name, length, cond, inside, top1, inside and f in [g for _, g in hits[:10]], err,
-                   1.0 - best.ber, time.perf_counter() - t0, clip_id(y), None, best.ber < cp.DEFAULT_BER)
+    return cp.answer(xq, fps, length, cond, inside, f, y, off, t0)[0]
 
 
 def summary(outs: list[Outcome]) -> dict:

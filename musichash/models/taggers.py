@@ -91,7 +91,7 @@ class FCN(nn.Module):
 
     def __init__(self, n_out: int, channels: list[int], pools: list[list[int]], dropout: float = 0.3):
         super().__init__()
-        self.convs = _Conv2dStack(1, channels, [tuple(p) for p in pools])
+        self.convs = _Conv2dStack(len(self.inputs), channels, [tuple(p) for p in pools])
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(channels[-1], n_out)
 
@@ -99,30 +99,23 @@ class FCN(nn.Module):
     def cam_layer(self) -> nn.Module:
         return self.convs.last
 
+    def stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """The input channels the convolutions read, ``[B, len(inputs), T, 96]``."""
+        return x.float()[:, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.convs(x.float()[:, None])
+        z = self.convs(self.stacked(x))
         return self.out(self.drop(z.amax(dim=(2, 3))))
 
 
-class HPSSCNN(nn.Module):
+class HPSSCNN(FCN):
     """One CNN over [mel, harmonic, percussive] stacked as three input channels."""
 
     inputs = ("mel", "harmonic", "percussive")
 
-    def __init__(self, n_out: int, channels: list[int], pools: list[list[int]], dropout: float = 0.3):
-        super().__init__()
-        self.convs = _Conv2dStack(3, channels, [tuple(p) for p in pools])
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(channels[-1], n_out)
-
-    @property
-    def cam_layer(self) -> nn.Module:
-        return self.convs.last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def stacked(self, x: torch.Tensor) -> torch.Tensor:
         parts = derive(x, self.inputs)
-        z = self.convs(torch.stack([parts[n] for n in self.inputs], dim=1))
-        return self.out(self.drop(z.amax(dim=(2, 3))))
+        return torch.stack([parts[n] for n in self.inputs], dim=1)
 
 
 class CRNNParallel(nn.Module):

@@ -240,10 +240,10 @@ def find_groups(
     dur = {tid: t.duration_s for tid, t in tracks.items()}
     paths = {tid: t.path for tid, t in tracks.items()}
     sketches = store_sketches(store)
+    codes = {tid: store.get_codes(tid) for tid in tracks}  # read once: a direct check needs them again
     pairs = []
     for tid, t in tracks.items():
-        codes = store.get_codes(tid)
-        pairs += duplicates_of(index, codes.segment_codes, codes.segment_times, store.bits,
+        pairs += duplicates_of(index, codes[tid].segment_codes, codes[tid].segment_times, store.bits,
                                self_id=tid, duration_s=t.duration_s, threshold=threshold)
     pairs = [p for p in pairs if p.a in tracks and p.b in tracks and tracks[p.a].content_hash != tracks[p.b].content_hash]
     pairs = list(best_pairs(p for p in pairs if plausible(p, dur[p.a], dur[p.b])).values())
@@ -257,7 +257,7 @@ def find_groups(
     def check(x: int, y: int) -> DuplicatePair | None:
         if dur[x] > dur[y]:  # from the shorter one's windows, as coverage is the shorter file's
             x, y = y, x
-        p = pair_of(x, store.get_codes(x), y, store.get_codes(y), store.bits, dur[x], threshold)
+        p = pair_of(x, codes[x], y, codes[y], store.bits, dur[x], threshold)
         if p is None or not plausible(p, dur[x], dur[y]):
             return None
         return p if not verify or agrees(p, sketches, paths) else None
