@@ -135,17 +135,24 @@ def run_queries(lib_files: list[Path], held: list[Path], fps: dict[Path, np.ndar
         sf.write(str(wav), y, SAMPLE_RATE, subtype="FLOAT")
         xq = fpcalc(wav, length)
         t1 = time.perf_counter()
-        hits = sorted(((best_alignment(xq, fps[g], len(xq)), g) for g in lib_files), key=lambda h: h[0].ber)
+        o, best, g0 = answer(xq, {g: fps[g] for g in lib_files}, length, cond, inside, f, y, off, t0)
         t2 = time.perf_counter()
-        ranked = [g for _, g in hits[:10]]
-        best, g0 = hits[0]
-        top1 = inside and g0 == f
-        err = abs(best.offset * ITEM_S - off) if top1 else None
-        outcomes.append(Outcome(f.name, length, cond, inside, top1, inside and f in ranked, err,
-                                1.0 - best.ber, t2 - t0, clip_id(y)))
+        outcomes.append(o)
         extra.append({"ber": best.ber, "items": len(xq), "fingerprint_s": t1 - t0, "match_s": t2 - t1,
                       "true_offset_s": off, "found": g0.name, "found_offset_s": best.offset * ITEM_S})
     return outcomes, extra
+
+
+def answer(xq: np.ndarray, fps: dict[Path, np.ndarray], length: float, cond: str, inside: bool, f: Path,
+           y: np.ndarray, off: float, t0: float) -> tuple[Outcome, Alignment, Path]:
+    """A clip's fingerprint ``xq`` ranked against the library's ``fps`` by best-alignment BER: its outcome
+    (score 1 - BER, matched below ``DEFAULT_BER``, timed from ``t0``), best alignment and first track."""
+    hits = sorted(((best_alignment(xq, fp, len(xq)), g) for g, fp in fps.items()), key=lambda h: h[0].ber)
+    best, g0 = hits[0]
+    top1 = inside and g0 == f
+    err = abs(best.offset * ITEM_S - off) if top1 else None
+    return (Outcome(f.name, length, cond, inside, top1, inside and f in [g for _, g in hits[:10]], err,
+                    1.0 - best.ber, time.perf_counter() - t0, clip_id(y), None, best.ber < DEFAULT_BER), best, g0)
 
 
 def threshold_extra(outs: list[Outcome]) -> dict:

@@ -79,18 +79,24 @@ def run_queries(lib: Library, lib_files, held, n: int, seed: int, ks: tuple[int,
     """Each excerpt searched with ``Library.search``, once per k (library segments per query window)."""
     outcomes: dict[int, list[Outcome]] = {k: [] for k in ks}
     for length, cond, inside, f, y, off in draw_queries(lib_files, held, n, seed, qset):
-        truth = str(f.absolute())
         for k in ks:
-            t0 = time.perf_counter()
-            # Every query figure comes from this call, the public search a user's script makes.
-            (r,) = lib.search([Clip(f.name, y)], top_k=10, k=k)
-            dt = time.perf_counter() - t0
-            paths = [h.path for h in r.results]
-            top1 = inside and bool(paths) and paths[0] == truth
-            err = abs(r.results[0].offset_s - off) if top1 else None
-            outcomes[k].append(Outcome(f.name, length, cond, inside, top1, inside and truth in paths, err,
-                                       r.results[0].score if r.results else 0.0, dt, clip_id(y), r.chroma))
+            outcomes[k].append(search_outcome(lib, length, cond, inside, f, y, off, k=k))
     return outcomes
+
+
+def search_outcome(lib: Library, length: float, cond: str, inside: bool, f: Path, y: np.ndarray, off: float,
+                   **search_kw) -> Outcome:
+    """One excerpt of track ``f`` (at ``off`` s) searched with ``Library.search``, scored against its truth."""
+    truth = str(f.absolute())
+    t0 = time.perf_counter()
+    # Every query figure comes from this call, the public search a user's script makes.
+    (r,) = lib.search([Clip(f.name, y)], top_k=10, **search_kw)
+    dt = time.perf_counter() - t0
+    paths = [h.path for h in r.results]
+    top1 = inside and bool(paths) and paths[0] == truth
+    err = abs(r.results[0].offset_s - off) if top1 else None
+    return Outcome(f.name, length, cond, inside, top1, inside and truth in paths, err,
+                   r.results[0].score if r.results else 0.0, dt, clip_id(y), r.chroma, r.match)
 
 
 def dedup_set(lib_files: list[Path], manifest: Path, out: Path, k: int, seed: int) -> tuple[list[Path], list[set[str]]]:

@@ -22,15 +22,22 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from musichash.train import augment
 from musichash.features.audio import SAMPLE_RATE, load_audio
-from musichash.search.calibrate import JOINT_TNR, calibrate_threshold, fit_joint, matched, rates
+from musichash.search.calibrate import (
+    JOINT_TNR,
+    calibrate_threshold,
+    fit_joint,
+    matched,
+    rates,
+)
+from musichash.train import augment
 
 STRETCH_ROOM = 1.06  # an excerpt is cut this much longer than asked, so a slowed-down one still fills it
 
@@ -70,6 +77,31 @@ ALL_CONDITIONS: dict[str, list[augment.Degradation]] = {
     "reverb0.5": [augment.reverb(0.5)],
 }
 OUT_CONDITIONS = ("clean", "white5dB", "mp3_32k", "pitch+1")
+#: the "full" set's conditions, frozen: conditions added below for the identification set must not
+#: change its draws (runs of it are compared across commits, compare_runs.py)
+FULL_CONDITIONS = tuple(ALL_CONDITIONS)
+
+#: the identification issue's degradations (issue 22), with the lengths 2, 3, 5 and 10 s
+IDENT_CONDITIONS: dict[str, list[augment.Degradation]] = {
+    "clean": [],
+    "mp3_64k": [augment.mp3(64)],
+    "aac_48k": [augment.aac(48)],
+    **{f"white{db}dB": [augment.noise(float(db))] for db in (10, 5, 0)},
+    "pink0dB": [augment.noise(0.0, kind="pink")],
+    "babble5dB": [augment.noise(5.0, kind="babble")],  # speech-like babble
+    "music5dB": [],  # another track of the corpus underneath at 5 dB SNR: drawn per clip (MUSIC_UNDER)
+    "gain+12dB": [augment.gain(12.0)],
+    "gain-12dB": [augment.gain(-12.0)],
+    "overdrive12dB": [augment.overdrive(12.0)],
+    "phone": [augment.phone_recording(0.5)],
+    "tempo0.94": [augment.time_stretch(0.94)],
+    "tempo1.06": [augment.time_stretch(1.06)],
+    **{f"pitch{st:+d}": [augment.pitch_shift(float(st))] for st in (-2, -1, 1, 2)},
+    "speed0.97": [augment.speed(0.97)],
+    "speed1.03": [augment.speed(1.03)],
+}
+#: conditions that mix another corpus track under the clip, at this SNR (dB)
+MUSIC_UNDER = {"music5dB": 5.0}
 
 SETS = {
     "core": QuerySet("core", (10.0, 5.0), _conditions(
@@ -78,7 +110,8 @@ SETS = {
     "quick": QuerySet("quick", (3.0, 5.0, 10.0, 30.0), _conditions(
         "clean", "white5dB", "babble10dB", "mp3_32k", "ogg_q0", "gain-12dB", "telephone", "stretch1.05", "pitch+1",
         "reverb0.5"), ("clean", "mp3_32k")),
-    "full": QuerySet("full", (3.0, 5.0, 10.0, 30.0), dict(ALL_CONDITIONS), OUT_CONDITIONS),
+    "full": QuerySet("full", (3.0, 5.0, 10.0, 30.0), _conditions(*FULL_CONDITIONS), OUT_CONDITIONS),
+    "ident": QuerySet("ident", (2.0, 3.0, 5.0, 10.0), IDENT_CONDITIONS, ("clean", "white5dB", "phone", "pitch+2")),
 }
 
 
@@ -95,6 +128,7 @@ class Outcome:
     latency_s: float
     clip: str = ""  # clip_id of the excerpt: two systems' outcomes can be checked query for query
     chroma: float | None = None  # harmony agreement with the top track (musichash.features.chroma); None: not checked
+    matched: bool | None = None  # the system's own answer to "is it in the library" (Library.search's match)
 
 
 def clip_id(y: np.ndarray) -> str:
@@ -102,16 +136,37 @@ def clip_id(y: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(y, dtype=np.float32).tobytes()).hexdigest()[:12]
 
 
-def cut_corpus(manifest: Path, out: Path, minutes: float, held_out: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """FLAC cuts of each track's first minutes, in out/library and out/held-out; returns both lists."""
+def split_of(row: dict) -> str:
+    """A manifest row's split unit: its Debian package, or ``midi/<composer>`` for a render."""
+    return row.get("package") or f"{row['source']}/{row.get('labels', {}).get('composer', 'other')}"
+
+
+def splits_of(manifest: Path) -> dict[str, str]:
+    """Cut file name (``cut_corpus``'s) -> split unit (``split_of``), for every manifest row."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    return {r["id"].replace("/", "__") + ".flac": split_of(r) for r in rows}
+
+
+def cut_corpus(manifest: Path, out: Path, minutes: float, held_out: int, seed: int,
+               held_from: Collection[str] | None = None) -> tuple[list[Path], list[Path]]:
+    """FLAC cuts of each track's first minutes, in out/library and out/held-out; returns both lists.
+
+    Held-out tracks alternate over the sources, or with ``held_from`` over those split units
+    (``split_of``: packages, ``midi/<composer>``), so out-of-library clips come only from them.
+    """
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     rng = np.random.default_rng(seed)
     by_source: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
-        by_source.setdefault(r["source"], []).append(i)
+        if held_from is None:
+            by_source.setdefault(r["source"], []).append(i)
+        elif split_of(r) in held_from:
+            by_source.setdefault(split_of(r), []).append(i)
     held = set()
     for k in range(held_out):  # alternate sources so both styles are tested out of library
         pool = by_source[sorted(by_source)[k % len(by_source)]]
+        if not pool:
+            continue
         held.add(pool.pop(int(rng.integers(len(pool)))))
     lib, out_files = [], []
     for i, r in enumerate(rows):
@@ -136,8 +191,13 @@ def excerpt(wave: np.ndarray, length: float, degradations: list[augment.Degradat
     return y[: int(length * SAMPLE_RATE)], off
 
 
-def draw_queries(lib_files: list[Path], held: list[Path], n: int, seed: int, qset: str | QuerySet = "core"):
+def draw_queries(lib_files: list[Path], held: list[Path], n: int, seed: int, qset: str | QuerySet = "core",
+                 others: list[Path] | None = None):
     """The seeded excerpts, in a fixed order: (length, condition, in_library, file, excerpt, true offset).
+
+    ``lib_files`` are the tracks in-library clips are cut from (with a package split, only the
+    evaluation packages' tracks), ``held`` the tracks out-of-library clips are cut from; ``others``
+    (default: both) the music that ``MUSIC_UNDER`` conditions mix under a clip, never its own track.
 
     ``n`` per length x condition (in library) and per length x out-condition. An
     excerpt comes from the tracks long enough for it (all of them if none is), so
@@ -146,7 +206,8 @@ def draw_queries(lib_files: list[Path], held: list[Path], n: int, seed: int, qse
     """
     qs = SETS[qset] if isinstance(qset, str) else qset
     rng = np.random.default_rng(seed)
-    waves = {f: load_audio(f) for f in [*lib_files, *held]}
+    others = list(others) if others is not None else [*lib_files, *held]
+    waves = {f: load_audio(f) for f in {*lib_files, *held, *others}}
     jobs = [(length, cond, True) for length in qs.lengths for cond in qs.conditions]
     jobs += [(length, cond, False) for length in qs.lengths for cond in qs.out_conditions]
     for length, cond, inside in jobs:
@@ -154,7 +215,12 @@ def draw_queries(lib_files: list[Path], held: list[Path], n: int, seed: int, qse
         pool = [f for f in pool if len(waves[f]) >= length * STRETCH_ROOM * SAMPLE_RATE] or pool
         for _ in range(n):
             f = pool[int(rng.integers(len(pool)))]
-            y, off = excerpt(waves[f], length, qs.conditions[cond], rng)
+            chain = qs.conditions[cond]
+            if cond in MUSIC_UNDER:
+                under = [g for g in others if g != f]
+                bg, _ = excerpt(waves[under[int(rng.integers(len(under)))]], length, [], rng)
+                chain = [augment.noise(MUSIC_UNDER[cond], kind="music", background=bg)]
+            y, off = excerpt(waves[f], length, chain, rng)
             yield length, cond, inside, f, y, off
         print(f"  {length:g}s {cond:12s} {'in' if inside else 'out'}: done", file=sys.stderr, flush=True)
 

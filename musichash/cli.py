@@ -29,7 +29,7 @@ def device_option(f):
         "--device",
         default="auto",
         show_default=True,
-        help="Where the model runs: auto (CUDA GPU if usable, else CPU), cpu, cuda, cuda:N.",
+        help="Where the model and the search run: auto (CUDA GPU if usable, else CPU), cpu, cuda, cuda:N.",
     )(f)
 
 
@@ -765,3 +765,211 @@ def _need_train_extra() -> None:
 def _duration(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+# ------------------------------------------------------------------ serve
+
+
+@cli.command()
+@library_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--admin-token", envvar="MUSICHASH_ADMIN_TOKEN", default=None,
+              help="Allow writes (POST /index, DELETE /tracks/ID) to requests with Authorization: Bearer TOKEN.")
+@click.option("--allow-root", "allow_roots", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A server-side folder POST /index may read (repeatable).")
+@click.option("--max-upload-mb", type=click.FloatRange(0.01), default=20.0, show_default=True, help="Largest request body.")
+@click.option("--max-clip-s", type=click.FloatRange(1), default=60.0, show_default=True, help="Longest clip, in seconds of audio.")
+@click.option("--queue", type=click.IntRange(0), default=32, show_default=True,
+              help="Model requests that may wait behind the running one; more are answered 503 with Retry-After.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              help="Seconds after which a model request is answered 504.")
+@click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable; default: none).")
+@device_option
+@quiet_option
+@reports_errors
+def serve(library, db_url, host, port, admin_token, allow_roots, max_upload_mb, max_clip_s, queue, timeout_s,
+          cors_origins, device, quiet):
+    """HTTP API and web page over the library (API docs at /docs); needs the serve extra."""
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MusichashError(f"musichash serve needs {', '.join(missing)}: pip install 'musichash[serve]'")
+    import uvicorn
+
+    from musichash.library import default_folder
+    from musichash.service import ServeConfig, create_app
+
+    folder = library if library is not None else default_folder()
+    if db_url is None and not (folder / "library.db").exists():
+        raise MusichashError(f"{folder}: no library here; index some music first: musichash index PATH... --library {folder}")
+    config = ServeConfig(folder, db_url, device, max_upload_mb, max_clip_s, queue=queue, timeout_s=timeout_s,
+                         admin_token=admin_token, allow_roots=tuple(allow_roots), cors_origins=tuple(cors_origins))
+    app = create_app(config)
+    if not quiet:
+        click.echo(f"serving {folder} on http://{host}:{port}/ (API docs at /docs; Ctrl-C stops)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
+
+
+# --- the seed papers' taggers (issue 25): train-tagger, evaluate-tagger, explain ---------------------------------
+
+_TAGGER_LAYOUTS = ["auto", "mtt", "gtzan", "fma", "classes", "csv", "manifest"]
+
+
+def tagger_data_options(f):
+    f = click.option("--windows", "max_windows", type=click.IntRange(1), default=8, show_default=True,
+                     help="3 s windows taken from each file, spread over it.")(f)
+    f = click.option("--split", "split_file", type=click.Path(exists=True, path_type=Path), default=None,
+                     help="A split to use instead of the data's own or a random one: 'PATH SPLIT' lines, or a folder of "
+                          "train*.txt/valid*.txt/test*.txt lists (e.g. GTZAN's artist- or fault-filtered splits).")(f)
+    f = click.option("--layout", type=click.Choice(_TAGGER_LAYOUTS), default="auto", show_default=True,
+                     help="mtt: annotations_final.csv + mp3 folders; gtzan: genre folders; fma: tracks.csv + fma_small/; "
+                          "classes, csv, manifest: as for `musichash train`; auto: guessed from DATA.")(f)
+    return f
+
+
+@cli.command("train-tagger")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--arch", required=True, help="Architecture: fcn3 .. fcn7, crnn_parallel, hpss_cnn, multi_input, "
+                                            "multi_input_sum, multi_input_gate.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint (.safetensors; its .json beside it). Default: ARCH.safetensors. Run again to resume.")
+@tagger_data_options
+@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--batch", type=click.IntRange(2), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="Weight of positive tags in the loss (tags are sparse; > 1 penalises missed tags more).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+@device_option
+@quiet_option
+@reports_errors
+def train_tagger_cmd(data, arch, out, layout, split_file, max_windows, epochs, batch, lr, penalty, seed, as_json, device, quiet):
+    """Train a tagger or genre network on labelled DATA; resumes from --out if it exists."""
+    from musichash.devices import torch_device
+    from musichash.models.taggers import arch_spec
+    from musichash.train.tagger import TaggerTrainConfig
+    from musichash.train.tagger_run import run_train
+
+    arch_spec(arch)
+    out = out or Path(f"{arch}.safetensors")
+    if out.suffix != ".safetensors":
+        raise click.UsageError(f"--out {out}: a checkpoint file ends in .safetensors")
+    dev = torch_device(device)
+    say = (lambda msg: None) if (quiet or as_json) else (lambda msg: click.echo(msg, err=True))
+    with _bar(quiet, as_json)(total=None, unit="file", desc="mel windows") as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report, windows = run_train(
+            data, arch, out, TaggerTrainConfig(epochs=epochs, batch=batch, lr=lr, penalty=penalty, seed=seed), layout,
+            split_file, max_windows, str(dev), progress,
+            on_epoch=lambda r: say(f"epoch {r.epoch}/{epochs}: loss {r.loss:.4f}, valid loss {r.val_loss:.4f}, "
+                                   f"valid score {r.val_score:.3f}, lr {r.lr:.0e}, {r.seconds:.1f} s"))
+    for failed in windows.failed:
+        click.echo(f"Error: {failed} (skipped)", err=True)
+    last = report.history[-1] if report.history else None
+    if as_json:
+        emit({"checkpoint": str(report.checkpoint), "arch": arch, "parameters": report.parameters, "epochs": report.epochs,
+              "resumed_from": report.resumed_from, "windows": len(windows.mels), "undecodable": len(windows.failed),
+              "history": [r.__dict__ for r in report.history]})
+        return
+    resumed = f", resumed at epoch {report.resumed_from}" if report.resumed_from else ""
+    score = f"; valid score {last.val_score:.3f}" if last is not None else ""
+    click.echo(f"{report.checkpoint}: {arch}, {report.parameters:,} parameters, {report.epochs} epochs{resumed}{score}; "
+               f"evaluate it with: musichash evaluate-tagger {report.checkpoint} {data}")
+
+
+@cli.command("evaluate-tagger")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--against", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A second checkpoint: both are scored on the same test files and compared by a paired bootstrap.")
+@tagger_data_options
+@click.option("--resamples", type=click.IntRange(10), default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--seed", type=int, default=None, help="Seed of a random split (default: the checkpoint's training seed).")
+@json_option
+@device_option
+@quiet_option
+@reports_errors
+def evaluate_tagger_cmd(checkpoint, data, against, layout, split_file, max_windows, resamples, seed, as_json, device, quiet):
+    """Score a trained tagger on the test files of DATA: ROC-AUC and PR-AUC per tag, or accuracy and confusion."""
+    from musichash.devices import torch_device
+    from musichash.train.tagger_run import run_evaluate
+
+    with _bar(quiet, as_json)(total=None, unit="file", desc="mel windows") as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        ev = run_evaluate(checkpoint, data, layout, split_file, against, seed, max_windows, resamples,
+                          str(torch_device(device)), progress)
+    for failed in ev.failed:
+        click.echo(f"Error: {failed} (skipped)", err=True)
+    if as_json:
+        emit(ev.to_dict())
+        return
+    s = ev.scores
+    if s.multilabel:
+        click.echo(f"{checkpoint}: {s.n_files} test files, macro ROC-AUC {s.macro_roc_auc:.4f}, macro PR-AUC {s.macro_pr_auc:.4f}")
+        width = max(len(n) for n in s.names)
+        for n, a, p in zip(s.names, s.roc_auc, s.pr_auc):
+            click.echo(f"  {n:<{width}}  ROC-AUC {a:.4f}  PR-AUC {p:.4f}")
+        if s.undefined:
+            click.echo(f"  no score (all or none of the files have it): {', '.join(s.undefined)}")
+    else:
+        click.echo(f"{checkpoint}: {s.n_files} test files, accuracy {s.accuracy:.4f}")
+        width = max(len(n) for n in s.names)
+        corner = "true \\ guessed"
+        width = max(width, len(corner))
+        click.echo(f"  {corner:<{width}}  " + " ".join(f"{n[:6]:>6}" for n in s.names))
+        for n, row in zip(s.names, s.confusion):
+            click.echo(f"  {n:<{width}}  " + " ".join(f"{v:>6}" for v in row))
+    if ev.comparison is not None:
+        c = ev.comparison
+        click.echo(f"{c.metric}: {c.a:.4f} vs {c.b:.4f} ({against}): difference {c.diff:+.4f}, "
+                   f"95 % interval [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p:.3f} (paired bootstrap, {c.resamples} resamples)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--tag", required=True, help="The tag or class whose evidence is shown.")
+@click.option("--model", "checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A checkpoint of `musichash train-tagger`, or a shipped one: fcn4_rendered, crnn_parallel_rendered, ...")
+@click.option("--method", type=click.Choice(["gradcam", "occlusion", "both"]), default="both", show_default=True)
+@click.option("--seconds", type=click.FloatRange(1), default=30.0, show_default=True, help="Seconds of FILE explained, from --start.")
+@click.option("--start", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG heatmap over the spectrogram (default: FILE's name + .explain.png; none with --json unless given).")
+@json_option
+@device_option
+@reports_errors
+def explain(file, tag, checkpoint, method, seconds, start, out, as_json, device):
+    """Show which parts of FILE's mel spectrogram made a tagger say --tag (Grad-CAM and occlusion)."""
+    from musichash.devices import torch_device
+    from musichash.features.audio import load_audio, log_mel
+    from musichash.models.explain import METHODS, explain as run_explain, save_png, tag_target
+    from musichash.models.taggers import load_tagger
+
+    dev = torch_device(device)
+    ckpt = load_tagger(checkpoint, dev)
+    if tag not in ckpt.names:
+        raise click.UsageError(f"--tag {tag!r}: {checkpoint} knows {', '.join(ckpt.names)}")
+    mel = log_mel(load_audio(file, offset_s=start, duration_s=seconds), dev)
+    methods = METHODS if method == "both" else (method,)
+    e = run_explain(ckpt.model, mel, tag_target(ckpt.names.index(tag), ckpt.multilabel), tag, methods, dev)
+    if out is None and not as_json:
+        out = file.with_name(file.name + ".explain.png")
+    if out is not None:
+        try:
+            save_png(e, out, f"{file.name}: evidence for '{tag}' ({checkpoint.name})")
+        except ImportError:
+            raise MusichashError("the PNG needs matplotlib: pip install 'musichash[explain]' (or use --json)") from None
+    if as_json:
+        emit({"path": str(file), "tag": tag, "model": str(checkpoint), "start_s": start, "png": None if out is None else str(out),
+              "provenance": ckpt.meta.get("provenance", {}), **e.to_dict()})
+        return
+    click.echo(f"{out}: {', '.join(e.maps)} for '{tag}' over {len(mel) * e.seconds_per_frame:.1f} s of {file}")

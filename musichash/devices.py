@@ -59,3 +59,26 @@ def faiss_device(device=None) -> str:
             )
         return "cpu"
     return "cuda"
+
+
+def index_device(device=None) -> tuple[str, str | None]:
+    """Where a flat index searches: ``("cpu", None)``, ``("cuda", None)`` on FAISS's GPU, or
+    ``("cuda", "cuda[:N]")`` on that torch device (``search.torch_knn``) when the installed FAISS
+    has no GPU support, or sees no GPU, but torch has CUDA: a machine with only CUDA PyTorch
+    searches on its GPU too. ``auto`` picks a GPU when either can use one."""
+    import torch
+
+    kind = _kind(device)
+    if kind == "cpu":
+        return "cpu", None
+    try:
+        where = faiss_device(device)
+    except DeviceError:
+        if not torch.cuda.is_available():
+            raise
+        where = "cpu"
+    if where == "cuda":
+        return "cuda", None
+    if torch.cuda.is_available():
+        return "cuda", str(torch_device(device))
+    return "cpu", None

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from musichash.devices import faiss_device
 from musichash.errors import MusichashError
 from musichash.features.audio import AudioError, AudioTooShortError
 from musichash.indexer import shards as sharding
@@ -213,7 +212,8 @@ class Library:
         """The FAISS index of the library's codes, loaded from ``index/`` or rebuilt if stale;
         tracks whose codes the store has found damaged are left out."""
         if force or self._index is None or self._index.stamp != self.store.stamp():
-            self._index = load_or_build(self.store, faiss_device(self.device), force=force)
+            # the device as asked: a flat index goes to FAISS's GPU, or torch's (devices.index_device)
+            self._index = load_or_build(self.store, self.device, force=force)
         if not self.store.damaged <= self._index.left_out:
             self._index = self._index.without(self.store.damaged)
         return self._index

@@ -191,6 +191,7 @@ def _lag_and_corr(x, y, max_lag=400):
         pytest.param(A.mp3(64), marks=_needs("libmp3lame")),
         pytest.param(A.opus(16), marks=_needs("libopus")),
         pytest.param(A.ogg(3.0), marks=_needs("libvorbis")),
+        pytest.param(A.aac(48), marks=_needs("aac")),
     ],
     ids=lambda d: f"{d.name}-{list(d.params.values())[0]}",
 )
@@ -210,7 +211,8 @@ def test_mp3_bitrate_checked():
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: A.time_stretch(0), lambda: A.speed(-1), lambda: A.noise(float("nan")), lambda: A.noise(5, kind="pink"),
+    [lambda: A.time_stretch(0), lambda: A.speed(-1), lambda: A.noise(float("nan")), lambda: A.noise(5, kind="brown"),
+     lambda: A.noise(5, kind="music"), lambda: A.overdrive(-1), lambda: A.aac(8),
      lambda: A.crop(-1, 1), lambda: A.reverb(2.0), lambda: A.opus(1)],
 )
 def test_bad_parameters(make):
@@ -261,3 +263,36 @@ def test_describe_round_trips():
     assert A.describe(A.chain(*view)) == text
     with pytest.raises(A.AugmentError, match="unknown degradation"):
         A.from_json('[{"name": "bitcrush", "params": {}}]')
+
+
+def test_pink_noise_has_equal_power_per_octave(x):
+    y = A.noise(0.0, kind="pink").apply(np.zeros_like(x) + x, np.random.default_rng(1)).astype(np.float64) - x
+    f = np.fft.rfftfreq(len(y), 1 / SR)
+    p = np.abs(np.fft.rfft(y)) ** 2
+    octave = [p[(f >= lo) & (f < 2 * lo)].sum() for lo in (250.0, 500.0, 1000.0, 2000.0)]
+    assert max(octave) / min(octave) < 1.5  # white noise would double per octave
+
+
+def test_music_underneath_is_the_background_at_the_asked_snr(x):
+    other = np.sin(2 * np.pi * 97.0 * np.arange(len(x)) / SR).astype(np.float32)
+    y = A.noise(5.0, kind="music", background=other).apply(x, np.random.default_rng(2)).astype(np.float64)
+    n = y - x
+    assert 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean(n**2)) == pytest.approx(5.0, abs=0.05)
+    spec = np.abs(np.fft.rfft(n))
+    assert np.fft.rfftfreq(len(n), 1 / SR)[spec.argmax()] == pytest.approx(97.0, abs=0.5)
+
+
+def test_overdrive_clips_hard(x):
+    y = A.overdrive(12.0).apply(x, np.random.default_rng(0))
+    assert np.abs(y).max() == pytest.approx(1.0)
+    assert np.mean(np.abs(y) >= 0.999) > 0.01  # flat tops
+    assert np.array_equal(A.overdrive(0.0).apply(x, np.random.default_rng(0)), (x / np.abs(x).max()).astype(np.float32))
+
+
+@_needs("libopencore_amrnb")
+def test_phone_recording_is_narrowband_and_keeps_length(x):
+    y = A.phone_recording(0.5).apply(x, np.random.default_rng(0))
+    assert len(y) == len(x)
+    f = np.fft.rfftfreq(len(y), 1 / SR)
+    p = np.abs(np.fft.rfft(y.astype(np.float64))) ** 2
+    assert p[f > 4200].sum() < 1e-3 * p.sum()  # nothing above the 8 kHz codec's band

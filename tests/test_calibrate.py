@@ -57,8 +57,10 @@ def test_joint_fit_keeps_the_most_matches_at_the_target():
 
 def test_thresholds_come_from_the_model_json_and_say_so():
     shipped = Thresholds.of("crnnh64")
-    assert shipped.source and "calibration third" in shipped.source and shipped.target_tnr == JOINT_TNR
-    assert shipped.harmony_check and shipped.describe().startswith("thresholds calibrated on the fit corpus")
+    assert shipped.source and "package-split calibration set" in shipped.source and shipped.target_tnr == JOINT_TNR
+    assert shipped.harmony_check and shipped.describe().startswith("thresholds calibrated on the package-split")
+    assert [r[0] for r in shipped.by_length] == [2.5, 4.0, 7.5]
+    assert "(by clip length: up to 2.5, 4, 7.5 s, and longer)" in shipped.describe()
     other = Thresholds.of("crnnh32")  # no calibration set chose its thresholds
     assert other.source is None and other.match == DEFAULT_MATCH_THRESHOLD and not other.harmony_check
     assert other.describe() == "thresholds: defaults, not calibrated"
@@ -84,3 +86,37 @@ def test_fitted_thresholds_are_written_into_a_checkpoint_and_read_back(tmp_path)
     assert calibrate.rates(clips, back.match, back.chroma)["tnr"] >= JOINT_TNR
     with pytest.raises(ValueError, match="no model JSON"):
         calibrate.write_thresholds(get_spec("interim_vgg_itq64"), fitted)
+
+
+def test_thresholds_by_clip_length_are_fitted_per_length_and_read_back(tmp_path):
+    """Short clips' scores spread wider, out of library too: each length gets its own thresholds,
+    each rejecting the target share of its own out-of-library clips; they survive the model JSON."""
+    shipped = weights_file(get_spec("crnnh16").segment_weights)
+    weights = tmp_path / "mine.safetensors"
+    shutil.copy(shipped, weights)
+    shutil.copy(shipped.with_suffix(".json"), weights.with_suffix(".json"))
+    spec = get_spec(str(weights))
+    rng = np.random.default_rng(4)
+    clips = []
+    for length, shift in ((3.0, 0.45), (10.0, 0.0)):  # 3 s negatives score as high as 10 s positives
+        part = _clips(rng, 80, True, 0.6 + shift / 2) + _clips(rng, 80, False, 0.1 + shift)
+        clips += [Scored(c.score, c.chroma, c.in_library, c.top1, length) for c in part]
+    one = calibrate.fit_thresholds(clips, Thresholds(), "one for all")
+    fitted = calibrate.fit_thresholds(clips, Thresholds(), "by length", lengths=[4.0])
+    assert fitted.by_length[0][0] == 4.0 and fitted.for_length(3.0).match != fitted.for_length(10.0).match
+    by_len = calibrate.rates_by_length(clips, fitted)
+    assert all(r["tnr"] >= JOINT_TNR for r in by_len.values())
+    # one pair of thresholds for all lengths must reject the 3 s negatives: it matches fewer 10 s clips
+    assert by_len[10.0]["tpr"] > calibrate.rates([c for c in clips if c.length == 10.0], one.match, one.chroma)["tpr"]
+    calibrate.write_thresholds(spec, fitted)
+    assert Thresholds.of(spec.name) == fitted
+    assert "(by clip length: up to 4 s, and longer)" in Thresholds.of(spec.name).describe()
+
+
+def test_a_search_decides_by_its_clips_length():
+    from musichash.search.query import decide
+    from musichash.search.vote import TrackVote
+
+    t = Thresholds(match=0.2, chroma=None, by_length=((4.0, 0.5, None),))
+    vote = [TrackVote(track_id=1, score=0.3, votes=3, hamming=4.0, offset_s=0.0, rate=1.0, span=(0.0, 1.0))]
+    assert decide(vote, None, t, 10.0) and not decide(vote, None, t, 3.0)

@@ -58,7 +58,7 @@ def single(tmp_path_factory, music):
 
 
 def contents(folder):
-    """Every row by file name: status, error, tags and codes (bytes, so equality is bit for bit)."""
+    """Every row by file name: status, error, tags, codes and dedup sketch (bytes, so equality is bit for bit)."""
     out = {}
     with LibraryStore.open(folder) as store:
         for t in store.tracks():
@@ -66,7 +66,7 @@ def contents(folder):
             if t.status == "ok":
                 c = store.get_codes(t.id)
                 row += tuple(np.ascontiguousarray(a).tobytes() for a in
-                             (c.track_code, c.segment_codes, c.segment_times, c.chroma))
+                             (c.track_code, c.segment_codes, c.segment_times, c.chroma, store.get_sketch(t.id)))
             out[os.path.basename(t.path)] = row
     return out
 
@@ -195,7 +195,6 @@ def test_cli_index_cluster(ray_cluster, music, single, tmp_path):
     assert f"'{music}' is a path, not a Ray address; put --cluster after the paths" in r.output
 
 
-@pytest.mark.xfail(reason="unfinished at the deadline: fails on the 2-CPU test cluster (cause not yet found)", strict=False)
 def test_search_through_shard_actors_equals_local(ray_cluster, music, single, tmp_path):
     from musichash.cluster.search import RemoteShards, attach
 
@@ -213,3 +212,17 @@ def test_search_through_shard_actors_equals_local(ray_cluster, music, single, tm
         remote = attach(lib)
         assert isinstance(lib.search_index().segments, RemoteShards) and len(remote.actors) == 3
         assert answer(lib) == local and local[0][1]
+
+
+def test_shard_actors_reserve_a_share_every_node_can_hold():
+    """Three shards on two one-core nodes: 0.5 a shard, so two fit on one node (at 2/3, the cluster's
+    cores over the shards, the third actor found no node and the first search waited for ever)."""
+    from musichash.cluster.search import shard_cpus
+
+    def node(cpus, alive=True):
+        return {"Alive": alive, "Resources": {"CPU": cpus}}
+
+    assert shard_cpus([node(1), node(1)], 3) == 0.5
+    assert shard_cpus([node(1), node(1), node(8, alive=False)], 3) == 0.5
+    assert shard_cpus([node(4), node(2)], 3) == 1.0
+    assert shard_cpus([node(2), node(16)], 8) == 0.5

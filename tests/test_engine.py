@@ -369,8 +369,9 @@ def test_crnnh_codes_from_resized_maps_equal_codes_from_cut_windows(music, tmp_p
     assert model.features == tuple(f"pool{i}@4x2" for i in range(1, 6))
     mel = torch.from_numpy(log_mel(load_audio(music / "song1.wav")))
     enc = model.encode(mel)
+    mel = mel.to(model.device)  # the model's device, whichever it is (CUDA where there is one)
     with torch.inference_mode():
-        cut = [model.head.model(b.features).relaxed.numpy()
+        cut = [model.head.model(b.features).relaxed.float().cpu().numpy()
                for b in model.backbone.iter_windows(mel, LIBRARY_HOP, features=[f"pool{i}" for i in range(1, 6)])]
     relaxed = np.concatenate(cut)
     assert np.abs(relaxed).min() > 1e-4  # no code bit sits on the rounding edge

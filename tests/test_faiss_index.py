@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import pytest
+import torch
 
 from musichash.devices import DeviceError
 from musichash.search.faiss_index import (
@@ -315,6 +316,7 @@ def test_bits_not_a_multiple_of_8_raises():
 
 def test_cuda_without_gpu_support_raises(ds64, monkeypatch):
     monkeypatch.delattr(faiss, "GpuIndexBinaryFlat", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # else torch searches on the GPU
     with pytest.raises(DeviceError) as exc:
         BinaryIndex.build(ds64.xb, device="cuda")
     assert str(exc.value) == (
@@ -327,6 +329,7 @@ def test_cuda_without_gpu_support_raises(ds64, monkeypatch):
 def test_cuda_without_visible_gpu_raises(ds64, monkeypatch):
     monkeypatch.setattr(faiss, "GpuIndexBinaryFlat", object, raising=False)
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError) as exc:
         BinaryIndex.build(ds64.xb, device="cuda")
     assert str(exc.value) == (

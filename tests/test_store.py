@@ -571,3 +571,23 @@ def test_stats_empty(lib):
         0,
         0.0,
     )
+
+
+def test_sketches_round_trip_with_their_own_checksum(lib, rng):
+    rec, codes = make_track(rng, 0)
+    rec2, codes2 = make_track(rng, 1)
+    sketch = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    with lib.writer() as store:
+        with_sketch = store.put_track(rec, *codes, None, sketch)
+        without = store.put_track(rec2, *codes2)
+        with pytest.raises(ValueError, match=r"sketch must be uint8 \[40, 32\], got int64 \[40, 32\]"):
+            store.put_track(rec2, *codes2, None, sketch.astype(np.int64))
+    with lib.open() as store:
+        np.testing.assert_array_equal(store.get_sketch(with_sketch.id), sketch)
+        assert store.get_sketch(without.id) is None
+    with h5py.File(lib.codes, "r+") as h5:  # a changed sketch fails its own checksum, not the codes'
+        h5[f"tracks/{with_sketch.id}/sketch"][0, 0] ^= 1
+    with lib.open() as store:
+        assert store.get_sketch(with_sketch.id) is None
+        np.testing.assert_array_equal(store.get_codes(with_sketch.id).segment_codes, codes[1])
+        assert store.check_codes(deep=True).problems == ()

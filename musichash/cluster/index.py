@@ -30,6 +30,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from musichash.cluster.connect import connect
+from musichash.features.spectra import SKETCH_BANDS
 from musichash.indexer.pipeline import Coded, Encoder, decode_mel, encode_decoded
 
 #: files a batch: the model's unit of work in an actor and the driver's unit of commit
@@ -42,9 +43,9 @@ def _decode_row(row: dict) -> dict:
     decoded = decode_mel(row["path"])
     if isinstance(decoded, str):
         return {"i": row["i"], "error": decoded, "fmt": "", "mel": np.zeros((0, _MEL_BANDS), np.float32),
-                "chroma": np.zeros(0, np.uint8)}
-    mel, fmt, harmony = decoded
-    return {"i": row["i"], "error": "", "fmt": fmt, "mel": mel, "chroma": harmony}
+                "chroma": np.zeros(0, np.uint8), "sketch": np.zeros((0, SKETCH_BANDS), np.uint8)}
+    mel, fmt, harmony, sketch = decoded
+    return {"i": row["i"], "error": "", "fmt": fmt, "mel": mel, "chroma": harmony, "sketch": sketch}
 
 
 def _decode_args() -> dict:
@@ -66,13 +67,15 @@ class _Encoder:
 
     def __call__(self, batch: dict) -> dict:
         out: dict[str, list] = {k: [] for k in ("i", "error", "fmt", "duration_s", "tags", "track_code",
-                                                 "segment_codes", "segment_times", "chroma")}
+                                                 "segment_codes", "segment_times", "chroma", "sketch")}
         nbytes = self.model.bits // 8
-        for i, error, fmt, mel, harmony in zip(batch["i"], batch["error"], batch["fmt"], batch["mel"], batch["chroma"]):
-            coded = encode_decoded(self.model, str(error) if error else (np.asarray(mel), str(fmt), np.asarray(harmony)))
+        for i, error, fmt, mel, harmony, sketch in zip(batch["i"], batch["error"], batch["fmt"], batch["mel"],
+                                                       batch["chroma"], batch["sketch"]):
+            decoded = str(error) if error else (np.asarray(mel), str(fmt), np.asarray(harmony), np.asarray(sketch))
+            coded = encode_decoded(self.model, decoded)
             if isinstance(coded, str):
                 coded = Coded("", 0.0, (0.0,), np.zeros(nbytes, np.uint8), np.zeros((0, nbytes), np.uint8),
-                              np.zeros(0, np.float32), np.zeros(0, np.uint8))
+                              np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros((0, SKETCH_BANDS), np.uint8))
             out["i"].append(int(i))
             out["error"].append(str(error))
             out["fmt"].append(coded.fmt)
@@ -82,6 +85,7 @@ class _Encoder:
             out["segment_codes"].append(coded.segment_codes)
             out["segment_times"].append(np.asarray(coded.segment_times, np.float32))
             out["chroma"].append(coded.chroma)
+            out["sketch"].append(coded.sketch)
         return out
 
 
@@ -90,7 +94,8 @@ def _coded(row: dict) -> Coded | str:
         return str(row["error"])
     return Coded(str(row["fmt"]), float(row["duration_s"]), tuple(float(p) for p in row["tags"]),
                  np.asarray(row["track_code"], np.uint8), np.asarray(row["segment_codes"], np.uint8),
-                 np.asarray(row["segment_times"], np.float32), np.asarray(row["chroma"], np.uint8))
+                 np.asarray(row["segment_times"], np.float32), np.asarray(row["chroma"], np.uint8),
+                 np.asarray(row["sketch"], np.uint8).reshape(-1, SKETCH_BANDS))
 
 
 def ray_encoder(

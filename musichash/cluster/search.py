@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from musichash.cluster.connect import connect
+from musichash.cluster.connect import ClusterError, connect
 from musichash.search.faiss_index import BinaryIndex, IndexConfig
 from musichash.search.shards import ShardedIndex, merge_knn
 
@@ -47,6 +47,21 @@ class RemoteShards:
         return merge_knn(ray.get([a.search.remote(xq, k) for a in self.actors]), k)
 
 
+#: seconds the shard actors have to start and build their indexes
+PLACE_TIMEOUT_S = 300.0
+
+
+def shard_cpus(nodes: list[dict], n_shards: int) -> float:
+    """CPUs a shard actor reserves: one where the cluster has a core a shard, else an equal share
+    that lets the shards spread over the live nodes fit on the smallest of them (a reservation a
+    node cannot hold leaves its actor unscheduled, and the first query waits for ever)."""
+    cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in nodes if n.get("Alive")]
+    if not cpus:
+        return 0.0
+    per_node = -(-n_shards // len(cpus))
+    return min(1.0, min(cpus) / per_node)
+
+
 def attach(lib, address: str | None = None) -> RemoteShards:
     """Serve ``lib``'s segment shards from actors (one a shard, spread over the cluster's nodes, one GPU
     each where the cluster has GPUs); ``lib``'s searches use them from now on. Returns the remote index."""
@@ -54,15 +69,18 @@ def attach(lib, address: str | None = None) -> RemoteShards:
     index = lib.search_index()
     shards = index.segments.shards if isinstance(index.segments, ShardedIndex) else [index.segments]
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    # a core a shard where the cluster has them, else a share: every shard must find a place, or
-    # the first query would wait for ever on an actor that is never scheduled
-    cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / len(shards))
-    remote = ray.remote(ShardActor).options(num_cpus=0 if gpus else cpus, num_gpus=1 if gpus else 0,
-                                            scheduling_strategy="SPREAD")
+    remote = ray.remote(ShardActor).options(num_cpus=0 if gpus else shard_cpus(ray.nodes(), len(shards)),
+                                            num_gpus=1 if gpus else 0, scheduling_strategy="SPREAD")
     actors = []
     for s in shards:
         codes, ids = s._codes_and_ids()
         actors.append(remote.remote(ray.put(codes), ray.put(ids), s.config, "cuda" if gpus else "cpu"))
-    ray.get([a.ntotal.remote() for a in actors])  # built before the first query
+    try:  # built before the first query; an actor that finds no place would make it wait for ever
+        ray.get([a.ntotal.remote() for a in actors], timeout=PLACE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        for a in actors:
+            ray.kill(a)
+        raise ClusterError(f"the {len(shards)} shard actors could not all be placed on the Ray cluster within "
+                           f"{PLACE_TIMEOUT_S:.0f} s; check `ray status` for free CPUs (or GPUs)") from None
     index.segments = RemoteShards(actors, index.segments)
     return index.segments

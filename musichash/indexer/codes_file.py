@@ -38,6 +38,10 @@ from musichash.indexer.records import (
 H5_KW = {"libver": ("v108", "latest"), "locking": False}
 
 CHECKSUM_ATTR = "checksum"
+#: a track's sketch (``features.spectra.sketch``, dedup's audio check) has its own checksum, so that
+#: reading codes never has to read the larger sketch
+SKETCH = "sketch"
+SKETCH_CHECKSUM_ATTR = "sketch_checksum"
 #: root attribute: the ``meta.library_id`` of the library these codes belong to
 ID_ATTR = "library_id"
 _DATASETS = ("track_code", "segment_codes", "segment_times", "chroma")
@@ -84,8 +88,9 @@ def write_group(
     segment_codes: np.ndarray,
     segment_times: np.ndarray,
     chroma: np.ndarray | None,
+    sketch: np.ndarray | None = None,
 ) -> None:
-    """(Re)write one track's group with its checksum; the caller flushes."""
+    """(Re)write one track's group with its checksum (and its sketch's); the caller flushes."""
     if name in groups:
         del groups[name]
     g = groups.create_group(name)
@@ -95,6 +100,30 @@ def write_group(
     if chroma is not None:
         g.create_dataset("chroma", data=chroma)
     g.attrs[CHECKSUM_ATTR] = codes_checksum(track_code, segment_codes, segment_times, chroma)
+    if sketch is not None:
+        g.create_dataset(SKETCH, data=sketch, compression="gzip", compression_opts=4)
+        g.attrs[SKETCH_CHECKSUM_ATTR] = _sketch_checksum(sketch)
+
+
+def _sketch_checksum(sketch: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{sketch.dtype.name} {sketch.shape};".encode())
+    h.update(np.ascontiguousarray(sketch).tobytes())
+    return h.hexdigest()
+
+
+def read_sketch(groups: h5py.Group, name: str) -> np.ndarray | None:
+    """A track's sketch, uint8 [frames, bands], verified; None when it has none or it is damaged
+    (dedup then makes it from the file again)."""
+    try:
+        g = groups[name]
+        if SKETCH not in g:
+            return None
+        sketch = np.asarray(g[SKETCH][()], np.uint8)
+        ok = sketch.ndim == 2 and str(g.attrs.get(SKETCH_CHECKSUM_ATTR, "")) == _sketch_checksum(sketch)
+    except H5_ERRORS:
+        return None
+    return sketch if ok else None
 
 
 def _read(g: h5py.Group, key: str) -> np.ndarray:
@@ -347,7 +376,8 @@ def copy_groups(old: h5py.File, new: h5py.File, track_ids: list[int], nbytes: in
         except (CodesMissing, CodesDamaged):
             lost.append(tid)
             continue
-        write_group(new["tracks"], str(tid), c.track_code, c.segment_codes, c.segment_times, c.chroma)
+        write_group(new["tracks"], str(tid), c.track_code, c.segment_codes, c.segment_times, c.chroma,
+                    read_sketch(groups, str(tid)))
     return lost
 
 

@@ -9,8 +9,9 @@ Decisions per file (cheapest first):
   (a touch) or as an 'ok' track whose file is gone (a move or rename): the
   row is pointed at the file, codes kept; same bytes as an 'ok' track whose
   file is still there: an exact copy, noted, and its codes are copied;
-- else decoded (worker processes: decode, resample, log-mel and the
-  track's chroma, ``musichash.features.chroma``) and encoded (main process: the
+- else decoded (worker processes: decode, resample, log-mel, the track's
+  chroma, ``musichash.features.chroma``, and its sketch for dedup,
+  ``musichash.features.spectra``) and encoded (main process: the
   model, batched over each track's windows).
 
 Every track is committed on its own (``LibraryStore.put_track`` is crash
@@ -26,7 +27,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from musichash.errors import MusichashError
-from musichash.features import chroma
+from musichash.features import chroma, spectra
 from musichash.features.audio import (
     AudioError,
     audio_info,
@@ -99,6 +100,7 @@ class Coded:
     segment_codes: np.ndarray  # uint8 [n, bits/8]
     segment_times: np.ndarray  # float32 [n]
     chroma: np.ndarray  # uint8 [m], ``features.chroma.pack``
+    sketch: np.ndarray | None = None  # uint8 [f, bands], ``features.spectra.sketch`` (dedup's audio check)
 
 
 #: How the files to compute are decoded and encoded: called with the jobs (``job[0]`` is the path),
@@ -164,10 +166,15 @@ def index_paths(
     workers: int | None = None,
     progress: Progress | None = None,
     encoder: Encoder | None = None,
+    mel_device: str | None = None,
 ) -> IndexReport:
     """Add or update the audio files under ``paths``; see the module docstring.
 
-    ``encoder``: how the files are decoded and encoded (default ``local_encoder(model, workers)``).
+    ``encoder``: how the files are decoded and encoded (default ``local_encoder(model, workers, mel_device)``).
+    ``mel_device``: where the log-mel is computed. None: in the decoding workers on their CPU, but
+    on the model's device when that is a GPU (``decode_wave``: the workers hand over 16 kHz audio,
+    the main process makes mel and sketch there; CUDA's mel equals the CPU's in all but ~3e-4 of
+    its values, features/audio.py). A device name: always in the main process, on that device.
     """
     t0 = time.perf_counter()
     progress = progress or Progress()
@@ -176,8 +183,14 @@ def index_paths(
     plan.failed[:0] = failed
     progress.start(len(plan.compute), sum(c[3] for c in plan.compute))
     added, updated, audio_s = [], [], 0.0
+    if encoder is None:
+        if mel_device is None and model.device.type == "cuda":
+            mel_device = str(model.device)
+        if workers is None and model.device.type == "cuda":
+            workers = default_workers(gpu=True)
+        encoder = local_encoder(model, workers, mel_device)
     done: set[int] = set()  # a batch an encoder delivers twice (a retried task) is stored once
-    for batch in (encoder or local_encoder(model, workers))(plan.compute):
+    for batch in encoder(plan.compute):
         batch = [(i, r) for i, r in dict(batch).items() if i not in done]
         done.update(i for i, _ in batch)
         for i, result in batch:
@@ -189,7 +202,7 @@ def index_paths(
         coded = [(plan.compute[i], r) for i, r in batch if not isinstance(r, str)]
         store.put_tracks([
             (TrackRecord(str(path), digest, st.st_size, st.st_mtime, c.duration_s, c.fmt, c.tags),
-             c.track_code, c.segment_codes, c.segment_times, c.chroma)
+             c.track_code, c.segment_codes, c.segment_times, c.chroma, c.sketch)
             for (path, digest, st, _, _), c in coded
         ])
         for (path, _, _, header_s, existed), c in coded:
@@ -220,10 +233,24 @@ def index_paths(
     )
 
 
+def _hash_threads() -> int:
+    """Threads hashing files (hashlib lets go of the GIL): on 16 cores sha256 alone took 1.3 s of a
+    21 s indexing run before any decoding could start (issue 23)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _hash_or_error(path: Path) -> str | OSError:
+    try:
+        return file_hash(path)
+    except OSError as e:
+        return e
+
+
 def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
     plan = _Plan()
     planned: dict[str, Path] = {}  # hash -> first file with these bytes in this run
     scanned = {str(f) for f in files}
+    to_hash: list[tuple[Path, os.stat_result, Track | None, bool]] = []
     for path in files:
         try:
             st = path.stat()
@@ -241,10 +268,12 @@ def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
             else:
                 plan.unchanged += 1
             continue
-        try:
-            digest = file_hash(path)
-        except OSError as e:
-            plan.failed.append(FailedFile(str(path), f"cannot read it ({e.strerror}); check its permissions"))
+        to_hash.append((path, st, row, damaged))
+    with ThreadPoolExecutor(_hash_threads()) as ex:
+        digests = list(ex.map(_hash_or_error, [t[0] for t in to_hash]))
+    for (path, st, row, damaged), digest in zip(to_hash, digests):
+        if isinstance(digest, OSError):
+            plan.failed.append(FailedFile(str(path), f"cannot read it ({digest.strerror}); check its permissions"))
             continue
         if row is not None and row.status == "ok" and row.content_hash == digest and not damaged:
             store.update_file(row.id, str(path), st.st_size, st.st_mtime)  # touched, same bytes
@@ -276,7 +305,8 @@ def _plan(store: LibraryStore, files: list[Path]) -> _Plan:
 def _copy_track(store: LibraryStore, source: Track, path: Path, digest: str, st: os.stat_result) -> None:
     codes = store.get_codes(source.id)
     record = TrackRecord(str(path), digest, st.st_size, st.st_mtime, source.duration_s, source.format, source.tags)
-    store.put_track(record, codes.track_code, codes.segment_codes, codes.segment_times, codes.chroma)
+    store.put_track(record, codes.track_code, codes.segment_codes, codes.segment_times, codes.chroma,
+                    store.get_sketch(source.id))
 
 
 def _prune(store: LibraryStore) -> list[str]:
@@ -288,35 +318,59 @@ def _prune(store: LibraryStore) -> list[str]:
 # ------------------------------------------------------------------ decoding
 
 
-def decode_mel(path: str | os.PathLike) -> tuple[np.ndarray, str, np.ndarray] | str:
-    """Worker job: ``(log-mel float32 [T, 96], format, packed chroma uint8 [m])``, or the reason the file cannot be used."""
+Decoded = tuple[np.ndarray, str, np.ndarray, np.ndarray]
+
+
+def decode_mel(path: str | os.PathLike) -> Decoded | str:
+    """Worker job: ``(log-mel float32 [T, 96], format, packed chroma uint8 [m], sketch uint8 [f, bands])``,
+    or the reason the file cannot be used."""
     try:
         fmt = audio_info(path).format
         harmony = chroma.TrackChroma()
         mel = np.concatenate(list(iter_mel_blocks(harmony.tap(iter_audio_blocks(path)))))
-        return mel, fmt, chroma.pack(harmony.bits())
+        return mel, fmt, chroma.pack(harmony.bits()), spectra.sketch(mel)
     except AudioError as e:
         return e.reason
     except Exception as e:  # a decoder crash must cost one file, not the run
         return f"cannot decode it ({type(e).__name__}: {e}); convert it to flac or wav"
 
 
-def encode_decoded(model: CodeModel, decoded: tuple[np.ndarray, str, np.ndarray] | str) -> Coded | str:
-    """``decode_mel``'s answer encoded by ``model`` (the reason passed on when it is one)."""
+def decode_wave(path: str | os.PathLike) -> Decoded | str:
+    """Worker job when the mel is made elsewhere (on a GPU): as ``decode_mel``, but the 16 kHz audio
+    float32 [n] in place of the mel, and no sketch (it is the mel's)."""
+    try:
+        fmt = audio_info(path).format
+        harmony = chroma.TrackChroma()
+        wave = np.concatenate([np.zeros(0, np.float32), *harmony.tap(iter_audio_blocks(path))])
+        return wave, fmt, chroma.pack(harmony.bits()), None
+    except AudioError as e:
+        return e.reason
+    except Exception as e:  # a decoder crash must cost one file, not the run
+        return f"cannot decode it ({type(e).__name__}: {e}); convert it to flac or wav"
+
+
+def encode_decoded(model: CodeModel, decoded: Decoded | str, mel_device: str | None = None) -> Coded | str:
+    """``decode_mel``'s answer (``decode_wave``'s when ``mel_device`` is set: the mel and sketch are
+    then made here, on that device) encoded by ``model``; the reason passed on when it is one."""
     if isinstance(decoded, str):
         return decoded
-    mel, fmt, harmony = decoded
+    mel, fmt, harmony, sketch = decoded
+    if mel_device is not None:  # ``mel`` is the 16 kHz audio (``decode_wave``)
+        mel = np.concatenate(list(iter_mel_blocks([mel], device=mel_device)))
+        sketch = spectra.sketch(mel)
     enc = model.encode(mel, LIBRARY_HOP)
-    return Coded(fmt, enc.duration_s, tuple(float(p) for p in enc.tags), enc.track_code, enc.codes, enc.times, harmony)
+    return Coded(fmt, enc.duration_s, tuple(float(p) for p in enc.tags), enc.track_code, enc.codes, enc.times,
+                 harmony, sketch)
 
 
-def local_encoder(model: CodeModel, workers: int | None) -> Encoder:
+def local_encoder(model: CodeModel, workers: int | None, mel_device: str | None = None) -> Encoder:
     """This machine: decoding in ``workers`` processes (``_decoded``), the model here; one file a batch,
-    so every track is committed as soon as it is encoded."""
+    so every track is committed as soon as it is encoded. ``mel_device``: as ``index_paths``'."""
+    job = decode_mel if mel_device is None else decode_wave
 
     def run(jobs: list) -> Iterable[list[tuple[int, Coded | str]]]:
-        for i, decoded in enumerate(_decoded(jobs, workers)):
-            yield [(i, encode_decoded(model, decoded))]
+        for i, decoded in enumerate(_decoded(jobs, workers, job)):
+            yield [(i, encode_decoded(model, decoded, mel_device))]
 
     return run
 
@@ -327,8 +381,11 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # the main process's model gets the cores
 
 
-def default_workers() -> int:
-    """Decoding processes: none on 2 cores or fewer, else one per 4 cores (at most 4).
+def default_workers(gpu: bool = False) -> int:
+    """Decoding processes: none on 2 cores or fewer, else one per 4 cores (at most 4); with the model
+    on a GPU (``gpu``), all cores but one: decoding, resampling and chroma are then the CPU's
+    whole share of the work (on an H200 the model alone ran at 6,780x real time, issue 23; how
+    far the cores' decoding caps indexing there is not yet measured).
 
     Decoding, resampling and the mel took about a sixth of the CPU time the
     float32 VGG backbone did (benchmarks/HISTORY.md), so one worker fed a CPU model
@@ -340,15 +397,19 @@ def default_workers() -> int:
     123-143x without, three alternating rounds of ``bench_index.py``).
     """
     cpus = os.cpu_count() or 1
+    if gpu:
+        return max(1, cpus - 1)
     return 0 if cpus <= 2 else max(1, min(4, cpus // 4))
 
 
-def _decoded(jobs: list, workers: int | None) -> Iterable[tuple[np.ndarray, str, np.ndarray] | str]:
-    """Decode jobs in order, at most ``workers + 1`` ahead of the consumer (bounded memory)."""
+def _decoded(jobs: list, workers: int | None, decode=None) -> Iterable[Decoded | str]:
+    """Decode jobs in order (``decode``: ``decode_mel`` or ``decode_wave``), at most ``workers + 1``
+    ahead of the consumer (bounded memory)."""
+    decode = decode_mel if decode is None else decode
     workers = default_workers() if workers is None else workers
     if workers <= 0 or len(jobs) <= 1:
         for job in jobs:
-            yield decode_mel(job[0])
+            yield decode(job[0])
         return
     pending: collections.deque[Future] = collections.deque()
     import torch
@@ -361,7 +422,7 @@ def _decoded(jobs: list, workers: int | None) -> Iterable[tuple[np.ndarray, str,
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as ex:
             try:
                 for job in jobs:
-                    pending.append(ex.submit(decode_mel, str(job[0])))
+                    pending.append(ex.submit(decode, str(job[0])))
                     if len(pending) > workers:
                         yield pending.popleft().result()
                 while pending:

@@ -104,6 +104,7 @@ from musichash.indexer.codes_file import (
     open_codes_for_read,
     open_codes_for_write,
     read_group,
+    read_sketch,
     write_group,
 )
 from musichash.indexer.meta import (
@@ -358,13 +359,15 @@ class LibraryStore:
         segment_codes: np.ndarray,
         segment_times: np.ndarray,
         chroma: np.ndarray | None = None,
+        sketch: np.ndarray | None = None,
     ) -> Track:
         """Add or replace the track at ``record.path`` with its codes; returns its row.
 
         ``track_code: uint8 [bits/8]``, ``segment_codes: uint8 [n, bits/8]``,
-        ``segment_times: float [n]``, ``chroma: uint8 [m]`` (packed, optional).
+        ``segment_times: float [n]``, ``chroma: uint8 [m]`` (packed, optional),
+        ``sketch: uint8 [frames, bands]`` (``features.spectra.sketch``, optional).
         """
-        return self.put_tracks([(record, track_code, segment_codes, segment_times, chroma)])[0]
+        return self.put_tracks([(record, track_code, segment_codes, segment_times, chroma, sketch)])[0]
 
     def put_tracks(
         self,
@@ -372,14 +375,15 @@ class LibraryStore:
     ) -> list[Track]:
         """``put_track`` for many tracks at once: two SQL transactions and one flush in all.
 
-        items: (record, track_code, segment_codes, segment_times, chroma or None) each, as
+        items: (record, track_code, segment_codes, segment_times, chroma or None[, sketch or None]) each, as
         ``put_track`` takes them; paths must be distinct. Crash-safe the same way: every row is
         committed 'pending' before any code is written, and 'ok' only after all are flushed.
         """
         self._check_writable()
         nbytes = self.bits // 8
         checked = []
-        for record, track_code, segment_codes, segment_times, chroma in items:
+        for record, track_code, segment_codes, segment_times, chroma, *rest in items:
+            sketch = rest[0] if rest else None
             segment_codes = np.asarray(segment_codes)
             n = len(segment_codes)
             _check_array("track_code", track_code, np.uint8, (nbytes,))
@@ -387,7 +391,10 @@ class LibraryStore:
             _check_array("segment_times", segment_times, None, (n,))
             if chroma is not None:
                 _check_array("chroma", chroma, np.uint8, (len(chroma),))
-            checked.append((record, track_code, segment_codes, np.asarray(segment_times, dtype=np.float32), chroma))
+            if sketch is not None:
+                _check_array("sketch", sketch, np.uint8, (len(sketch), np.shape(sketch)[-1]))
+            checked.append((record, track_code, segment_codes, np.asarray(segment_times, dtype=np.float32), chroma,
+                            sketch))
         if len({str(c[0].path) for c in checked}) != len(checked):
             raise ValueError("put_tracks: the same path twice")
         if not checked:
@@ -408,8 +415,8 @@ class LibraryStore:
             bump_generation(s)
         # 2. codes on disk.
         def write() -> None:
-            for track_id, (_, track_code, segment_codes, segment_times, chroma) in zip(ids, checked):
-                self._write_codes(track_id, track_code, segment_codes, segment_times, chroma)
+            for track_id, (_, *codes) in zip(ids, checked):
+                self._write_codes(track_id, *codes)
             for h5 in {id(self._h5_of(t)): self._h5_of(t) for t in ids}.values():
                 h5.flush()
 
@@ -576,6 +583,14 @@ class LibraryStore:
                 int(track_id),
             ) from None
 
+    def get_sketch(self, track_id: int) -> np.ndarray | None:
+        """A track's sketch (uint8 [frames, bands], dedup's audio check), or None when it was indexed
+        before tracks kept one, or it fails its checksum (dedup then makes it from the file)."""
+        try:
+            return read_sketch(self._h5_of(int(track_id))["tracks"], str(int(track_id)))
+        except H5_ERRORS:
+            return None
+
     def codes_intact(self, track_id: int) -> bool:
         """Whether a track's stored codes are there and pass their checksum (what ``index`` trusts as unchanged)."""
         try:
@@ -718,8 +733,10 @@ class LibraryStore:
         segment_codes: np.ndarray,
         segment_times: np.ndarray,
         chroma: np.ndarray | None,
+        sketch: np.ndarray | None,
     ) -> None:
-        write_group(self._h5_of(track_id)["tracks"], str(track_id), track_code, segment_codes, segment_times, chroma)
+        write_group(self._h5_of(track_id)["tracks"], str(track_id), track_code, segment_codes, segment_times, chroma,
+                    sketch)
 
     def _h5_of(self, track_id: int) -> h5py.File:
         return self._files[sharding.shard_of(track_id, self.shards)]

@@ -31,6 +31,7 @@ from musichash.models import (
     tag_names,
 )
 from musichash.models.binarizer import Binarizer, BinarizerError
+from musichash.models.gpu import chunk_windows, exact_float32
 from musichash.models.registry import missing_weights, weights_file
 
 #: frames between library segments: 1.28 s, a multiple of the VGG's 16-frame stride
@@ -137,12 +138,14 @@ class CodeModel:
 
         split = track and self.segment_head is not self.head
         starts, probs, seg, trk = [], [], [], []
-        for wb in self.backbone.iter_windows(counted(mel), hop, features=self.features):
-            starts.append(wb.starts.numpy())
-            probs.append(torch.sigmoid(wb.logits).double().sum(0).cpu().numpy())
-            seg.append(self.segment_head(wb.features))
-            if split:
-                trk.append(self.head(wb.features))
+        with exact_float32(self.device):
+            chunk = chunk_windows(self.device, hop)
+            for wb in self.backbone.iter_windows(counted(mel), hop, chunk_windows=chunk, features=self.features):
+                starts.append(wb.starts.numpy())
+                probs.append(torch.sigmoid(wb.logits).double().sum(0).cpu().numpy())
+                seg.append(self.segment_head(wb.features))
+                if split:
+                    trk.append(self.head(wb.features))
         x = np.concatenate(seg)  # float [n, bits], before the sign
         t = np.concatenate(trk) if split else x
         # T = 1 + n_samples // HOP frames for a centred STFT
@@ -231,7 +234,7 @@ def _random_projection(spec, backbone) -> Binarizer:
     dev = next(backbone.parameters()).device
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(16, 187, 96, generator=g).to(dev)
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_float32(dev):
         x = backbone(noise).features[spec.feature].flatten(1).double().cpu().numpy()
     rng = np.random.default_rng(0)
     return Binarizer(

@@ -40,13 +40,15 @@ class Scored:
     """One calibration clip as ``Library.search`` answered it with the checks off.
 
     score: the first track's score; chroma: its harmony agreement (None: not compared);
-    in_library: whether the clip comes from a library track; top1: whether the first track is its track.
+    in_library: whether the clip comes from a library track; top1: whether the first track is its track;
+    length: the clip's seconds (for thresholds by length).
     """
 
     score: float
     chroma: float | None
     in_library: bool
     top1: bool = False
+    length: float = 0.0
 
 
 def matched(s: Scored, match_threshold: float, chroma_threshold: float | None) -> bool:
@@ -116,10 +118,33 @@ def rates(clips: Sequence[Scored], match_threshold: float, chroma_threshold: flo
             "n_neg": len(neg), "n_pos": len(pos)}
 
 
-def fit_thresholds(clips: Sequence[Scored], base: Thresholds, source: str, target_tnr: float = JOINT_TNR) -> Thresholds:
-    """``base`` with the match and chroma thresholds fitted together on ``clips`` (``fit_joint``)."""
-    t, tc = fit_joint(clips, target_tnr)
-    return Thresholds(match=t, chroma=tc, dedup=base.dedup, source=source, target_tnr=target_tnr)
+def fit_thresholds(clips: Sequence[Scored], base: Thresholds, source: str, target_tnr: float = JOINT_TNR,
+                   lengths: Sequence[float] = ()) -> Thresholds:
+    """``base`` with the match and chroma thresholds fitted together on ``clips`` (``fit_joint``).
+
+    lengths: bounds (seconds, ascending) of thresholds by clip length: a row is fitted on the clips
+    longer than the bound before it and at most as long as its own, the base thresholds on the clips
+    longer than the last; each reaches ``target_tnr`` on its own out-of-library clips.
+    """
+    lengths = sorted(lengths)
+    rows, lo = [], 0.0
+    for up_to in lengths:
+        part = [c for c in clips if lo < c.length <= up_to]
+        rows.append((float(up_to), *fit_joint(part, target_tnr)))
+        lo = up_to
+    rest = [c for c in clips if c.length > lo] if lengths else list(clips)
+    t, tc = fit_joint(rest, target_tnr)
+    return Thresholds(match=t, chroma=tc, dedup=base.dedup, source=source, target_tnr=target_tnr,
+                      by_length=tuple(rows))
+
+
+def rates_by_length(clips: Sequence[Scored], thresholds: Thresholds) -> dict:
+    """``rates`` per clip length, each length decided by its own thresholds (``Thresholds.for_length``)."""
+    out = {}
+    for length in sorted({c.length for c in clips}):
+        t = thresholds.for_length(length)
+        out[length] = rates([c for c in clips if c.length == length], t.match, t.chroma)
+    return out
 
 
 def write_thresholds(spec, thresholds: Thresholds) -> str:

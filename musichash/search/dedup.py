@@ -5,10 +5,16 @@ Down the layers, like a query:
 1. **pairs**: every track's segment codes look up their ``DEDUP_K`` nearest library segments, and
    only close hits (``DEDUP_MAX_HAMMING``) vote for an alignment with another track (small speed
    changes only); a pair is kept when at least ``threshold`` of the track's windows line up;
-2. **verify**: each pair's best alignment is checked on the two files' audio
-   (``features.spectra.spectrogram_agreement``), so an alternate arrangement of a score, which codes
-   made to survive timbre changes cannot tell from a copy, stays out;
-3. **group**: files with the same bytes join whatever the codes say, and pairs chain into groups.
+2. **plausible**: the alignment must cover ``MIN_COVER`` of the shorter file, and a short file
+   (a jingle, under ``SHORT_S``) pairs only with files of about its own length, so a few seconds
+   that a long track shares with another never make them one recording;
+3. **verify**: each remaining pair's alignment is checked on the two tracks' stored sketches
+   (``features.spectra``), so an alternate arrangement of a score, which codes made to survive
+   timbre changes cannot tell from a copy, stays out; no file is decoded again;
+4. **group**: complete linkage: two groups join only when every member of one is a verified pair
+   of every member of the other (a pair the nearest-neighbour stage missed is checked directly
+   on the two tracks' codes), so no chain of links ever joins two recordings. Files with the same
+   bytes are always one recording.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from musichash.bits import hamming
 from musichash.features import spectra
 from musichash.search.cache import SearchIndex
 from musichash.search.results import DuplicateGroup, GroupMember
@@ -40,6 +47,12 @@ DEDUP_MAX_RATE_CHANGE = 0.03
 #: evaluation corpus's, so its dedup figures are not independent of this choice
 DEDUP_MAX_HAMMING = 0.25
 WINDOW_S = 3.0
+#: a duplicate pair's alignment covers at least this share of the shorter file (an independent
+#: evaluation found two songs joined on a 3 s span, and a 5 s jingle on a 5-minute track)
+MIN_COVER = 0.8
+#: files shorter than this are duplicates only of files at most ``SHORT_RATIO`` times as long
+SHORT_S = 30.0
+SHORT_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -74,14 +87,35 @@ def duplicates_of(
         return []
     D, I = index.segments.search(segment_codes, DEDUP_K)
     hits = SegmentHits.from_knn(segment_times, D, I, index.seg_track, index.seg_time, bits)
-    keep = hits.hamming <= DEDUP_MAX_HAMMING * bits
+    return _pairs(hits, segment_times, self_id, duration_s, threshold)
+
+
+def pair_of(a: int, a_codes, b: int, b_codes, bits: int, duration_a: float | None,
+            threshold: float) -> DuplicatePair | None:
+    """Stage 1 for two given tracks (``TrackCodes`` each): their best alignment, by brute force over
+    their segments, or None. For pairs the nearest-neighbour stage did not bring back."""
+    xq, xb = a_codes.segment_codes, b_codes.segment_codes
+    if len(xq) == 0 or len(xb) == 0:
+        return None
+    k = min(DEDUP_K, len(xb))
+    D = hamming(xq[:, None], xb[None])  # [nq, nb]
+    I = np.argsort(D, axis=1, kind="stable")[:, :k]
+    hits = SegmentHits.from_knn(a_codes.segment_times, np.take_along_axis(D, I, axis=1), I,
+                                np.full(len(xb), b, np.int64), b_codes.segment_times, bits)
+    found = [p for p in _pairs(hits, a_codes.segment_times, a, duration_a, threshold) if p.b == b]
+    return found[0] if found else None
+
+
+def _pairs(hits: SegmentHits, segment_times: np.ndarray, self_id: int | None, duration_s: float | None,
+           threshold: float) -> list[DuplicatePair]:
+    keep = hits.hamming <= DEDUP_MAX_HAMMING * hits.bits
     if self_id is not None:
         keep &= hits.track_id != self_id
     if not keep.all():
         hits = hits.select(keep)
     end_a = duration_s if duration_s is not None else float(segment_times[-1]) + WINDOW_S
     out = []
-    n = len(segment_codes)
+    n = len(segment_times)
     for v in vote(hits, max_tracks=10, max_rate_change=DEDUP_MAX_RATE_CHANGE):
         coverage = v.votes / n
         if coverage < threshold:
@@ -95,6 +129,20 @@ def duplicates_of(
     return out
 
 
+def plausible(p: DuplicatePair, duration_a: float | None, duration_b: float | None) -> bool:
+    """Stage 2: whether pair p's alignment can make its tracks one recording: it covers ``MIN_COVER``
+    of the shorter one, and a short one (``SHORT_S``) is paired only with one of about its length.
+    Unknown durations are taken from the spans."""
+    da = duration_a or p.span_a[1]
+    db = duration_b or p.span_b[1]
+    if da <= 0 or db <= 0:
+        return False
+    span, shorter = (p.span_a, da) if da <= db else (p.span_b, db)
+    if (span[1] - span[0]) < MIN_COVER * shorter:
+        return False
+    return shorter >= SHORT_S or max(da, db) <= SHORT_RATIO * shorter
+
+
 def best_pairs(pairs: Iterable[DuplicatePair]) -> dict[frozenset, DuplicatePair]:
     """Each pair of tracks once, at its highest-scoring alignment (of either direction)."""
     best: dict[frozenset, DuplicatePair] = {}
@@ -105,52 +153,78 @@ def best_pairs(pairs: Iterable[DuplicatePair]) -> dict[frozenset, DuplicatePair]
     return best
 
 
-def group_pairs(pairs: Iterable[DuplicatePair]) -> list[tuple[list[int], float, dict[int, tuple[float, float]]]]:
-    """Connected groups of tracks: (sorted ids, weakest joining score, span per id), largest first."""
-    parent: dict[int, int] = {}
-
-    def find(x: int) -> int:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    best = best_pairs(pairs)
-    spans: dict[int, tuple[float, float]] = {}
-    for p in best.values():
-        parent[find(p.a)] = find(p.b)
-        for t, s in ((p.a, p.span_a), (p.b, p.span_b)):
-            old = spans.get(t)
-            spans[t] = s if old is None else (min(old[0], s[0]), max(old[1], s[1]))
-    members: dict[int, list[int]] = {}
-    for t in parent:
-        members.setdefault(find(t), []).append(t)
-    groups = []
-    for ids in members.values():
-        ids = sorted(ids)
-        weakest = min(p.score for p in best.values() if find(p.a) == find(ids[0]))
-        groups.append((ids, weakest, {t: spans[t] for t in ids}))
-    groups.sort(key=lambda g: (-len(g[0]), g[0][0]))
-    return groups
-
-
 def same_recording(
-    pairs: list[DuplicatePair], paths: dict[int, str], progress: Callable[[int, int], None] | None = None
+    pairs: list[DuplicatePair],
+    sketches: spectra.Sketches,
+    paths: dict[int, str],
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[DuplicatePair]:
-    """Stage 2: each pair's best alignment, kept when the two files' audio agrees along it (or a file
-    cannot be read now: the codes' word stands). progress(done, total) follows the checks."""
+    """Stage 3: each pair's best alignment, kept when the two tracks' sketches agree along it (or a
+    sketch cannot be had: no stored one and the file cannot be read now; the codes' word stands).
+    progress(done, total) follows the checks."""
     best = best_pairs(pairs)
-    cache = spectra.Spectra()
     kept = []
     for done, p in enumerate(sorted(best.values(), key=lambda p: (p.a, p.b)), 1):
-        a, b = cache.get(paths[p.a]), cache.get(paths[p.b])
-        agree = None if a is None or b is None else spectra.spectrogram_agreement(a, b, p.offset_s, p.rate)
-        if agree is None or agree >= spectra.SAME_RECORDING:
+        if agrees(p, sketches, paths):
             kept.append(p)
         if progress:
             progress(done, len(best))
     return kept
+
+
+def agrees(p: DuplicatePair, sketches: spectra.Sketches, paths: dict[int, str]) -> bool:
+    a, b = sketches.get(p.a, paths[p.a]), sketches.get(p.b, paths[p.b])
+    agree = None if a is None or b is None else spectra.spectrogram_agreement(a, b, p.offset_s, p.rate)
+    return agree is None or agree >= spectra.SAME_RECORDING
+
+
+def store_sketches(store) -> spectra.Sketches:
+    """Sketches of ``store``'s tracks (``indexer.store.LibraryStore``); ids below 0 are files outside it."""
+    return spectra.Sketches(lambda tid: store.get_sketch(tid) if tid >= 0 else None)
+
+
+def link(
+    pairs: Iterable[DuplicatePair], check: Callable[[int, int], DuplicatePair | None]
+) -> list[tuple[list[int], float, dict[int, tuple[float, float]]]]:
+    """Stage 4, complete linkage: groups as (sorted ids, weakest score inside, span per id), largest first.
+
+    Pairs join groups strongest first; two groups join only when every cross pair is linked,
+    ``check(x, y)`` deciding those not in ``pairs`` (None: not the same recording).
+    """
+    linked = best_pairs(pairs)
+    group: dict[int, frozenset[int]] = {}
+    for p in sorted(linked.values(), key=lambda p: (-p.score, min(p.a, p.b), max(p.a, p.b))):
+        A, B = group.get(p.a, frozenset((p.a,))), group.get(p.b, frozenset((p.b,)))
+        if A is B:
+            continue
+        joined = True
+        for x in A:
+            for y in B:
+                key = frozenset((x, y))
+                if key not in linked:
+                    found = check(x, y)
+                    if found is None:
+                        joined = False
+                        break
+                    linked[key] = found
+            if not joined:
+                break
+        if joined:
+            merged = A | B
+            for t in merged:
+                group[t] = merged
+    out = []
+    for members in {id(g): g for g in group.values()}.values():
+        ids = sorted(members)
+        inside = [linked[frozenset((x, y))] for i, x in enumerate(ids) for y in ids[i + 1 :]]
+        spans: dict[int, tuple[float, float]] = {}
+        for q in inside:
+            for t, sp in ((q.a, q.span_a), (q.b, q.span_b)):
+                old = spans.get(t)
+                spans[t] = sp if old is None else (min(old[0], sp[0]), max(old[1], sp[1]))
+        out.append((ids, min(q.score for q in inside), spans))
+    out.sort(key=lambda g: (-len(g[0]), g[0][0]))
+    return out
 
 
 def find_groups(
@@ -163,20 +237,37 @@ def find_groups(
 ) -> list[DuplicateGroup]:
     """Groups of tracks of ``store`` (``indexer.store.LibraryStore``) that are the same recording, largest first."""
     tracks = {t.id: t for t in store.tracks("ok")}
+    dur = {tid: t.duration_s for tid, t in tracks.items()}
+    paths = {tid: t.path for tid, t in tracks.items()}
+    sketches = store_sketches(store)
+    codes = {tid: store.get_codes(tid) for tid in tracks}  # read once: a direct check needs them again
     pairs = []
     for tid, t in tracks.items():
-        codes = store.get_codes(tid)
-        pairs += duplicates_of(index, codes.segment_codes, codes.segment_times, store.bits,
+        pairs += duplicates_of(index, codes[tid].segment_codes, codes[tid].segment_times, store.bits,
                                self_id=tid, duration_s=t.duration_s, threshold=threshold)
     pairs = [p for p in pairs if p.a in tracks and p.b in tracks and tracks[p.a].content_hash != tracks[p.b].content_hash]
+    pairs = list(best_pairs(p for p in pairs if plausible(p, dur[p.a], dur[p.b])).values())
     if verify:
-        pairs = same_recording(pairs, {tid: t.path for tid, t in tracks.items()}, progress)
-    by_hash: dict[str, list[int]] = {}
-    for t in tracks.values():
-        by_hash.setdefault(t.content_hash, []).append(t.id)
-    for ids in by_hash.values():  # the same bytes: the same recording whatever the codes say
-        for other in ids[1:]:
-            full = (0.0, float(tracks[ids[0]].duration_s or 0.0))
-            pairs.append(DuplicatePair(ids[0], other, 1.0, full, full))
+        pairs = same_recording(pairs, sketches, paths, progress)
+    for ids in _same_bytes(tracks.values()):  # the same bytes: the same recording whatever the codes say
+        for i, x in enumerate(ids):
+            full = (0.0, float(tracks[x].duration_s or 0.0))
+            pairs += [DuplicatePair(x, y, 1.0, full, full) for y in ids[i + 1 :]]
+
+    def check(x: int, y: int) -> DuplicatePair | None:
+        if dur[x] > dur[y]:  # from the shorter one's windows, as coverage is the shorter file's
+            x, y = y, x
+        p = pair_of(x, codes[x], y, codes[y], store.bits, dur[x], threshold)
+        if p is None or not plausible(p, dur[x], dur[y]):
+            return None
+        return p if not verify or agrees(p, sketches, paths) else None
+
     return [DuplicateGroup(tuple(GroupMember(i, tracks[i].path, spans[i]) for i in ids), score)
-            for ids, score, spans in group_pairs(pairs)]
+            for ids, score, spans in link(pairs, check)]
+
+
+def _same_bytes(tracks) -> list[list[int]]:
+    by_hash: dict[str, list[int]] = {}
+    for t in tracks:
+        by_hash.setdefault(t.content_hash, []).append(t.id)
+    return [sorted(ids) for ids in by_hash.values() if len(ids) > 1]

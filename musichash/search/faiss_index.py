@@ -8,7 +8,8 @@ wrapped in ``faiss.IndexBinaryIDMap`` so searches return the caller's int64 ids
 Index kinds (``INDEX_TYPES``):
 
 - ``flat``: exact brute force; the default, and the only kind that runs on a
-  GPU (``faiss.GpuIndexBinaryFlat``) when one is available.
+  GPU when one is available: ``faiss.GpuIndexBinaryFlat`` with faiss-gpu, else
+  an exact torch k-NN on the CUDA device (``search.torch_knn``).
 - ``hnsw``: graph search, approximate, fast for large libraries.
 - ``ivf``: inverted lists trained on the codes; ``nprobe`` trades speed for
   recall.
@@ -37,8 +38,9 @@ import faiss
 import numpy as np
 
 from musichash.bits import hamming
-from musichash.devices import faiss_device
+from musichash.devices import index_device, torch_device
 from musichash.errors import MusichashError
+from musichash.search.torch_knn import TorchFlat
 
 __all__ = [
     "INDEX_TYPES", "MISSING_DISTANCE", "BinaryIndex", "IndexConfig", "SearchError",
@@ -271,6 +273,9 @@ class BinaryIndex:
         self._gpu_res = None
         self._config = config
         self._device = device
+        #: the codes again on a torch device, searched there (``search.torch_knn``), and their ids
+        self._torch: TorchFlat | None = None
+        self._torch_ids = np.zeros(0, np.int64)
 
     # -- construction -------------------------------------------------------
 
@@ -281,11 +286,16 @@ class BinaryIndex:
         ids: np.ndarray | None = None,
         config: IndexConfig | None = None,
         device: str = "auto",
+        *,
+        backend: str | None = None,
     ) -> BinaryIndex:
         """Index ``codes: uint8 [n, bits/8]`` under ``ids: int64 [n]`` (default ``0..n-1``).
 
         ``config`` defaults to a flat index of the codes' width.  ``device``
-        is ``"auto"``, ``"cpu"`` or ``"cuda"``; only ``flat`` moves to a GPU.
+        is ``"auto"``, ``"cpu"`` or ``"cuda"``; only ``flat`` moves to a GPU: FAISS's when
+        faiss-gpu is installed, else torch's (``devices.index_device``). ``backend="torch"``
+        searches a flat index with ``search.torch_knn`` on the device's torch device even where
+        FAISS could (the CPU included: the tests and benchmarks compare the two).
         """
         codes = np.asarray(codes)
         if config is None:
@@ -294,9 +304,14 @@ class BinaryIndex:
         codes = _check_codes(codes, config.bits, "codes")
         n = codes.shape[0]
         ids = cls._check_ids(ids, n)
-        device = faiss_device(device)
+        if backend not in (None, "torch"):
+            raise SearchError(f"unknown search backend {backend!r}; leave it unset, or 'torch'")
+        asked = device
+        device, torch_dev = index_device(device)
+        if backend == "torch" and torch_dev is None:
+            torch_dev = "cpu" if device == "cpu" else str(torch_device(asked))
         if config.kind != "flat":
-            device = "cpu"
+            device, torch_dev = "cpu", None
 
         if config.kind == "ivf":
             if n == 0:
@@ -310,7 +325,7 @@ class BinaryIndex:
             config = dataclasses.replace(config, nlist=nlist)
 
         gpu_res = None
-        if device == "cuda":
+        if device == "cuda" and torch_dev is None:
             gpu_res = faiss.StandardGpuResources()
             sub = faiss.GpuIndexBinaryFlat(gpu_res, config.bits)
         else:
@@ -323,6 +338,8 @@ class BinaryIndex:
         built = cls(index, config, device)
         built._sub = sub
         built._gpu_res = gpu_res
+        if torch_dev is not None:
+            built._torch, built._torch_ids = TorchFlat(codes, torch_dev), ids.copy()
         return built
 
     @staticmethod
@@ -367,6 +384,9 @@ class BinaryIndex:
         ids = self._check_ids(ids, codes.shape[0])
         if codes.shape[0]:
             self._index.add_with_ids(codes, ids)
+            if self._torch is not None:
+                self._torch.add(codes)
+                self._torch_ids = np.concatenate([self._torch_ids, ids])
 
     # -- properties -----------------------------------------------------------
 
@@ -389,6 +409,15 @@ class BinaryIndex:
     @property
     def config(self) -> IndexConfig:
         return self._config
+
+    @property
+    def backend(self) -> str:
+        """What searches: ``faiss`` (on ``device``), or ``torch:<its torch device>``."""
+        return "faiss" if self._torch is None else f"torch:{self._torch.device}"
+
+    @property
+    def _faiss_gpu(self) -> bool:
+        return self._device == "cuda" and self._torch is None
 
     def __len__(self) -> int:
         return self.ntotal
@@ -444,7 +473,7 @@ class BinaryIndex:
         xq = _check_codes(xq, self.bits, "queries")
         k = _check_k(k)
         nq = xq.shape[0]
-        if self.device == "cuda" and k > 2048:
+        if self._faiss_gpu and k > 2048:
             raise SearchError(
                 f"the GPU index returns at most k=2048 neighbours (got {k}); use --device cpu"
             )
@@ -453,6 +482,9 @@ class BinaryIndex:
                 np.full((nq, k), MISSING_DISTANCE, dtype=np.int32),
                 np.full((nq, k), -1, dtype=np.int64),
             )
+        if self._torch is not None:
+            D, pos = self._torch.search(xq, k)
+            return D, np.where(pos >= 0, self._torch_ids[np.maximum(pos, 0)], -1)
         D, I = self._index.search(xq, k)
         D = D.astype(np.int32)
         I = I.astype(np.int64)
@@ -475,7 +507,7 @@ class BinaryIndex:
         nq = xq.shape[0]
         if radius < 0 or nq == 0 or self.ntotal == 0:
             return np.zeros(nq + 1, dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
-        if self.device == "cpu" and self.kind != "hnsw":
+        if not self._faiss_gpu and self.kind != "hnsw":
             # FAISS keeps distances strictly below its radius.
             lims, D, I = self._index.range_search(xq, radius + 1)
             lims = lims.astype(np.int64)
@@ -497,7 +529,7 @@ class BinaryIndex:
     def _codes_and_ids(self) -> tuple[np.ndarray, np.ndarray]:
         """Stored ``codes: uint8 [ntotal, bits/8]`` and ``ids: int64 [ntotal]`` (flat/hnsw/ivf)."""
         ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        if self.kind == "ivf" and self.device == "cpu":  # each list's codes, back in the order they were added
+        if self.kind == "ivf" and not self._faiss_gpu:  # each list's codes, back in the order they were added
             sub, xb = faiss.downcast_IndexBinary(self._index.index), np.empty((len(ids), self.bits // 8), np.uint8)
             for lst in range(sub.nlist):
                 if n := sub.invlists.list_size(lst):
@@ -510,7 +542,7 @@ class BinaryIndex:
 
     def _cpu_flat(self) -> faiss.IndexBinaryFlat:
         sub = faiss.downcast_IndexBinary(self._index.index)
-        if self.device == "cuda":
+        if self._faiss_gpu:
             flat = faiss.IndexBinaryFlat(self.bits)
             self._sub.copyTo(flat)
             return flat
@@ -527,7 +559,7 @@ class BinaryIndex:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         index = self._index
-        if self.device == "cuda":
+        if self._faiss_gpu:
             xb, ids = self._codes_and_ids()
             index = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(self.bits))
             if len(ids):
@@ -542,7 +574,7 @@ class BinaryIndex:
             tmp.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> BinaryIndex:
+    def load(cls, path: str | os.PathLike, device: str = "auto", *, backend: str | None = None) -> BinaryIndex:
         """Read an index written by ``save``; a flat index moves to the GPU if ``device`` allows."""
         path = Path(path)
         if not path.is_file():
@@ -559,9 +591,9 @@ class BinaryIndex:
                 f"{path}: not a musichash index (no id map); rebuild it with: musichash reindex"
             )
         config = _config_of(faiss.downcast_IndexBinary(index.index))
-        device = faiss_device(device)
-        if config.kind != "flat" or device == "cpu":
+        where, torch_dev = index_device(device)
+        if config.kind != "flat" or (where == "cpu" and backend is None):
             return cls(index, config, "cpu")
         cpu = cls(index, config, "cpu")
         xb, ids = cpu._codes_and_ids()
-        return cls.build(xb, ids, config, device="cuda")
+        return cls.build(xb, ids, config, device=device, backend=backend)

@@ -166,9 +166,11 @@ def verify(enc: Encoded, votes: list[TrackVote], chroma_of: ChromaOf) -> tuple[l
     return [head[best], *(v for i, v in enumerate(votes) if i != best)], best_agree
 
 
-def decide(votes: list[TrackVote], agree: float | None, thresholds: Thresholds) -> bool:
+def decide(votes: list[TrackVote], agree: float | None, thresholds: Thresholds, seconds: float) -> bool:
     """Stage 4: the first track's score strictly above the match threshold and, where the model has a
-    harmony check and the agreement was measured, the agreement strictly above the chroma threshold."""
+    harmony check and the agreement was measured, the agreement strictly above the chroma threshold;
+    both those of the clip's length (``Thresholds.for_length``, the clip's ``seconds``)."""
+    thresholds = thresholds.for_length(seconds)
     if not votes or votes[0].score <= thresholds.match:
         return False
     return agree is None or not thresholds.harmony_check or agree > thresholds.chroma
@@ -206,6 +208,6 @@ def search(
             for v in shown
         )
         note = f"longer than {MAX_CLIP_S:g} s: only its first {MAX_CLIP_S:g} s were searched" if q.enc.cut else None
-        out.append(SearchResult(q.name, bool(shown) and decide(votes, agree, thresholds), results, q.enc.duration_s,
+        out.append(SearchResult(q.name, bool(shown) and decide(votes, agree, thresholds, q.enc.duration_s), results, q.enc.duration_s,
                                 chroma=agree, note=note))
     return out

@@ -68,16 +68,18 @@ def same_recording_as(
     index: SearchIndex, store, dedup_threshold: float, among: set[int] | None = None,
 ) -> list[int]:
     """Library tracks (of ``among``, if given) that hold the same recording as the audio at ``path``:
-    their codes align with these (``dedup.duplicates_of``) and their audio agrees along the alignment."""
+    their codes align with these (``dedup.duplicates_of``) over most of the shorter one
+    (``dedup.plausible``) and their sketches agree along the alignment."""
     pairs = dedup.duplicates_of(index, codes, times, store.bits, self_id=track_id, duration_s=duration_s,
                                 threshold=dedup_threshold)
     pairs = [p for p in pairs if among is None or p.b in among]
     if not pairs:
         return []
     tracks = store.get_many(p.b for p in pairs)
-    paths = {p.b: tracks[p.b].path for p in pairs if p.b in tracks}
+    pairs = [p for p in pairs if p.b in tracks and dedup.plausible(p, duration_s, tracks[p.b].duration_s)]
+    paths = {p.b: tracks[p.b].path for p in pairs}
     paths[-1 if track_id is None else track_id] = path
-    return [p.b for p in dedup.same_recording([p for p in pairs if p.b in paths], paths)]
+    return [p.b for p in dedup.same_recording(pairs, dedup.store_sketches(store), paths)]
 
 
 def recommend(

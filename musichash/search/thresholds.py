@@ -33,20 +33,44 @@ class Thresholds:
     """match: the first track's score must exceed it; chroma: the clip's harmony agreement with that
     track must exceed it (None or -1: no harmony check); dedup: the coverage two tracks need to be one
     recording; source: what they were fitted on (None: defaults, not calibrated); target_tnr: the share
-    of out-of-library clips the fit rejects."""
+    of out-of-library clips the fit rejects.
+
+    by_length: ``(up_to_s, match, chroma)`` rows, shortest first: a clip of at most ``up_to_s`` seconds
+    is decided by that row's thresholds (a short clip's score spreads wider, out of library too), a
+    longer one by ``match`` and ``chroma`` (``for_length``).
+    """
 
     match: float = DEFAULT_MATCH_THRESHOLD
     chroma: float | None = None
     dedup: float = DEFAULT_DEDUP_THRESHOLD
     source: str | None = None
     target_tnr: float | None = None
+    by_length: tuple[tuple[float, float, float | None], ...] = ()
+
+    def __post_init__(self) -> None:
+        rows = tuple(tuple(r) for r in self.by_length)
+        if [r[0] for r in rows] != sorted(r[0] for r in rows):
+            raise ValueError("Thresholds.by_length rows must be sorted by their length")
+        object.__setattr__(self, "by_length", rows)
 
     @property
     def harmony_check(self) -> bool:
         return self.chroma is not None and self.chroma > -1
 
+    def for_length(self, seconds: float) -> Thresholds:
+        """The thresholds that decide a clip of ``seconds``: its length's row, else these."""
+        for up_to, match, chroma in self.by_length:
+            if seconds <= up_to:
+                return replace(self, match=match, chroma=chroma, by_length=())
+        return replace(self, by_length=()) if self.by_length else self
+
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        d = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.by_length:
+            d["by_length"] = [list(r) for r in self.by_length]
+        else:
+            d.pop("by_length", None)
+        return d
 
     @staticmethod
     @lru_cache(maxsize=64)
@@ -70,7 +94,9 @@ class Thresholds:
         """One line for ``musichash models``."""
         if self.source is None:
             return "thresholds: defaults, not calibrated"
-        return f"thresholds calibrated on {self.source}"
+        lengths = f" (by clip length: up to {', '.join(f'{r[0]:g}' for r in self.by_length)} s, and longer)" \
+            if self.by_length else ""
+        return f"thresholds calibrated on {self.source}{lengths}"
 
 
 def thresholds_file(spec) -> Path | None:

@@ -190,18 +190,23 @@ def _pedalboard():
 
 def noise(snr_db: float, kind: str = "white", background: np.ndarray | None = None) -> Degradation:
     """Add noise at exactly ``snr_db`` (signal power / noise power over the whole
-    clip). ``kind="white"``: Gaussian. ``kind="babble"``: the sum of
+    clip). ``kind="white"``: Gaussian. ``kind="pink"``: Gaussian with power falling
+    as 1/f (equal power per octave, as most real background noise). ``kind="music"``:
+    ``background`` (other music, required) as it is, looped and at a random start:
+    another song playing underneath. ``kind="babble"``: the sum of
     ``BABBLE_VOICES`` time-shifted, band-passed "voices", each made from
     ``background`` (other music, float [k] at 16 kHz, looped to length) or,
     without one, from speech-like noise (300-3400 Hz, syllable-rate envelope).
     A silent input is returned unchanged, since no noise level gives it an SNR."""
     if not math.isfinite(snr_db):
         raise AugmentError(f"snr_db must be finite, got {snr_db}")
-    if kind not in ("white", "babble"):
-        raise AugmentError(f"noise kind must be 'white' or 'babble', got {kind!r}")
+    if kind not in NOISE_KINDS:
+        raise AugmentError(f"noise kind must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
+    if kind == "music" and background is None:
+        raise AugmentError("noise kind 'music' needs the background music to mix in")
     if background is not None:
-        if kind != "babble":
-            raise AugmentError("a background recording is only used with kind='babble'")
+        if kind not in ("babble", "music"):
+            raise AugmentError("a background recording is only used with kind='babble' or 'music'")
         background = _check_input(background)
         if not np.any(background):
             raise AugmentError("the background recording is silent; pass music or leave it out")
@@ -214,12 +219,31 @@ def _noise(x, rng, snr_db, kind, background=None):
     ps = float(np.mean(x64**2)) if x.size else 0.0
     if ps == 0.0:
         return x
-    n = rng.standard_normal(len(x)) if kind == "white" else _babble(len(x), rng, background)
+    if kind == "white":
+        n = rng.standard_normal(len(x))
+    elif kind == "pink":
+        n = _pink(len(x), rng)
+    elif kind == "music":
+        n = np.roll(np.resize(background.astype(np.float64), len(x)), int(rng.integers(0, max(len(background), 1))))
+    else:
+        n = _babble(len(x), rng, background)
     pn = float(np.mean(n**2))
     if pn == 0.0:
         return x
     n *= math.sqrt(ps / 10.0 ** (snr_db / 10.0) / pn)
     return x64 + n
+
+
+NOISE_KINDS = ("white", "pink", "babble", "music")
+
+
+def _pink(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise shaped to a 1/f power spectrum (amplitude 1/sqrt(f)) in the frequency domain."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    spec[1:] /= np.sqrt(f[1:] / f[1])
+    spec[0] = 0.0
+    return np.fft.irfft(spec, n)
 
 
 def _band(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -279,6 +303,43 @@ def _telephone(x, rng):
     if n <= 3 * 2 * len(sos):
         return np.zeros(n)
     return _fit(signal.sosfiltfilt(sos, y), n)
+
+
+def overdrive(drive_db: float) -> Degradation:
+    """Hard clipping: the clip's peak driven ``drive_db`` above full scale, then cut at full scale
+    (an overdriven recording or a broadcast limiter pushed too far)."""
+    if not (math.isfinite(drive_db) and drive_db >= 0):
+        raise AugmentError(f"overdrive needs drive_db >= 0, got {drive_db}")
+    return Degradation("overdrive", {"drive_db": float(drive_db)})
+
+
+@_register("overdrive")
+def _overdrive(x, rng, drive_db):
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x
+    return np.clip(x.astype(np.float64) * (10.0 ** (drive_db / 20.0) / peak), -1.0, 1.0)
+
+
+def phone_recording(room_size: float = 0.5) -> Degradation:
+    """A phone held up to a speaker in a room: reverb (``room_size``), the phone line's
+    300-3400 Hz band at 8 kHz (:func:`telephone`), and the AMR-NB speech codec at 12.2 kbit/s
+    (through PyAV's libopencore_amrnb)."""
+    if not 0.0 <= room_size <= 1.0:
+        raise AugmentError(f"room_size must be in [0, 1], got {room_size}")
+    return Degradation("phone_recording", {"room_size": float(room_size)})
+
+
+@_register("phone_recording")
+def _phone_recording(x, rng, room_size):
+    n = len(x)
+    y = _telephone(_reverb(x, rng, room_size), rng)
+    y = soxr.resample(np.asarray(y, np.float32), SAMPLE_RATE, 8000, quality="HQ")
+    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    if peak > 1.0:
+        y = y / peak
+    y = _codec_roundtrip(y, "libopencore_amrnb", "amr", "s16", bit_rate=12200, rate=8000)
+    return _fit(soxr.resample(y, 8000, SAMPLE_RATE, quality="HQ"), n)
 
 
 def eq(low_db: float, high_db: float) -> Degradation:
@@ -465,6 +526,32 @@ def _opus(x, rng, kbps):
     return _codec_roundtrip(x, "libopus", "ogg", "flt", bit_rate=kbps * 1000)
 
 
+def aac(kbps: int) -> Degradation:
+    """Encode to AAC-LC in ADTS at ``kbps`` (ffmpeg's native encoder via PyAV, 16-160) and decode back."""
+    if not (isinstance(kbps, int) and 16 <= kbps <= 160):
+        raise AugmentError(f"aac kbps must be an integer in [16, 160], got {kbps}")
+    return Degradation("aac", {"kbps": int(kbps)})
+
+
+@_register("aac")
+def _aac(x, rng, kbps):
+    n = len(x)
+    y = _codec_roundtrip(x, "aac", "adts", "fltp", bit_rate=kbps * 1000)
+    return _align(x, y, n)
+
+
+def _align(x: np.ndarray, y: np.ndarray, n: int, max_lag: int = 4096) -> np.ndarray:
+    """y shifted to line up with x (codecs whose decoder keeps the encoder's priming delay)."""
+    m = min(len(x), len(y), 1 << 15)
+    if m < 2 * max_lag:
+        return _fit(y, n)
+    a, b = np.asarray(x[:m], np.float64), np.asarray(y[:m], np.float64)
+    corr = [float(np.dot(a[: m - lag], b[lag:m])) for lag in range(0, max_lag, 16)]
+    lag = 16 * int(np.argmax(corr))
+    lag = max(0, lag - 16) + int(np.argmax([float(np.dot(a[: m - L], b[L:m])) for L in range(max(0, lag - 16), lag + 17)]))
+    return _fit(y[lag:], n)
+
+
 def ogg(quality: float) -> Degradation:
     """Encode to Ogg Vorbis at VBR ``quality`` (-1..10, as ``oggenc -q``) and decode
     back, through the ``ffmpeg`` command (it needs libvorbis): PyAV's wheels ship
@@ -517,7 +604,8 @@ def codec_available(codec: str) -> bool:
     return codec in av.codecs_available
 
 
-def _codec_roundtrip(x: np.ndarray, codec: str, fmt: str, sample_fmt: str, bit_rate: int | None = None) -> np.ndarray:
+def _codec_roundtrip(x: np.ndarray, codec: str, fmt: str, sample_fmt: str, bit_rate: int | None = None,
+                     rate: int = SAMPLE_RATE) -> np.ndarray:
     if not codec_available(codec):
         raise AugmentError(
             f"PyAV's ffmpeg has no {codec} encoder; install an ffmpeg build with it, or use another codec"
@@ -529,30 +617,30 @@ def _codec_roundtrip(x: np.ndarray, codec: str, fmt: str, sample_fmt: str, bit_r
         return x
     buf = io.BytesIO()
     with av.open(buf, "w", format=fmt) as out:
-        st = out.add_stream(codec, rate=SAMPLE_RATE)
+        st = out.add_stream(codec, rate=rate)
         st.layout = "mono"
         st.format = sample_fmt
         if bit_rate is not None:
             st.bit_rate = bit_rate
         pcm = np.ascontiguousarray(x, dtype=np.float32)[None, :]
         frame = av.AudioFrame.from_ndarray(pcm, format="fltp", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
+        frame.sample_rate = rate
         frame.pts = 0
         for packet in st.encode(frame):
             out.mux(packet)
         for packet in st.encode(None):
             out.mux(packet)
     buf.seek(0)
-    chunks, rate = [], SAMPLE_RATE
+    chunks, got = [], rate
     with av.open(buf, "r") as inp:
         ast = inp.streams.audio[0]
         for fr in inp.decode(ast):
-            rate = fr.sample_rate
+            got = fr.sample_rate
             a = fr.to_ndarray()
             chunks.append(a.mean(axis=0) if a.ndim == 2 and a.shape[0] > 1 else a.reshape(-1))
     y = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    if rate != SAMPLE_RATE:
-        y = soxr.resample(y, rate, SAMPLE_RATE, quality="HQ")
+    if got != rate:
+        y = soxr.resample(y, got, rate, quality="HQ")
     return _fit(y, n)
 
 

@@ -1,0 +1,123 @@
+"""The web page in a real browser: Debian's chromium driven through chromedriver (selenium), against
+``musichash serve`` on a local port. Marked ``browser``; it runs by default, and is skipped only
+where chromium or chromedriver is not installed (.ci/run installs both).
+
+MUSICHASH_SCREENSHOT=docs/serve.png also saves the page with its results (the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+from serve_fixture import build_library, excerpt
+
+pytestmark = pytest.mark.browser
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install '.[test]'")
+uvicorn = pytest.importorskip("uvicorn", reason="the serve extra: pip install 'musichash[serve]'")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and DRIVER):
+    pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from musichash.library import Library
+from musichash.service import ServeConfig, create_app
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    music, lib = build_library(tmp_path_factory.mktemp("page"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(lib, device="cpu")), host="127.0.0.1", port=port,
+                                        log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", music, lib
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--autoplay-policy=no-user-gesture-required", "--window-size=1100,1300"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    yield driver
+    driver.quit()
+
+
+def test_page_upload_result_play_similar_dedup(server, browser, tmp_path):
+    base, music, lib = server
+    with Library.open(lib) as library:
+        ids = {os.path.basename(t.path): t.id for t in library.tracks()}
+        [expected] = library.search([excerpt(tmp_path / "clip.flac", 1, 4.0, 6.0)], top_k=5)
+        similar = library.similar(ids["song1.wav"])
+    top = expected.results[0]
+    assert top.path == str(music / "song1.wav")
+    wait = WebDriverWait(browser, 30)
+
+    browser.get(base + "/")
+    wait.until(EC.text_to_be_present_in_element((By.ID, "stats"), "4 tracks"))
+    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "clip.flac"))
+    first = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results li")))
+    items = browser.find_elements(By.CSS_SELECTOR, "#results li")
+    assert [int(li.get_attribute("data-track")) for li in items] == [h.track_id for h in expected.results]
+    assert first.find_element(By.CLASS_NAME, "path").text == str(music / "song1.wav")
+    minutes, seconds = divmod(top.offset_s, 60)
+    assert f"at {int(minutes)}:{seconds:04.1f}" in first.find_element(By.CLASS_NAME, "meta").text
+    assert browser.find_element(By.ID, "verdict").text.startswith("match" if expected.match else "no match")
+    assert browser.find_element(By.ID, "clip-caption").text == "clip.flac: 6.0 s"  # the thumbnail was drawn
+
+    # the player streams the track from the matched offset
+    audio = first.find_element(By.TAG_NAME, "audio")
+    browser.execute_script("arguments[0].play()", audio)
+    wait.until(lambda d: d.execute_script("return !arguments[0].paused && arguments[0].currentTime > 0", audio))
+    at = browser.execute_script("return arguments[0].currentTime", audio)
+    assert top.offset_s - 0.05 <= at < top.offset_s + 5
+    browser.execute_script("arguments[0].pause()", audio)
+
+    if os.environ.get("MUSICHASH_SCREENSHOT"):
+        browser.save_screenshot(os.environ["MUSICHASH_SCREENSHOT"])
+
+    first.find_element(By.CSS_SELECTOR, "button.similar").click()
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#similar li[data-track]")))
+    shown = [li.find_element(By.CLASS_NAME, "path").text for li in browser.find_elements(By.CSS_SELECTOR, "#similar li[data-track]")]
+    assert shown == [h.path for h in similar.results]
+    assert browser.switch_to.active_element.get_attribute("id") == "similar-h"  # focus follows, for keyboards
+    browser.find_element(By.ID, "sim-tag").send_keys("piano")
+    browser.execute_script("document.getElementById('sim-tag').value = 'kazoo'")
+    browser.find_element(By.CSS_SELECTOR, "#similar-form button").click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "error"), "unknown tag 'kazoo'"))
+
+    browser.find_element(By.ID, "dedup-load").click()
+    group = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#dedup .group")))
+    assert sorted(p.text for p in group.find_elements(By.CLASS_NAME, "path")) == [str(music / "copy0.flac"), str(music / "song0.wav")]
+
+
+def test_page_shows_a_corrupt_upload_as_one_line(server, browser, tmp_path):
+    base, _, _ = server
+    bad = tmp_path / "broken.mp3"
+    bad.write_bytes(b"ID3" + bytes(500))
+    browser.get(base + "/")
+    browser.find_element(By.ID, "file").send_keys(str(bad))
+    error = WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.ID, "error")))
+    assert error.text.startswith("Error: broken.mp3: ") and "\n" not in error.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#results li") == []
