@@ -785,11 +785,15 @@ def _duration(seconds: float) -> str:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.1), default=30.0, show_default=True,
               help="Seconds after which a model request is answered 504.")
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable; default: none).")
+@click.option("--cluster", "cluster", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              callback=lambda ctx, p, v: _cluster_address(v),
+              help="Serve the segment shards from Ray actors: 'auto' (the cluster `ray start` made here), "
+                   "ray://HOST:PORT, or nothing (a new one on this machine) (extra: cluster).")
 @device_option
 @quiet_option
 @reports_errors
 def serve(library, db_url, host, port, admin_token, allow_roots, max_upload_mb, max_clip_s, queue, timeout_s,
-          cors_origins, device, quiet):
+          cors_origins, cluster, device, quiet):
     """HTTP API and web page over the library (API docs at /docs); needs the serve extra."""
     import importlib.util
 
@@ -805,7 +809,8 @@ def serve(library, db_url, host, port, admin_token, allow_roots, max_upload_mb, 
     if db_url is None and not (folder / "library.db").exists():
         raise MusichashError(f"{folder}: no library here; index some music first: musichash index PATH... --library {folder}")
     config = ServeConfig(folder, db_url, device, max_upload_mb, max_clip_s, queue=queue, timeout_s=timeout_s,
-                         admin_token=admin_token, allow_roots=tuple(allow_roots), cors_origins=tuple(cors_origins))
+                         admin_token=admin_token, allow_roots=tuple(allow_roots), cors_origins=tuple(cors_origins),
+                         cluster=cluster)
     app = create_app(config)
     if not quiet:
         click.echo(f"serving {folder} on http://{host}:{port}/ (API docs at /docs; Ctrl-C stops)", err=True)

@@ -226,3 +226,33 @@ def test_shard_actors_reserve_a_share_every_node_can_hold():
     assert shard_cpus([node(1), node(1), node(8, alive=False)], 3) == 0.5
     assert shard_cpus([node(4), node(2)], 3) == 1.0
     assert shard_cpus([node(2), node(16)], 8) == 0.5
+
+
+def test_serve_cluster_answers_from_shard_actors_as_the_library_does(ray_cluster, music, tmp_path):
+    """``musichash serve --cluster``: the reader's segment shards live in Ray actors, searches answer
+    as the library does in one process, and closing the app stops the actors."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from musichash.cluster.search import RemoteShards
+    from musichash.service import ServeConfig, create_app
+
+    with Library.open(tmp_path / "lib", write=True, code_model=MODEL, shards=3) as lib:
+        lib.index([music], workers=0)
+    audio, sr = sf.read(music / "song4.wav")
+    sf.write(tmp_path / "clip.wav", audio[int(2.56 * sr): int(8.56 * sr)], sr)
+    with Library.open(tmp_path / "lib") as lib:
+        [direct] = lib.search([tmp_path / "clip.wav"], top_k=3)
+    with TestClient(create_app(ServeConfig(tmp_path / "lib", cluster=""))) as client:
+        reader = client.app.state.reader
+        assert isinstance(reader.lib.search_index().segments, RemoteShards) and len(reader.remote.actors) == 3
+        actors = list(reader.remote.actors)
+        with open(tmp_path / "clip.wav", "rb") as f:
+            r = client.post("/search", files=[("files", ("clip.wav", f.read(), "audio/wav"))], data={"top_k": "3"})
+        assert r.status_code == 200, r.text
+        got = r.json()
+    assert [(h["track_id"], h["offset_s"]) for h in got["results"]] == [
+        (h.track_id, round(h.offset_s, 2)) for h in direct.results]
+    assert got["match"] == direct.match and os.path.basename(got["results"][0]["path"]) == "song4.wav"
+    with pytest.raises(ray.exceptions.RayActorError):  # the app's shutdown stopped them
+        ray.get(actors[0].ntotal.remote(), timeout=60)

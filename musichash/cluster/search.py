@@ -5,8 +5,9 @@ shard's FAISS index from the codes it is sent, on a GPU where its node has one) 
 a ``RemoteShards``, which answers ``search`` as ``search.shards.ShardedIndex`` does: the query's windows
 go to every actor at once and each actor's k nearest come back to be merged (``merge_knn``). Everything
 else stays in the front process (encoding the clip, re-ranking, the vote, chroma, the store), so
-``Library.search`` and ``Library.dedup`` run unchanged over it. A front per Ray Serve replica would
-call ``attach`` once; the HTTP app itself (``musichash serve --cluster``) is not written yet.
+``Library.search`` and ``Library.dedup`` run unchanged over it. ``musichash serve --cluster`` is that
+front: its one reader attaches the shards when it opens the library, and again when a write moves
+the library's generation (the old actors are stopped).
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class RemoteShards:
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ray = connect()
         return merge_knn(ray.get([a.search.remote(xq, k) for a in self.actors]), k)
+
+    def close(self) -> None:
+        """Stop the shard actors (a reopened library attaches new ones)."""
+        ray = connect()
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
 
 
 #: seconds the shard actors have to start and build their indexes

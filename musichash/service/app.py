@@ -66,11 +66,23 @@ class Reader:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.lock = threading.RLock()
+        self.remote = None  # the shard actors, with --cluster
         self.lib = self._open()
         self.stamp = self.lib.store.stamp()
 
     def _open(self) -> Library:
-        return Library.open(self.config.library, db_url=self.config.db_url, device=self.config.device)
+        lib = Library.open(self.config.library, db_url=self.config.db_url, device=self.config.device)
+        if self.config.cluster is not None:
+            from musichash.cluster.search import attach
+
+            try:
+                old, self.remote = self.remote, attach(lib, self.config.cluster or None)
+            except BaseException:
+                lib.close()
+                raise
+            if old is not None:
+                old.close()
+        return lib
 
     def call(self, fn: Callable[[Library], T]) -> T:
         with self.lock:
@@ -85,6 +97,8 @@ class Reader:
     def close(self) -> None:
         with self.lock:
             self.lib.close()
+            if self.remote is not None:
+                self.remote.close()
 
 
 class RecommendBody(BaseModel):

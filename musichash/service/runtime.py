@@ -59,6 +59,9 @@ class ServeConfig:
     admin_token: str | None = None  # writes (POST /index, DELETE /tracks/{id}) are off without one
     allow_roots: tuple[Path, ...] = ()  # folders POST /index may read
     cors_origins: tuple[str, ...] = ()
+    #: a Ray address ('': the cluster this process joined, else a new one here): the library's segment
+    #: shards are then served by Ray actors (``musichash.cluster.search``); None: in this process
+    cluster: str | None = None
 
     @property
     def max_upload_bytes(self) -> int:
