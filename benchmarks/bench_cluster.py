@@ -13,6 +13,11 @@
    p99 over ``--queries`` queries, both indexes queried alternately; the answers compared with
    brute force on a sample. ``one_core``: the one index on one core (OpenMP off), the per-core
    scan rate docs/scale.md builds on. Memory: bytes of each saved index (flat and IVF, one shard's share).
+3. The driver's commits (``--commit-tracks``): how fast the one process that writes a cluster run's
+   results can store them. ``LibraryStore.put_tracks`` in batches of ``cluster.index.DEFAULT_BATCH``
+   into a fresh ``--shards`` library, tracks of ``--commit-track-s`` seconds with random codes and
+   chroma and the dedup sketches of the inputs' real audio (sketches are most of the bytes, and they
+   compress as real ones do); tracks a second and MB of codes file a second.
 """
 
 from __future__ import annotations
@@ -129,6 +134,45 @@ def bench_search(n: int, n_shards: int, queries: int, seed: int = 0) -> dict:
             "exact_distances": exact, **sizes}
 
 
+def bench_commit(paths: list[str], n_tracks: int, track_s: float, n_shards: int, seed: int = 0) -> dict:
+    import hashlib
+
+    from musichash.cluster.index import DEFAULT_BATCH
+    from musichash.features.chroma import pack
+    from musichash.features.spectra import FRAME_S, sketch_of_file
+    from musichash.indexer.pipeline import scan
+    from musichash.indexer.store import LibraryStore, TrackRecord
+    from musichash.models.encoder import FRAME_S as MEL_FRAME_S
+    from musichash.models.encoder import LIBRARY_HOP
+
+    rng = np.random.default_rng(seed)
+    n_frames = int(track_s / FRAME_S)
+    sketches = []
+    for f in scan(paths)[0][:8]:
+        sk = sketch_of_file(f)
+        sketches += [np.resize(sk, (n_frames, sk.shape[1]))]  # real sketches, repeated to the track's length
+    n_seg = int((track_s - 3.0) / (LIBRARY_HOP * MEL_FRAME_S)) + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LibraryStore.open(Path(tmp) / "lib", write=True, code_model="crnnh64", bits=64, shards=n_shards)
+        t0, n = time.perf_counter(), 0
+        while n < n_tracks:
+            items = []
+            for i in range(n, min(n + DEFAULT_BATCH, n_tracks)):
+                rec = TrackRecord(f"/bench/{i:07d}.flac", hashlib.sha256(str(i).encode()).hexdigest(), 1, 0.0,
+                                  track_s, "flac", tuple(float(p) for p in rng.random(50, dtype=np.float32)))
+                items.append((rec, rng.integers(0, 256, 8, dtype=np.uint8), rng.integers(0, 256, (n_seg, 8), dtype=np.uint8),
+                              np.arange(n_seg, dtype=np.float32) * LIBRARY_HOP * MEL_FRAME_S,
+                              pack(rng.random((int(track_s), 12)) < 0.3), sketches[i % len(sketches)]))
+            store.put_tracks(items)
+            n += len(items)
+        wall = time.perf_counter() - t0
+        store.close()
+        size = sum(f.stat().st_size for f in (Path(tmp) / "lib").rglob("*.h5"))
+    return {"tracks": n_tracks, "track_s": track_s, "shards": n_shards, "batch": DEFAULT_BATCH, "wall_s": wall,
+            "tracks_per_s": n_tracks / wall, "audio_h_per_s": n_tracks * track_s / 3600 / wall,
+            "codes_mb_per_s": size / 1e6 / wall, "codes_bytes_per_track": size / n_tracks}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="*", help="audio to index (none: the search part only)")
@@ -137,11 +181,18 @@ def main(argv=None) -> int:
     ap.add_argument("--segments", type=int, default=2_000_000)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--commit-tracks", type=int, default=0, help="tracks the commit measurement stores (0: skip it)")
+    ap.add_argument("--commit-track-s", type=float, default=210.0)
+    ap.add_argument("--no-index", action="store_true", help="skip the indexing comparison (the inputs give sketches only)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     out = {"machine": machine(), "code_model": a.code_model}
-    if a.paths:
+    if a.commit_tracks:
+        out["commit"] = c = bench_commit(a.paths, a.commit_tracks, a.commit_track_s, a.shards)
+        print(f"driver commits: {c['tracks_per_s']:.0f} tracks/s of {c['track_s']:.0f} s ({c['audio_h_per_s']:.1f} h of audio "
+              f"a second), {c['codes_mb_per_s']:.1f} MB/s, {c['codes_bytes_per_track'] / 1e3:.1f} KB a track", flush=True)
+    if a.paths and not a.no_index:
         print(f"indexing {len(a.paths)} inputs, {a.rounds} rounds each way", flush=True)
         out["index"] = bench_index(a.paths, a.code_model, a.rounds)
         i = out["index"]

@@ -239,13 +239,13 @@ class Library:
         """Add or update the audio under ``paths`` (see ``musichash.indexer.pipeline``).
 
         ``cluster``: decode and encode on the Ray cluster at this address ('' : on this machine; see
-        ``musichash.cluster.index``); the library is written from here either way.
+        ``musichash.cluster.index``: the rows are written from here, the codes files by a writer actor each).
         """
         encoder = None
         if cluster is not None:
-            from musichash.cluster.index import ray_encoder
+            from musichash.cluster.index import RayEncoder
 
-            encoder = ray_encoder(self.code_model, address=cluster or None, precision=self.precision)
+            encoder = RayEncoder(self.code_model, address=cluster or None, precision=self.precision)
         return index_paths(self.store, None if encoder else self.model, [_user(p) for p in paths], prune=prune,
                            workers=workers, progress=progress, encoder=encoder)
 

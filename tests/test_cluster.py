@@ -76,10 +76,15 @@ def cluster_index(folder, music, progress=None, shards=None):
         return lib.index([music], progress=progress, cluster="")
 
 
-def test_cluster_codes_and_tags_equal_single_process(ray_cluster, music, single, tmp_path):
+def test_cluster_codes_and_tags_equal_single_process(ray_cluster, music, single, tmp_path, monkeypatch):
+    by_driver = []  # the codes the driver writes itself: the shard writers write every computed file's
+    own = LibraryStore._write_codes
+    monkeypatch.setattr(LibraryStore, "_write_codes", lambda self, tid, *a: (by_driver.append(tid), own(self, tid, *a)))
     report = cluster_index(tmp_path / "lib", music, shards=2)
     assert len(report.added) == N_SONGS and [os.path.basename(f.path) for f in report.failed] == ["broken.mp3"]
     assert [os.path.basename(c[0]) for c in report.copies] == ["song1.wav"]  # copy1.wav sorts first
+    with LibraryStore.open(tmp_path / "lib") as store:  # only the copy, made from stored codes after the run
+        assert [os.path.basename(store.get(t).path) for t in by_driver] == ["song1.wav"]
     want, got = contents(single), contents(tmp_path / "lib")
     assert len(want) == N_SONGS + 2 and got == want
     # idempotent: a second run finds everything done and stores nothing twice

@@ -185,3 +185,48 @@ def test_repair_moves_nothing_between_shards_and_drops_strays(tmp_path, music):
     with Library.open(folder, write=True) as lib:  # the next index redoes it
         report = lib.index([music / "song1.wav", music / "song2.wav"], workers=0)
         assert len(report.updated) == 1 and lib.store.get_codes(stray).segment_codes.size
+
+
+def test_codes_written_elsewhere_go_through_the_given_writer_a_shard_each(tmp_path):
+    """While a store lends its codes files out (a Ray run's shard writers), put_tracks hands each shard's
+    tracks to ``write``, never writes them itself, and defers put_error's deletes until the files are back."""
+    from musichash.indexer.codes_file import H5_KW, write_group
+    from musichash.indexer.store import TrackRecord
+
+    rng = np.random.default_rng(5)
+
+    def item(i):
+        n = 3 + i
+        rec = TrackRecord(f"/m/{i}.flac", f"{i:064x}", 1, 0.0, 10.0, "flac", None)
+        return (rec, rng.integers(0, 256, 8, dtype=np.uint8), rng.integers(0, 256, (n, 8), dtype=np.uint8),
+                np.arange(n, dtype=np.float32), None, rng.integers(0, 256, (20, 32), dtype=np.uint8))
+
+    folder = tmp_path / "lib"
+    with LibraryStore.open(folder, write=True, code_model=MODEL, bits=64, shards=3) as store:
+        doomed = store.put_tracks([item(99)])[0]
+        calls = []
+        with store.codes_written_elsewhere() as paths:
+            assert paths == sharding.paths(folder, 3)
+
+            def write(by_shard):  # one writer a file; the store's own handles are closed
+                for j, rows in by_shard.items():
+                    with h5py.File(paths[j], "a", **H5_KW) as h5:
+                        for track_id, *codes in rows:
+                            write_group(h5["tracks"], str(track_id), *codes)
+                    calls.append((j, [r[0] for r in rows]))
+
+            items = [item(i) for i in range(7)]
+            tracks = store.put_tracks(items, write=write)
+            with pytest.raises(RuntimeError, match="written elsewhere"):
+                store.put_tracks([item(50)])
+            store.put_error(doomed.path, "0" * 64, 1, 0.0, "cannot decode it")
+        assert sorted(t for _, ids in calls for t in ids) == sorted(t.id for t in tracks)
+        assert all(sharding.shard_of(t, 3) == j for j, ids in calls for t in ids)
+        for t, (_, track_code, segment_codes, *_rest) in zip(tracks, items):
+            got = store.get_codes(t.id)
+            np.testing.assert_array_equal(got.segment_codes, segment_codes)
+            np.testing.assert_array_equal(got.track_code, track_code)
+            np.testing.assert_array_equal(store.get_sketch(t.id), items[tracks.index(t)][5])
+        with h5py.File(store.codes_path(doomed.id), "r", **H5_KW) as h5:
+            assert str(doomed.id) not in h5["tracks"]  # deleted on the way back
+        store.put_tracks([item(51)])  # and the store writes its files itself again

@@ -7,9 +7,9 @@ The files ``indexer.pipeline`` plans to compute go through a Ray Data pipeline:
 3. the code model (``pipeline.encode_decoded``) in a pool of actors, each with the model loaded once:
    one a GPU where the cluster has GPUs, else CPU actors;
 4. the driver takes the encoded files in batches and commits each batch with one ``put_tracks``
-   (two SQL transactions and one flush per shard) into the library, as ``index_paths`` does with
-   every result. Planning (unchanged, moved, copied files), errors and the report are
-   ``index_paths``'s own: only the encoder differs.
+   into the library, as ``index_paths`` does with every result: the rows in two SQL transactions
+   from the driver, the codes by ``ShardWriters``, one actor a codes file, all shards at once.
+   Planning (unchanged, moved, copied files), errors and the report are ``index_paths``'s own.
 
 Resumable and idempotent because the store is: a row is 'ok' only after its codes are flushed, so
 a killed driver leaves at most 'pending' rows, which the next run plans again; a file already
@@ -17,21 +17,26 @@ a killed driver leaves at most 'pending' rows, which the next run plans again; a
 re-runs the task or restarts the actor and re-sends its batch, and ``index_paths`` stores a
 file once however often it is delivered.
 
-Codes are written by the driver, one batch at a time, not by the workers: ``LibraryStore``'s crash
-safety rests on one writer per codes file (see docs/scale.md for the shard-writer design this
-leaves for later).
+Codes are not written by the driver: while the run lasts, the store hands its codes files to
+``ShardWriters`` (``LibraryStore.codes_written_elsewhere``), so each file still has one writer, and
+a batch's shards are written and flushed in parallel before its rows turn 'ok'. The writers run on
+the driver's node, where the library's folder is (a cluster whose nodes share that folder could
+place them anywhere). A writer that dies fails the run with its batch left 'pending'; the files
+are checked, and salvaged if damaged, when the store takes them back.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
 from musichash.cluster.connect import connect
 from musichash.features.spectra import SKETCH_BANDS
-from musichash.indexer.pipeline import Coded, Encoder, decode_mel, encode_decoded
+from musichash.indexer.pipeline import Coded, IndexingError, decode_mel, encode_decoded
+from musichash.indexer.store import LibraryStore, ShardWrite
 
 #: files a batch: the model's unit of work in an actor and the driver's unit of commit
 DEFAULT_BATCH = 8
@@ -98,26 +103,81 @@ def _coded(row: dict) -> Coded | str:
                  np.asarray(row["sketch"], np.uint8).reshape(-1, SKETCH_BANDS))
 
 
-def ray_encoder(
-    code_model: str,
-    *,
-    address: str | None = None,
-    precision: str = "auto",
-    batch_size: int | None = None,
-    encoders: int | None = None,
-    encoder_threads: int | None = None,
-) -> Encoder:
-    """An ``index_paths`` encoder that runs on the Ray cluster at ``address`` (``connect``).
+class ShardWriter:
+    """One codes file's writer (a Ray actor): the file is open here, and only here, while the run lasts."""
+
+    def __init__(self, path: str) -> None:
+        import h5py
+
+        from musichash.indexer.codes_file import H5_KW
+
+        self.h5 = h5py.File(path, "a", **H5_KW)
+
+    def write(self, rows: list[tuple]) -> int:
+        """Write (track_id, track_code, segment_codes, segment_times, chroma, sketch) rows and flush."""
+        from musichash.indexer.codes_file import write_group
+
+        for track_id, *codes in rows:
+            write_group(self.h5["tracks"], str(track_id), *codes)
+        self.h5.flush()
+        return os.getpid()
+
+    def close(self) -> None:
+        self.h5.close()
+
+
+@contextmanager
+def shard_writers(store: LibraryStore, address: str | None = None) -> Iterator[ShardWrite]:
+    """``store``'s codes files written by one ``ShardWriter`` actor each, on this node, for the
+    duration; yields the ``put_tracks`` ``write`` that sends a batch's shards to them at once."""
+    ray = connect(address)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(ShardWriter).options(num_cpus=0, max_restarts=0, scheduling_strategy=here)
+    with store.codes_written_elsewhere() as paths:
+        writers = [remote.remote(str(p)) for p in paths]
+
+        def write(by_shard: dict[int, list[tuple]]) -> None:
+            try:
+                ray.get([writers[j].write.remote(rows) for j, rows in by_shard.items()])
+            except ray.exceptions.RayError as e:
+                raise IndexingError(f"a shard writer failed ({type(e).__name__}); what was committed is kept: "
+                                    "run the same command again to index the rest") from None
+
+        try:
+            yield write
+        finally:
+            try:
+                ray.get([w.close.remote() for w in writers], timeout=600)
+            except ray.exceptions.RayError:
+                pass  # a dead writer's file is checked (and salvaged) as the store takes it back
+            for w in writers:
+                ray.kill(w)
+
+
+class RayEncoder:
+    """An ``index_paths`` encoder that runs on the Ray cluster at ``address`` (``connect``), and
+    writes the codes files through ``shard_writers`` (its ``writing``).
 
     ``batch_size``: files a model call and a commit (default DEFAULT_BATCH); ``encoders``: model actors
     (default: one a GPU, else one); ``encoder_threads``: torch threads in each actor (default: the node's cores).
     """
 
-    def run(jobs: list) -> Iterable[list[tuple[int, Coded | str]]]:
+    def __init__(self, code_model: str, *, address: str | None = None, precision: str = "auto",
+                 batch_size: int | None = None, encoders: int | None = None, encoder_threads: int | None = None) -> None:
+        self.code_model, self.address, self.precision = code_model, address, precision
+        self.batch_size, self.encoders, self.encoder_threads = batch_size, encoders, encoder_threads
+
+    def writing(self, store: LibraryStore):
+        return shard_writers(store, self.address)
+
+    def __call__(self, jobs: list) -> Iterable[list[tuple[int, Coded | str]]]:
         if not jobs:
             return
-        size = batch_size or DEFAULT_BATCH
-        ray = connect(address)
+        size = self.batch_size or DEFAULT_BATCH
+        connect(self.address)
+        import ray
         import ray.data
 
         ctx = ray.data.DataContext.get_current()
@@ -132,12 +192,11 @@ def ray_encoder(
         ds = ds.map(_decode_row, ray_remote_args_fn=_decode_args)
         ds = ds.map_batches(
             _Encoder,
-            fn_constructor_kwargs={"code_model": code_model, "device": "cuda" if gpus else "cpu",
-                                   "precision": precision, "threads": encoder_threads},
-            batch_size=size, compute=ray.data.ActorPoolStrategy(size=encoders or max(gpus, 1)),
+            fn_constructor_kwargs={"code_model": self.code_model, "device": "cuda" if gpus else "cpu",
+                                   "precision": self.precision, "threads": self.encoder_threads},
+            batch_size=size, compute=ray.data.ActorPoolStrategy(size=self.encoders or max(gpus, 1)),
             num_gpus=1 if gpus else 0, num_cpus=1,
         )  # Ray Data restarts a killed actor and sends its batch again (max_restarts, max_task_retries: -1)
         for batch in ds.iter_batches(batch_size=size, batch_format="numpy", prefetch_batches=1):
             yield [(int(i), _coded({k: v[j] for k, v in batch.items()})) for j, i in enumerate(batch["i"])]
 
-    return run

@@ -23,6 +23,7 @@ on.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 import time
@@ -106,6 +107,8 @@ class Coded:
 #: How the files to compute are decoded and encoded: called with the jobs (``job[0]`` is the path),
 #: yields batches of (job number, ``Coded`` or the reason the file cannot be used), in any order;
 #: each batch is committed in one ``put_tracks``. ``local_encoder`` here, ``musichash.cluster`` on Ray.
+#: An encoder with a ``writing(store)`` context manager writes the codes files itself while it runs
+#: (it yields ``put_tracks``' ``write``: ``LibraryStore.codes_written_elsewhere``).
 Encoder = Callable[[list], Iterable[list[tuple[int, "Coded | str"]]]]
 
 
@@ -190,25 +193,28 @@ def index_paths(
             workers = default_workers(gpu=True)
         encoder = local_encoder(model, workers, mel_device)
     done: set[int] = set()  # a batch an encoder delivers twice (a retried task) is stored once
-    for batch in encoder(plan.compute):
-        batch = [(i, r) for i, r in dict(batch).items() if i not in done]
-        done.update(i for i, _ in batch)
-        for i, result in batch:
-            if isinstance(result, str):
-                path, digest, st, header_s, _ = plan.compute[i]
-                store.put_error(str(path), digest, st.st_size, st.st_mtime, result)
-                plan.failed.append(FailedFile(str(path), result))
+    # an encoder may bring writers of its own for the codes files, one a shard (``cluster.index``)
+    writing = getattr(encoder, "writing", None)
+    with writing(store) if writing is not None else contextlib.nullcontext() as write:
+        for batch in encoder(plan.compute):
+            batch = [(i, r) for i, r in dict(batch).items() if i not in done]
+            done.update(i for i, _ in batch)
+            for i, result in batch:
+                if isinstance(result, str):
+                    path, digest, st, header_s, _ = plan.compute[i]
+                    store.put_error(str(path), digest, st.st_size, st.st_mtime, result)
+                    plan.failed.append(FailedFile(str(path), result))
+                    progress.advance(str(path), header_s)
+            coded = [(plan.compute[i], r) for i, r in batch if not isinstance(r, str)]
+            store.put_tracks([
+                (TrackRecord(str(path), digest, st.st_size, st.st_mtime, c.duration_s, c.fmt, c.tags),
+                 c.track_code, c.segment_codes, c.segment_times, c.chroma, c.sketch)
+                for (path, digest, st, _, _), c in coded
+            ], write=write)
+            for (path, _, _, header_s, existed), c in coded:
+                (updated if existed else added).append(str(path))
+                audio_s += c.duration_s
                 progress.advance(str(path), header_s)
-        coded = [(plan.compute[i], r) for i, r in batch if not isinstance(r, str)]
-        store.put_tracks([
-            (TrackRecord(str(path), digest, st.st_size, st.st_mtime, c.duration_s, c.fmt, c.tags),
-             c.track_code, c.segment_codes, c.segment_times, c.chroma, c.sketch)
-            for (path, digest, st, _, _), c in coded
-        ])
-        for (path, _, _, header_s, existed), c in coded:
-            (updated if existed else added).append(str(path))
-            audio_s += c.duration_s
-            progress.advance(str(path), header_s)
     for path, digest, st, original in plan.copy_later:
         source = store.find_by_path(str(original))
         if source is not None and source.status == "ok":

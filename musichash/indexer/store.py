@@ -76,7 +76,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -178,6 +179,10 @@ LOCK_FILE = ".lock"
 ID_FILE = identity.ID_FILE
 # ---------------------------------------------------------------------- store
 
+#: writes the codes of tracks, a list a shard (shard -> [(track_id, track_code, segment_codes, segment_times,
+#: chroma, sketch)]), and flushes them, before it returns (``LibraryStore.codes_written_elsewhere``)
+ShardWrite = Callable[[dict[int, list[tuple]]], None]
+
 
 class LibraryStore:
     """A library folder opened for reading or (exclusively) for writing.
@@ -215,6 +220,8 @@ class LibraryStore:
         #: tracks whose stored codes this store found damaged or missing on reading them
         #: (``get_codes``, ``get_chroma``, ``code_tables``): left out of searches
         self.damaged: set[int] = set()
+        #: inside ``codes_written_elsewhere``: tracks whose codes are to go when the files come back
+        self._detached: list[int] | None = None
 
     # ------------------------------------------------------------ open/close
 
@@ -331,6 +338,38 @@ class LibraryStore:
     def writable(self) -> bool:
         return self._lock_fd is not None
 
+    @contextmanager
+    def codes_written_elsewhere(self) -> Iterator[list[Path]]:
+        """Hand the codes files (their paths, a shard each) to writers of their own for a while, one
+        process a file (``cluster.index.ShardWriters``), so that shards are written in parallel and
+        not through this process. This store's handles are flushed and closed meanwhile, so each
+        file still has one writer; ``put_tracks`` then takes those writers' ``write``, and the
+        codes of tracks ``put_error`` marks are deleted on the way back. The files are opened
+        again on exit, and one a writer damaged is salvaged as on ``open``."""
+        self._check_writable()
+        if self._detached is not None:
+            raise RuntimeError("codes_written_elsewhere: already")
+        for h5 in self._files:
+            h5.flush()
+            h5.close()
+        self._files, self._detached = [], []
+        try:
+            yield list(self._paths)
+        finally:
+            damaged = []
+            for j, path in enumerate(self._paths):
+                h5, _, bad = open_codes_for_write(path, self.code_model, self.bits, self.library_id)
+                self._files.append(h5)
+                if bad:
+                    damaged.append(j)
+            deletes, self._detached = self._detached, None
+            lost = tuple(t for j in damaged for t in self._salvage(j)[1])
+            if lost:
+                self.repair_report = replace(self.repair_report, marked_pending=tuple(
+                    sorted({*self.repair_report.marked_pending, *lost})))
+            if deletes:
+                self._delete_codes(deletes)
+
     def codes_path(self, track_id: int | None = None) -> Path:
         """The codes file holding ``track_id`` (None: the first, ``codes.h5`` in a one-shard library)."""
         return self._paths[0 if track_id is None else sharding.shard_of(track_id, self.shards)]
@@ -372,12 +411,14 @@ class LibraryStore:
     def put_tracks(
         self,
         items: Sequence[tuple[TrackRecord, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+        write: ShardWrite | None = None,
     ) -> list[Track]:
         """``put_track`` for many tracks at once: two SQL transactions and one flush in all.
 
         items: (record, track_code, segment_codes, segment_times, chroma or None[, sketch or None]) each, as
         ``put_track`` takes them; paths must be distinct. Crash-safe the same way: every row is
         committed 'pending' before any code is written, and 'ok' only after all are flushed.
+        ``write``: inside ``codes_written_elsewhere``, what writes and flushes the codes (a shard each).
         """
         self._check_writable()
         nbytes = self.bits // 8
@@ -414,13 +455,21 @@ class LibraryStore:
                 ids.append(row.id)
             bump_generation(s)
         # 2. codes on disk.
-        def write() -> None:
+        def write_here() -> None:
             for track_id, (_, *codes) in zip(ids, checked):
                 self._write_codes(track_id, *codes)
             for h5 in {id(self._h5_of(t)): self._h5_of(t) for t in ids}.values():
                 h5.flush()
 
-        self._h5_write(write)
+        if write is not None:
+            by_shard: dict[int, list[tuple]] = {}
+            for track_id, (_, *codes) in zip(ids, checked):
+                by_shard.setdefault(sharding.shard_of(track_id, self.shards), []).append((track_id, *codes))
+            write(by_shard)
+        elif self._detached is not None:
+            raise RuntimeError("put_tracks: the codes files are written elsewhere now; pass their write")
+        else:
+            self._h5_write(write_here)
         # 3. only now are they valid.
         return self._mark_ok({tid: len(c[2]) for tid, c in zip(ids, checked)})
 
@@ -437,7 +486,10 @@ class LibraryStore:
             s.flush()
             track = row.to_track()
             bump_generation(s)
-        self._delete_codes([track.id])
+        if self._detached is not None:  # its old codes, if any, go when the files come back
+            self._detached.append(track.id)
+        else:
+            self._delete_codes([track.id])
         return track
 
     def remove(self, track_ids: Iterable[int]) -> int:
