@@ -134,7 +134,11 @@ def bench_search(n: int, n_shards: int, queries: int, seed: int = 0) -> dict:
             "exact_distances": exact, **sizes}
 
 
-def bench_commit(paths: list[str], n_tracks: int, track_s: float, n_shards: int, seed: int = 0) -> dict:
+def bench_commit(paths: list[str], n_tracks: int, track_s: float, n_shards: int, writers: bool = False,
+                 seed: int = 0) -> dict:
+    """``writers``: the codes go through ``cluster.index.shard_writers`` (a Ray actor a shard, on a
+    cluster started here), as ``index --cluster`` writes them; else the store writes them itself."""
+    import contextlib
     import hashlib
 
     from musichash.cluster.index import DEFAULT_BATCH
@@ -154,6 +158,12 @@ def bench_commit(paths: list[str], n_tracks: int, track_s: float, n_shards: int,
     n_seg = int((track_s - 3.0) / (LIBRARY_HOP * MEL_FRAME_S)) + 1
     with tempfile.TemporaryDirectory() as tmp:
         store = LibraryStore.open(Path(tmp) / "lib", write=True, code_model="crnnh64", bits=64, shards=n_shards)
+        stack = contextlib.ExitStack()
+        write = None
+        if writers:
+            from musichash.cluster.index import shard_writers
+
+            write = stack.enter_context(shard_writers(store))
         t0, n = time.perf_counter(), 0
         while n < n_tracks:
             items = []
@@ -163,12 +173,14 @@ def bench_commit(paths: list[str], n_tracks: int, track_s: float, n_shards: int,
                 items.append((rec, rng.integers(0, 256, 8, dtype=np.uint8), rng.integers(0, 256, (n_seg, 8), dtype=np.uint8),
                               np.arange(n_seg, dtype=np.float32) * LIBRARY_HOP * MEL_FRAME_S,
                               pack(rng.random((int(track_s), 12)) < 0.3), sketches[i % len(sketches)]))
-            store.put_tracks(items)
+            store.put_tracks(items, write=write)
             n += len(items)
+        stack.close()  # the writers' files closed and taken back
         wall = time.perf_counter() - t0
         store.close()
         size = sum(f.stat().st_size for f in (Path(tmp) / "lib").rglob("*.h5"))
-    return {"tracks": n_tracks, "track_s": track_s, "shards": n_shards, "batch": DEFAULT_BATCH, "wall_s": wall,
+    return {"tracks": n_tracks, "track_s": track_s, "shards": n_shards, "batch": DEFAULT_BATCH, "writers": writers,
+            "wall_s": wall,
             "tracks_per_s": n_tracks / wall, "audio_h_per_s": n_tracks * track_s / 3600 / wall,
             "codes_mb_per_s": size / 1e6 / wall, "codes_bytes_per_track": size / n_tracks}
 
@@ -189,9 +201,14 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     out = {"machine": machine(), "code_model": a.code_model}
     if a.commit_tracks:
-        out["commit"] = c = bench_commit(a.paths, a.commit_tracks, a.commit_track_s, a.shards)
-        print(f"driver commits: {c['tracks_per_s']:.0f} tracks/s of {c['track_s']:.0f} s ({c['audio_h_per_s']:.1f} h of audio "
-              f"a second), {c['codes_mb_per_s']:.1f} MB/s, {c['codes_bytes_per_track'] / 1e3:.1f} KB a track", flush=True)
+        out["commit"] = []
+        for r in range(a.rounds):  # alternating, the load on a shared machine being what it is
+            for writers in (False, True) if r % 2 == 0 else (True, False):
+                c = bench_commit(a.paths, a.commit_tracks, a.commit_track_s, a.shards, writers)
+                out["commit"].append(c)
+                print(f"commits ({'shard writers' if writers else 'the store itself'}): {c['tracks_per_s']:.0f} tracks/s "
+                      f"of {c['track_s']:.0f} s ({c['audio_h_per_s']:.1f} h of audio a second), "
+                      f"{c['codes_mb_per_s']:.1f} MB/s, {c['codes_bytes_per_track'] / 1e3:.1f} KB a track", flush=True)
     if a.paths and not a.no_index:
         print(f"indexing {len(a.paths)} inputs, {a.rounds} rounds each way", flush=True)
         out["index"] = bench_index(a.paths, a.code_model, a.rounds)

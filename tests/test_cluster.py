@@ -261,3 +261,35 @@ def test_serve_cluster_answers_from_shard_actors_as_the_library_does(ray_cluster
     assert got["match"] == direct.match and os.path.basename(got["results"][0]["path"]) == "song4.wav"
     with pytest.raises(ray.exceptions.RayActorError):  # the app's shutdown stopped them
         ray.get(actors[0].ntotal.remote(), timeout=60)
+
+
+def test_a_killed_shard_writer_fails_the_batch_and_loses_nothing_committed(ray_cluster, tmp_path):
+    """A shard writer killed between two batches: the first batch stays 'ok' and readable, the second
+    fails with one line and its rows stay 'pending', and storing it again completes the library."""
+    from musichash.cluster.index import shard_writers
+    from musichash.indexer.pipeline import IndexingError
+    from musichash.indexer.store import TrackRecord
+
+    rng = np.random.default_rng(3)
+
+    def item(i):
+        rec = TrackRecord(f"/m/{i}.flac", f"{i:064x}", 1, 0.0, 10.0, "flac", None)
+        return (rec, rng.integers(0, 256, 8, dtype=np.uint8), rng.integers(0, 256, (5, 8), dtype=np.uint8),
+                np.arange(5, dtype=np.float32), None, rng.integers(0, 256, (20, 32), dtype=np.uint8))
+
+    items = [item(i) for i in range(8)]
+    with LibraryStore.open(tmp_path / "lib", write=True, code_model=MODEL, bits=64, shards=2) as store:
+        with pytest.raises(IndexingError, match="^a shard writer failed .*run the same command again"):
+            with shard_writers(store) as write:
+                first = store.put_tracks(items[:4], write=write)
+                ray.kill(write.actors[0])
+                store.put_tracks(items[4:], write=write)
+        assert [t.status for t in store.tracks()] == ["ok"] * 4 + ["pending"] * 4
+        for t, it in zip(first, items):
+            np.testing.assert_array_equal(store.get_codes(t.id).segment_codes, it[2])
+        with shard_writers(store) as write:  # the next run
+            store.put_tracks(items[4:], write=write)
+        tracks = store.tracks()
+        assert len(tracks) == 8 and all(t.status == "ok" for t in tracks)
+        for t in tracks:
+            np.testing.assert_array_equal(store.get_codes(t.id).segment_codes, items[int(t.path[3:-5])][2])

@@ -7,10 +7,11 @@ from pathlib import Path
 import musichash
 
 PACKAGE = Path(musichash.__file__).parent
-#: lower imports only lower or equal; train sits beside search and may use what lies under it
+#: lower imports only lower or equal; train sits beside search and may use what lies under it; cluster
+#: (Ray) runs the indexer's and search's work on a cluster, under the library that offers it
 RANK = {"errors": 0, "bits": 0, "devices": 0, "features": 1, "models": 2, "indexer": 3, "search": 4, "train": 4,
-        "library": 5, "cli": 6, "service": 6, "__main__": 7, "__init__": 7}
-RUNTIME = ("features", "models", "indexer", "search", "library")
+        "cluster": 4, "library": 5, "cli": 6, "service": 6, "__main__": 7, "__init__": 7}
+RUNTIME = ("features", "models", "indexer", "search", "cluster", "library")
 
 
 def imports(path: Path) -> set[str]:

@@ -126,8 +126,23 @@ class ShardWriter:
         self.h5.close()
 
 
+class ShardWrites:
+    """``put_tracks``' ``write`` over ``ShardWriter`` actors (``actors[j]`` writes shard j): a batch's
+    shards are sent at once and all flushed before it returns."""
+
+    def __init__(self, ray, actors: list) -> None:
+        self.ray, self.actors = ray, actors
+
+    def __call__(self, by_shard: dict[int, list[tuple]]) -> None:
+        try:
+            self.ray.get([self.actors[j].write.remote(rows) for j, rows in by_shard.items()])
+        except self.ray.exceptions.RayError as e:
+            raise IndexingError(f"a shard writer failed ({type(e).__name__}); what was committed is kept: "
+                                "run the same command again to index the rest") from None
+
+
 @contextmanager
-def shard_writers(store: LibraryStore, address: str | None = None) -> Iterator[ShardWrite]:
+def shard_writers(store: LibraryStore, address: str | None = None) -> Iterator[ShardWrites]:
     """``store``'s codes files written by one ``ShardWriter`` actor each, on this node, for the
     duration; yields the ``put_tracks`` ``write`` that sends a batch's shards to them at once."""
     ray = connect(address)
@@ -137,16 +152,9 @@ def shard_writers(store: LibraryStore, address: str | None = None) -> Iterator[S
     remote = ray.remote(ShardWriter).options(num_cpus=0, max_restarts=0, scheduling_strategy=here)
     with store.codes_written_elsewhere() as paths:
         writers = [remote.remote(str(p)) for p in paths]
-
-        def write(by_shard: dict[int, list[tuple]]) -> None:
-            try:
-                ray.get([writers[j].write.remote(rows) for j, rows in by_shard.items()])
-            except ray.exceptions.RayError as e:
-                raise IndexingError(f"a shard writer failed ({type(e).__name__}); what was committed is kept: "
-                                    "run the same command again to index the rest") from None
-
         try:
-            yield write
+            ray.get([w.write.remote([]) for w in writers])  # open, before the first batch waits on them
+            yield ShardWrites(ray, writers)
         finally:
             try:
                 ray.get([w.close.remote() for w in writers], timeout=600)
