@@ -68,6 +68,8 @@ def index_once(paths: list[str], code_model: str, tmp: Path, name: str, cluster:
 def bench_index(paths: list[str], code_model: str, rounds: int) -> dict:
     import ray
 
+    if ray.is_initialized():  # the commit measurement's cluster: a fresh one is timed here
+        ray.shutdown()
     t0 = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     start_s = time.perf_counter() - t0

@@ -284,11 +284,13 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
 
     class Bar(Progress):
         def start(self, n_files, total_s):
+            self.n_files, self.done = n_files, 0
             self.bar = bar_factory(total=round(total_s), unit="s", unit_scale=True, desc=f"indexing {n_files} files",
-                                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]")
+                                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
         def advance(self, path, seconds):
-            self.bar.set_postfix_str(Path(path).name[:30], refresh=False)
+            self.done += 1
+            self.bar.set_postfix_str(f"{self.done}/{self.n_files} files, {Path(path).name[:30]}", refresh=False)
             self.bar.update(seconds)
 
     with _open(library, db_url, write=True, device=device, code_model=code_model, shards=shards) as lib:
