@@ -133,6 +133,10 @@ class ShardWrites:
     def __init__(self, ray, actors: list) -> None:
         self.ray, self.actors = ray, actors
 
+    def ready(self) -> None:
+        """Wait until every writer has its file open."""
+        self({j: [] for j in range(len(self.actors))})
+
     def __call__(self, by_shard: dict[int, list[tuple]]) -> None:
         try:
             self.ray.get([self.actors[j].write.remote(rows) for j, rows in by_shard.items()])
@@ -153,7 +157,7 @@ def shard_writers(store: LibraryStore, address: str | None = None) -> Iterator[S
     with store.codes_written_elsewhere() as paths:
         writers = [remote.remote(str(p)) for p in paths]
         try:
-            ray.get([w.write.remote([]) for w in writers])  # open, before the first batch waits on them
+            # not waited for here: they start while the pipeline decodes its first batch
             yield ShardWrites(ray, writers)
         finally:
             try:
