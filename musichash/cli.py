@@ -618,6 +618,33 @@ def tracks(under, library, db_url, status, as_json):
 
 
 @cli.command()
+@click.argument("new", type=click.Path(file_okay=False, path_type=Path))
+@library_options
+@click.option("--shards", type=click.IntRange(1, 1000), required=True, help="Codes files (and segment indexes) of the new library.")
+@click.option("--to-db-url", metavar="URL", default=None, help="The new library's metadata database (default: library.db in NEW).")
+@json_option
+@quiet_option
+@reports_errors
+def reshard(new, library, db_url, shards, to_db_url, as_json, quiet):
+    """Copy the library into NEW with --shards codes files, from its stored codes (no audio decoded, no
+    model run); run it again to complete a copy cut short. The old library is not changed."""
+    with _open(library, db_url) as lib:
+        bar = _bar(quiet, as_json)(total=len(lib.store.tracks()), unit="tracks", desc=f"copying into {new}")
+        try:
+            report = lib.copy_to(new, shards=shards, db_url=to_db_url, advance=lambda: bar.update(1))
+        finally:
+            bar.close()
+    if as_json:
+        emit({"library": str(new), "shards": shards, "copied": report.copied, "errors": report.errors,
+              "skipped": report.skipped, "damaged": list(report.damaged)})
+        return
+    click.echo(f"{new}: {report.copied} tracks copied into {shards} shards, {report.errors} error rows, "
+               f"{report.skipped} already there")
+    for p in report.damaged:
+        click.echo(f"  not copied (damaged codes; `musichash index` its folder into {new}): {_shown(p)}", err=True)
+
+
+@cli.command()
 @library_options
 @click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf", "multihash"]), default=None,
               help="Switch the segment index type (default: keep the current one; a new library is flat up to 1M segments, IVF above).")

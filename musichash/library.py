@@ -26,6 +26,7 @@ import numpy as np
 from musichash.errors import MusichashError
 from musichash.features.audio import AudioError, AudioTooShortError
 from musichash.indexer import shards as sharding
+from musichash.indexer.copy import CopyReport, copy_tracks
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
 from musichash.indexer.store import (
     CODES_FILE,
@@ -259,6 +260,18 @@ class Library:
             gone.update((t.id, t.path) for t in hit)
         self.store.remove(gone)
         return sorted(gone.values())
+
+    def copy_to(self, folder: str | os.PathLike, *, shards: int | None = None, db_url: str | None = None,
+                advance: Callable[[], None] | None = None) -> CopyReport:
+        """Copy this library into the library at ``folder`` (made if new, with ``shards`` codes files),
+        from the stored codes: no audio decoded, no model run (``indexer.copy``). Run again to
+        complete a copy cut short."""
+        folder = Path(folder).expanduser()
+        if folder.resolve() == Path(self.folder).resolve():
+            raise LibraryError(f"{folder}: that is this library; copy it into another folder")
+        with LibraryStore.open(folder, db_url, write=True, code_model=self.store.code_model, bits=self.store.bits,
+                               code_digest=self.store.code_digest, shards=shards) as dst:
+            return copy_tracks(self.store, dst, advance)
 
     def reindex(self, index_type: str | None = None, **params) -> SearchIndex:
         """Rebuild the FAISS files from codes.h5, optionally with another index type or parameters."""

@@ -1,6 +1,7 @@
 """A library of several codes shards: the store routes tracks to codes/NNN.h5, and search, dedup and
 recommend over the shards answer as over one index (exact merge of each shard's k nearest)."""
 
+import json
 import os
 import shutil
 
@@ -232,3 +233,45 @@ def test_codes_written_elsewhere_go_through_the_given_writer_a_shard_each(tmp_pa
         with h5py.File(store.codes_path(doomed.id), "r", **H5_KW) as h5:
             assert str(doomed.id) not in h5["tracks"]  # deleted on the way back
         store.put_tracks([item(51)])  # and the store writes its files itself again
+
+
+def test_reshard_copies_a_library_into_more_shards_from_its_stored_codes(libs, music, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from musichash.cli import cli
+    from musichash.models import encoder
+
+    def no_model(*a, **k):
+        raise AssertionError("reshard ran the model")
+
+    monkeypatch.setattr(encoder.CodeModel, "__init__", no_model)
+    new = tmp_path / "new"
+    args = ["reshard", str(new), "--library", str(libs[1]), "--shards", "3", "--json"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == {"library": str(new), "shards": 3, "copied": 8, "errors": 0, "skipped": 0, "damaged": []}
+    with LibraryStore.open(libs[1]) as one, LibraryStore.open(new) as three:
+        assert three.shards == 3 and three.code_digest == one.code_digest
+        a = {t.path: t for t in one.tracks("ok")}
+        b = {t.path: t for t in three.tracks("ok")}
+        assert a.keys() == b.keys()
+        for p in a:
+            ca, cb = one.get_codes(a[p].id), three.get_codes(b[p].id)
+            for field in ("track_code", "segment_codes", "segment_times", "chroma"):
+                assert np.array_equal(getattr(ca, field), getattr(cb, field))
+            assert np.array_equal(one.get_sketch(a[p].id), three.get_sketch(b[p].id)) and a[p].tags == b[p].tags
+        assert {sharding.shard_of(t.id, 3) for t in b.values()} == {0, 1, 2}
+    monkeypatch.undo()
+    clip = tmp_path / "clip.wav"
+    import soundfile as sf
+
+    audio, sr = sf.read(music / "song2.wav")
+    sf.write(clip, audio[int(1.28 * sr): int(7.28 * sr)], sr)
+    with Library.open(libs[1]) as one, Library.open(new) as three:
+        assert summary(three.search([clip], top_k=4)) == summary(one.search([clip], top_k=4))
+    again = CliRunner().invoke(cli, args)  # run again: nothing to copy
+    assert json.loads(again.output)["skipped"] == 8 and json.loads(again.output)["copied"] == 0
+    other = CliRunner().invoke(cli, ["reshard", str(new), "--library", str(libs[1]), "--shards", "2"])
+    assert other.exit_code == 1
+    assert other.output == (f"Error: {new}: this library holds its codes in 3 shards, not 2; leave out --shards, "
+                            "or index into a new library\n")
