@@ -194,7 +194,7 @@ def index_paths(
         encoder = local_encoder(model, workers, mel_device)
     done: set[int] = set()  # a batch an encoder delivers twice (a retried task) is stored once
     # an encoder may bring writers of its own for the codes files, one a shard (``cluster.index``)
-    writing = getattr(encoder, "writing", None)
+    writing = getattr(encoder, "writing", None) if plan.compute else None
     with writing(store) if writing is not None else contextlib.nullcontext() as write:
         for batch in encoder(plan.compute):
             batch = [(i, r) for i, r in dict(batch).items() if i not in done]
