@@ -919,40 +919,78 @@ def evaluate_tagger_cmd(checkpoint, data, against, layout, split_file, max_windo
 
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--tag", required=True, help="The tag or class whose evidence is shown.")
-@click.option("--model", "checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--tag", default=None, help="The tag or class whose evidence is shown (with --model).")
+@click.option("--model", "checkpoint", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="A checkpoint of `musichash train-tagger`, or a shipped one: fcn4_rendered, crnn_parallel_rendered, ...")
+@click.option("--match", "clip", default=None, type=click.Path(path_type=Path),
+              help="A clip the library finds in FILE: show the evidence of the segments that matched it (with --library).")
+@library_options
 @click.option("--method", type=click.Choice(["gradcam", "occlusion", "both"]), default="both", show_default=True)
 @click.option("--seconds", type=click.FloatRange(1), default=30.0, show_default=True, help="Seconds of FILE explained, from --start.")
-@click.option("--start", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--start", type=click.FloatRange(0), default=None,
+              help="Where the explained part of FILE starts, in seconds (default: 0; with --match, centred on the match).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG heatmap over the spectrogram (default: FILE's name + .explain.png; none with --json unless given).")
 @json_option
 @device_option
 @reports_errors
-def explain(file, tag, checkpoint, method, seconds, start, out, as_json, device):
-    """Show which parts of FILE's mel spectrogram made a tagger say --tag (Grad-CAM and occlusion)."""
+def explain(file, tag, checkpoint, clip, library, db_url, method, seconds, start, out, as_json, device):
+    """Show which parts of FILE's mel spectrogram made a tagger say --tag, or made the library find
+    the --match clip in FILE (Grad-CAM and occlusion)."""
     from musichash.devices import torch_device
     from musichash.features.audio import load_audio, log_mel
     from musichash.models.explain import METHODS, explain as run_explain, save_png, tag_target
     from musichash.models.taggers import load_tagger
 
+    if (tag is None) == (clip is None):
+        raise click.UsageError("give --tag TAG --model CHECKPOINT (a tagger's evidence) or --match CLIP --library DIR "
+                               "(why the library finds CLIP in FILE), one of the two")
+    if tag is not None and checkpoint is None:
+        raise click.UsageError("--tag needs --model: a checkpoint of `musichash train-tagger` or a shipped one (fcn4_rendered, ...)")
+    methods = METHODS if method == "both" else (method,)
+    if clip is not None:
+        return _explain_match(file, clip, library, db_url, methods, seconds, start, out, as_json, device)
+    start = start or 0.0
     dev = torch_device(device)
     ckpt = load_tagger(checkpoint, dev)
     if tag not in ckpt.names:
         raise click.UsageError(f"--tag {tag!r}: {checkpoint} knows {', '.join(ckpt.names)}")
     mel = log_mel(load_audio(file, offset_s=start, duration_s=seconds), dev)
-    methods = METHODS if method == "both" else (method,)
     e = run_explain(ckpt.model, mel, tag_target(ckpt.names.index(tag), ckpt.multilabel), tag, methods, dev)
-    if out is None and not as_json:
-        out = file.with_name(file.name + ".explain.png")
-    if out is not None:
-        try:
-            save_png(e, out, f"{file.name}: evidence for '{tag}' ({checkpoint.name})")
-        except ImportError:
-            raise MusichashError("the PNG needs matplotlib: pip install 'musichash[explain]' (or use --json)") from None
+    out = _explain_png(e, file, out, as_json, f"{file.name}: evidence for '{tag}' ({checkpoint.name})")
     if as_json:
         emit({"path": str(file), "tag": tag, "model": str(checkpoint), "start_s": start, "png": None if out is None else str(out),
               "provenance": ckpt.meta.get("provenance", {}), **e.to_dict()})
         return
     click.echo(f"{out}: {', '.join(e.maps)} for '{tag}' over {len(mel) * e.seconds_per_frame:.1f} s of {file}")
+
+
+def _explain_png(e, file: Path, out: Path | None, as_json: bool, title: str) -> Path | None:
+    from musichash.models.explain import save_png
+
+    if out is None and not as_json:
+        out = file.with_name(file.name + ".explain.png")
+    if out is not None:
+        try:
+            save_png(e, out, title)
+        except ImportError:
+            raise MusichashError("the PNG needs matplotlib: pip install 'musichash[explain]' (or use --json)") from None
+    return out
+
+
+def _explain_match(file, clip, library, db_url, methods, seconds, start, out, as_json, device):
+    from musichash.models.explain_match import explain_match
+
+    with _open(library, db_url, device=device) as lib:
+        m = explain_match(lib, file, clip, seconds=seconds, start_s=start, methods=methods)
+    e = m.explanation
+    out = _explain_png(e, file, out, as_json, f"{file.name}: why {clip.name} matched at {_clock(m.offset_s)} "
+                                              f"(score {m.score:.2f}, {lib.code_model})")
+    if as_json:
+        emit({**m.to_dict(), "library": str(lib.folder), "code_model": lib.code_model,
+              "png": None if out is None else str(out)})
+        return
+    explained = sum(1 for s in e.window_scores if s == s)
+    click.echo(f"{out}: {', '.join(e.maps)} for the match of {clip} at {_clock(m.offset_s)} (score {m.score:.2f}) over "
+               f"{len(e.mel) * e.seconds_per_frame:.1f} s of {file} from {_clock(m.start_s)}; {explained} of "
+               f"{len(e.window_scores)} windows aligned with the clip")

@@ -56,7 +56,7 @@ class Explanation:
 
     def to_dict(self) -> dict:
         return {"explains": self.what, "frames": int(self.mel.shape[0]), "bands": int(self.mel.shape[1]),
-                "seconds_per_frame": self.seconds_per_frame, "window_scores": [round(s, 6) for s in self.window_scores],
+                "seconds_per_frame": self.seconds_per_frame, "window_scores": [None if s != s else round(s, 6) for s in self.window_scores],
                 "maps": {m: np.round(v, 4).tolist() for m, v in self.maps.items()}}
 
 
@@ -87,8 +87,10 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: Target
 
 
 @torch.no_grad()
-def occlusion(model: nn.Module, x: torch.Tensor, target: Target, batch: int = 64) -> torch.Tensor:
-    """x: float [1, T, 96] -> float [1, T, 96] (not yet scaled)."""
+def occlusion(model: nn.Module, x: torch.Tensor, target: Target, batch: int = 64,
+              patch: tuple[int, int] = PATCH) -> torch.Tensor:
+    """x: float [1, T, 96] -> float [1, T, 96] (not yet scaled); patches of ``patch`` bins, half a patch apart."""
+    PATCH, STRIDE = patch, (max(1, patch[0] // 2), max(1, patch[1] // 2))  # noqa: N806
     _, t, f = x.shape
     base = target(model(x))[0]
     fill = x.median()
@@ -107,9 +109,14 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: Target, batch: int = 64
     return F.relu(drop / cover.clamp(min=1))[None]
 
 
-def explain(model: nn.Module, mel: np.ndarray, target: Target, what: str, methods: tuple[str, ...] = METHODS,
-            device: str | torch.device = "cpu") -> Explanation:
-    """Maps of ``methods`` for ``mel: float [T, 96]`` (a whole file's model log-mel)."""
+def explain(model: nn.Module, mel: np.ndarray, target: Target | Callable[[int], Target | None], what: str,
+            methods: tuple[str, ...] = METHODS, device: str | torch.device = "cpu", *, per_window: bool = False,
+            patch: tuple[int, int] = PATCH) -> Explanation:
+    """Maps of ``methods`` for ``mel: float [T, 96]`` (a whole file's model log-mel).
+
+    ``per_window``: ``target`` is a function of a window's start frame giving that window's target, or
+    None for a window with nothing to explain (its map stays 0, its score NaN). ``patch``: occlusion's.
+    """
     model.eval()
     n = len(mel)
     padded = np.pad(mel, ((0, max(0, WINDOW_FRAMES - n)), (0, 0))).astype(np.float32)
@@ -118,13 +125,17 @@ def explain(model: nn.Module, mel: np.ndarray, target: Target, what: str, method
     count = np.zeros((len(padded), 1))
     scores = []
     for s in starts:
+        count[s : s + WINDOW_FRAMES] += 1
+        t = target(s) if per_window else target
+        if t is None:
+            scores.append(float("nan"))
+            continue
         x = torch.from_numpy(padded[s : s + WINDOW_FRAMES][None]).to(device)
         with torch.no_grad():
-            scores.append(float(target(model(x))[0]))
+            scores.append(float(t(model(x))[0]))
         for m in methods:
-            cam = grad_cam(model, model.cam_layer, x, target) if m == "gradcam" else occlusion(model, x, target)
+            cam = grad_cam(model, model.cam_layer, x, t) if m == "gradcam" else occlusion(model, x, t, patch=patch)
             total[m][s : s + WINDOW_FRAMES] += cam[0].double().cpu().numpy()
-        count[s : s + WINDOW_FRAMES] += 1
     maps = {}
     for m in methods:
         v = (total[m] / np.maximum(count, 1))[:n]
