@@ -189,7 +189,7 @@ def library_options(f):
 
 @contextlib.contextmanager
 def _open(library: Path | None, db_url: str | None, *, write: bool = False, device: str = "auto",
-          code_model: str | None = None, warn: bool = True):
+          code_model: str | None = None, warn: bool = True, tagger: str | None = None):
     """The library, opened for the command; warnings about what opening repaired (``warn``), and after a
     read, about tracks left out because their codes are damaged."""
     from musichash.indexer.store import CODES_FILE
@@ -205,7 +205,7 @@ def _open(library: Path | None, db_url: str | None, *, write: bool = False, devi
             err=True,
         )
 
-    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model)
+    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model, tagger=tagger)
     with lib:
         opened = lib.store.repair_report
         if opened.changed and warn:
@@ -252,11 +252,14 @@ def _clock(seconds: float) -> str:
 @click.option("--prune", is_flag=True, help="Also drop tracks whose files are gone.")
 @click.option("--code-model", default=None, help="Code model of a new library (default: the default of `musichash models`).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Decoding processes (0: decode in the main process).")
+@click.option("--tagger", default=None,
+              help="Tags of a new library from a trained tagger (a shipped one, e.g. fcn4_rendered, or a checkpoint of "
+                   "`musichash train-tagger`) instead of the code model's tag head; recorded in the library.")
 @json_option
 @device_option
 @quiet_option
 @reports_errors
-def index(paths, library, db_url, prune, code_model, workers, as_json, device, quiet):
+def index(paths, library, db_url, prune, code_model, workers, tagger, as_json, device, quiet):
     """Add or update the audio files under PATHS (folders are scanned recursively).
 
     Unchanged files are skipped, moved files are recognised by their content,
@@ -275,7 +278,7 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
             self.bar.set_postfix_str(Path(path).name[:30], refresh=False)
             self.bar.update(seconds)
 
-    with _open(library, db_url, write=True, device=device, code_model=code_model) as lib:
+    with _open(library, db_url, write=True, device=device, code_model=code_model, tagger=tagger) as lib:
         if not (quiet or as_json) and sys.stderr.isatty():
             click.echo(f"loading the code model {lib.code_model}...", err=True)
         lib.model  # noqa: B018  (loaded before the bar starts, so the bar's rate is the indexing's)
@@ -292,7 +295,7 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
             "copies": [list(c) for c in report.copies], "pruned": list(report.pruned),
             "failed": [{"path": f.path, "reason": f.reason} for f in report.failed],
             "audio_s": round(report.audio_s, 2), "seconds": round(report.seconds, 2),
-            "damaged_redone": list(report.damaged),
+            "damaged_redone": list(report.damaged), "tagger": lib.tagger,
         })
         return
     speed = f", {report.audio_s / report.seconds:.0f}x real time" if report.audio_s and report.seconds else ""
@@ -591,7 +594,8 @@ def tracks(under, library, db_url, status, as_json):
     for t in rows:
         if as_json:
             emit({"track_id": t.id, "path": t.path, "status": t.status, "duration_s": t.duration_s,
-                  "format": t.format, **({"error": t.error} if t.error else {})})
+                  "format": t.format, **({"error": t.error} if t.error else {}),
+                  "tags": [{"tag": s.tag, "p": round(s.p, 4)} for s in lib.top_tags(t)]})
             continue
         length = _duration(t.duration_s) if t.duration_s is not None else "-"
         why = f"  ({t.error})" if t.error else ""

@@ -26,7 +26,7 @@ import collections
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -146,6 +146,7 @@ def index_paths(
     workers: int | None = None,
     progress: Progress | None = None,
     mel_device: str | None = None,
+    tagger: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> IndexReport:
     """Add or update the audio files under ``paths``; see the module docstring.
 
@@ -153,6 +154,9 @@ def index_paths(
     on the model's device when that is a GPU (``decode_wave``: the workers hand over 16 kHz audio,
     the main process makes mel and sketch there; CUDA's mel equals the CPU's in all but ~3e-4 of
     its values, features/audio.py). A device name: always in the main process, on that device.
+
+    ``tagger``: the tracks' tags from ``tagger(mel)`` instead of the code model's tag head
+    (``indexer.tag_source``).
     """
     t0 = time.perf_counter()
     progress = progress or Progress()
@@ -177,8 +181,9 @@ def index_paths(
             mel = np.concatenate(list(iter_mel_blocks([mel], device=mel_device)))
             sketch = spectra.sketch(mel)
         enc = model.encode(mel, LIBRARY_HOP)
+        tags = enc.tags if tagger is None else tagger(np.asarray(mel))
         record = TrackRecord(
-            str(path), digest, st.st_size, st.st_mtime, enc.duration_s, fmt, tuple(float(p) for p in enc.tags)
+            str(path), digest, st.st_size, st.st_mtime, enc.duration_s, fmt, tuple(float(p) for p in tags)
         )
         store.put_track(record, enc.track_code, enc.codes, enc.times, harmony, sketch)
         (updated if existed else added).append(str(path))
