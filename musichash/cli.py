@@ -943,7 +943,7 @@ def explain(file, tag, checkpoint, clip, library, db_url, method, seconds, start
     the --match clip in FILE (Grad-CAM and occlusion)."""
     from musichash.devices import torch_device
     from musichash.features.audio import load_audio, log_mel
-    from musichash.models.explain import METHODS, explain as run_explain, save_png, tag_target
+    from musichash.models.explain import METHODS, explain as run_explain, tag_target
     from musichash.models.taggers import load_tagger
 
     if (tag is None) == (clip is None):
@@ -961,7 +961,7 @@ def explain(file, tag, checkpoint, clip, library, db_url, method, seconds, start
         raise click.UsageError(f"--tag {tag!r}: {checkpoint} knows {', '.join(ckpt.names)}")
     mel = log_mel(load_audio(file, offset_s=start, duration_s=seconds), dev)
     e = run_explain(ckpt.model, mel, tag_target(ckpt.names.index(tag), ckpt.multilabel), tag, methods, dev)
-    out = _explain_png(e, file, out, as_json, f"{file.name}: evidence for '{tag}' ({checkpoint.name})")
+    out = _explain_png(e, file, out, as_json, f"{file.name}: evidence for '{tag}' ({checkpoint.name})", start)
     if as_json:
         emit({"path": str(file), "tag": tag, "model": str(checkpoint), "start_s": start, "png": None if out is None else str(out),
               "provenance": ckpt.meta.get("provenance", {}), **e.to_dict()})
@@ -969,14 +969,14 @@ def explain(file, tag, checkpoint, clip, library, db_url, method, seconds, start
     click.echo(f"{out}: {', '.join(e.maps)} for '{tag}' over {len(mel) * e.seconds_per_frame:.1f} s of {file}")
 
 
-def _explain_png(e, file: Path, out: Path | None, as_json: bool, title: str) -> Path | None:
+def _explain_png(e, file: Path, out: Path | None, as_json: bool, title: str, start_s: float) -> Path | None:
     from musichash.models.explain import save_png
 
     if out is None and not as_json:
         out = file.with_name(file.name + ".explain.png")
     if out is not None:
         try:
-            save_png(e, out, title)
+            save_png(e, out, title, start_s)
         except ImportError:
             raise MusichashError("the PNG needs matplotlib: pip install 'musichash[explain]' (or use --json)") from None
     return out
@@ -989,7 +989,7 @@ def _explain_match(file, clip, library, db_url, methods, seconds, start, out, as
         m = explain_match(lib, file, clip, seconds=seconds, start_s=start, methods=methods)
     e = m.explanation
     out = _explain_png(e, file, out, as_json, f"{file.name}: why {clip.name} matched at {_clock(m.offset_s)} "
-                                              f"(score {m.score:.2f}, {lib.code_model})")
+                                              f"(score {m.score:.2f}, {lib.code_model})", m.start_s)
     if as_json:
         emit({**m.to_dict(), "library": str(lib.folder), "code_model": lib.code_model,
               "png": None if out is None else str(out)})

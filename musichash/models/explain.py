@@ -150,8 +150,9 @@ def tag_target(index: int, multilabel: bool) -> Target:
     return lambda out: torch.log_softmax(out, dim=1)[:, index]
 
 
-def save_png(e: Explanation, path, title: str | None = None) -> None:
-    """The mel spectrogram with each map over it, time in seconds and mel bands on the axes."""
+def save_png(e: Explanation, path, title: str | None = None, start_s: float = 0.0) -> None:
+    """The mel spectrogram with each map over it, time in seconds (from ``start_s``: the file's time) and mel
+    bands on the axes."""
     import matplotlib  # noqa: PLC0415  (an optional extra: pip install 'musichash[explain]')
 
     matplotlib.use("Agg")
@@ -160,7 +161,7 @@ def save_png(e: Explanation, path, title: str | None = None) -> None:
     rows = 1 + len(e.maps)
     seconds = len(e.mel) * e.seconds_per_frame
     fig, axes = plt.subplots(rows, 1, figsize=(8, 2.2 * rows), sharex=True, squeeze=False)
-    extent = (0.0, seconds, 0, e.mel.shape[1])
+    extent = (start_s, start_s + seconds, 0, e.mel.shape[1])
     axes[0, 0].imshow(e.mel.T, origin="lower", aspect="auto", extent=extent, cmap="magma")
     axes[0, 0].set_title(title or e.what, fontsize=10)
     axes[0, 0].set_ylabel("mel band")

@@ -403,7 +403,8 @@ def create_app(config: ServeConfig) -> FastAPI:
 
         t, e, name = await model(run)
         if fmt == "png":
-            return Response(png_bytes(e, f"{Path(t.path).name}: evidence for '{tag}' ({name})"), media_type="image/png")
+            return Response(png_bytes(e, f"{Path(t.path).name}: evidence for '{tag}' ({name})", start),
+                            media_type="image/png")
         return {"track_id": t.id, "tag": tag, "model": name, "start_s": start, **e.to_dict()}
 
     @app.get("/tracks/{track_id}/audio")

@@ -42,10 +42,10 @@ def explain_track(lib, track, tag: str, model: str | None, start_s: float, secon
     return explain(ckpt.model, mel, tag_target(ckpt.names.index(tag), ckpt.multilabel), tag, methods), name
 
 
-def png_bytes(e: Explanation, title: str) -> bytes:
+def png_bytes(e: Explanation, title: str, start_s: float = 0.0) -> bytes:
     buf = io.BytesIO()
     try:
-        save_png(e, buf, title)
+        save_png(e, buf, title, start_s)
     except ImportError:
         raise ServiceError("the PNG needs matplotlib on the server: pip install 'musichash[explain]'; "
                                   "ask for format=json") from None
