@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -983,7 +984,7 @@ def _explain_png(e, file: Path, out: Path | None, as_json: bool, title: str, sta
 
 
 def _explain_match(file, clip, library, db_url, methods, seconds, start, out, as_json, device):
-    from musichash.models.explain_match import explain_match
+    from musichash.search.explain_match import explain_match
 
     with _open(library, db_url, device=device) as lib:
         m = explain_match(lib, file, clip, seconds=seconds, start_s=start, methods=methods)
@@ -994,7 +995,7 @@ def _explain_match(file, clip, library, db_url, methods, seconds, start, out, as
         emit({**m.to_dict(), "library": str(lib.folder), "code_model": lib.code_model,
               "png": None if out is None else str(out)})
         return
-    explained = sum(1 for s in e.window_scores if s == s)
+    explained = sum(1 for s in e.window_scores if not math.isnan(s))
     click.echo(f"{out}: {', '.join(e.maps)} for the match of {clip} at {_clock(m.offset_s)} (score {m.score:.2f}) over "
                f"{len(e.mel) * e.seconds_per_frame:.1f} s of {file} from {_clock(m.start_s)}; {explained} of "
                f"{len(e.window_scores)} windows aligned with the clip")

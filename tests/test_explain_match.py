@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from musichash import Library
 from musichash.cli import cli
-from musichash.models.explain_match import explain_match
+from musichash.search.explain_match import explain_match
 from tests.synth import SR, make_song
 
 HALF_S = 6.0

@@ -151,7 +151,7 @@ def tagged_server(tmp_path_factory):
 
 
 def test_page_explains_a_results_first_tag(tagged_server, server, browser, tmp_path):
-    base, music = tagged_server
+    base, _ = tagged_server
     wait = WebDriverWait(browser, 60)
     browser.get(base + "/")
     wait.until(EC.text_to_be_present_in_element((By.ID, "stats"), "2 tracks"))

@@ -22,6 +22,7 @@ evidence stays dark.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ class Explanation:
 
     def to_dict(self) -> dict:
         return {"explains": self.what, "frames": int(self.mel.shape[0]), "bands": int(self.mel.shape[1]),
-                "seconds_per_frame": self.seconds_per_frame, "window_scores": [None if s != s else round(s, 6) for s in self.window_scores],
+                "seconds_per_frame": self.seconds_per_frame, "window_scores": [None if math.isnan(s) else round(s, 6) for s in self.window_scores],
                 "maps": {m: np.round(v, 4).tolist() for m, v in self.maps.items()}}
 
 
@@ -90,22 +91,22 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: Target
 def occlusion(model: nn.Module, x: torch.Tensor, target: Target, batch: int = 64,
               patch: tuple[int, int] = PATCH) -> torch.Tensor:
     """x: float [1, T, 96] -> float [1, T, 96] (not yet scaled); patches of ``patch`` bins, half a patch apart."""
-    PATCH, STRIDE = patch, (max(1, patch[0] // 2), max(1, patch[1] // 2))  # noqa: N806
+    stride = (max(1, patch[0] // 2), max(1, patch[1] // 2))
     _, t, f = x.shape
     base = target(model(x))[0]
     fill = x.median()
-    boxes = [(i, j) for i in range(0, max(t - PATCH[0], 0) + 1, STRIDE[0]) for j in range(0, max(f - PATCH[1], 0) + 1, STRIDE[1])]
+    boxes = [(i, j) for i in range(0, max(t - patch[0], 0) + 1, stride[0]) for j in range(0, max(f - patch[1], 0) + 1, stride[1])]
     drop = torch.zeros(t, f, device=x.device)
     cover = torch.zeros(t, f, device=x.device)
     for s in range(0, len(boxes), batch):
         part = boxes[s : s + batch]
         xs = x.repeat(len(part), 1, 1)
         for k, (i, j) in enumerate(part):
-            xs[k, i : i + PATCH[0], j : j + PATCH[1]] = fill
+            xs[k, i : i + patch[0], j : j + patch[1]] = fill
         d = base - target(model(xs))
         for k, (i, j) in enumerate(part):
-            drop[i : i + PATCH[0], j : j + PATCH[1]] += d[k]
-            cover[i : i + PATCH[0], j : j + PATCH[1]] += 1
+            drop[i : i + patch[0], j : j + patch[1]] += d[k]
+            cover[i : i + patch[0], j : j + patch[1]] += 1
     return F.relu(drop / cover.clamp(min=1))[None]
 
 

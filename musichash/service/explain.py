@@ -15,6 +15,7 @@ from musichash.models.explain import Explanation, explain, save_png, tag_target
 from musichash.models.taggers import TaggerCheckpoint, load_tagger, shipped_taggers
 from musichash.service.runtime import ServiceError
 
+
 @lru_cache(maxsize=4)
 def _tagger(name: str) -> TaggerCheckpoint:
     return load_tagger(name)  # on the CPU: the page explains one track at a time
