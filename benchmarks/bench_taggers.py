@@ -58,9 +58,9 @@ def _windows(labels: Path, args) -> tuple:
     cache = args.out / f"windows-{key}.npz"
     if cache.is_file():
         z = np.load(cache)
-        return load_labelled(labels, "manifest", None, args.seed), Windows(z["mels"], z["file"], ())
+        return load_labelled(labels, "manifest", None, args.seed), Windows(z["mels"], z["owner"], ())
     data, windows = prepare(labels, "manifest", None, args.seed, args.windows)
-    np.savez(cache, mels=windows.mels, file=windows.file)
+    np.savez(cache, mels=windows.mels, owner=windows.file)  # not file=: np.savez's own first parameter
     return data, windows
 
 

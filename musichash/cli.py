@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -189,7 +190,8 @@ def library_options(f):
 
 @contextlib.contextmanager
 def _open(library: Path | None, db_url: str | None, *, write: bool = False, device: str = "auto",
-          code_model: str | None = None, warn: bool = True, shards: int | None = None):
+          code_model: str | None = None, warn: bool = True, shards: int | None = None,
+          tagger: str | None = None):
     """The library, opened for the command; warnings about what opening repaired (``warn``), and after a
     read, about tracks left out because their codes are damaged."""
     from musichash.indexer.store import CODES_FILE
@@ -205,7 +207,8 @@ def _open(library: Path | None, db_url: str | None, *, write: bool = False, devi
             err=True,
         )
 
-    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model, shards=shards)
+    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model, shards=shards,
+                       tagger=tagger)
     with lib:
         opened = lib.store.repair_report
         if opened.changed and warn:
@@ -262,6 +265,9 @@ def _clock(seconds: float) -> str:
 @click.option("--prune", is_flag=True, help="Also drop tracks whose files are gone.")
 @click.option("--code-model", default=None, help="Code model of a new library (default: the default of `musichash models`).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Decoding processes (0: decode in the main process).")
+@click.option("--tagger", default=None,
+              help="Tags of a new library from a trained tagger (a shipped one, e.g. fcn4_rendered, or a checkpoint of "
+                   "`musichash train-tagger`) instead of the code model's tag head; recorded in the library.")
 @json_option
 @device_option
 @quiet_option
@@ -272,7 +278,7 @@ def _clock(seconds: float) -> str:
 @click.option("--shards", type=click.IntRange(1, 1000), default=None,
               help="Codes files (and segment indexes) a new library spreads its codes over (default 1).")
 @reports_errors
-def index(paths, library, db_url, prune, code_model, workers, as_json, device, quiet, cluster, shards):
+def index(paths, library, db_url, prune, code_model, workers, tagger, as_json, device, quiet, cluster, shards):
     """Add or update the audio files under PATHS (folders are scanned recursively).
 
     Unchanged files are skipped, moved files are recognised by their content,
@@ -293,7 +299,7 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
             self.bar.set_postfix_str(f"{self.done}/{self.n_files} files, {Path(path).name[:30]}", refresh=False)
             self.bar.update(seconds)
 
-    with _open(library, db_url, write=True, device=device, code_model=code_model, shards=shards) as lib:
+    with _open(library, db_url, write=True, device=device, code_model=code_model, shards=shards, tagger=tagger) as lib:
         if not (quiet or as_json) and sys.stderr.isatty() and cluster is None:
             click.echo(f"loading the code model {lib.code_model}...", err=True)
         if cluster is None:
@@ -311,7 +317,7 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
             "copies": [list(c) for c in report.copies], "pruned": list(report.pruned),
             "failed": [{"path": f.path, "reason": f.reason} for f in report.failed],
             "audio_s": round(report.audio_s, 2), "seconds": round(report.seconds, 2),
-            "damaged_redone": list(report.damaged),
+            "damaged_redone": list(report.damaged), "tagger": lib.tagger,
         })
         return
     speed = f", {report.audio_s / report.seconds:.0f}x real time" if report.audio_s and report.seconds else ""
@@ -610,7 +616,8 @@ def tracks(under, library, db_url, status, as_json):
     for t in rows:
         if as_json:
             emit({"track_id": t.id, "path": t.path, "status": t.status, "duration_s": t.duration_s,
-                  "format": t.format, **({"error": t.error} if t.error else {})})
+                  "format": t.format, **({"error": t.error} if t.error else {}),
+                  "tags": [{"tag": s.tag, "p": round(s.p, 4)} for s in lib.top_tags(t)]})
             continue
         length = _duration(t.duration_s) if t.duration_s is not None else "-"
         why = f"  ({t.error})" if t.error else ""
@@ -970,40 +977,78 @@ def evaluate_tagger_cmd(checkpoint, data, against, layout, split_file, max_windo
 
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--tag", required=True, help="The tag or class whose evidence is shown.")
-@click.option("--model", "checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--tag", default=None, help="The tag or class whose evidence is shown (with --model).")
+@click.option("--model", "checkpoint", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="A checkpoint of `musichash train-tagger`, or a shipped one: fcn4_rendered, crnn_parallel_rendered, ...")
+@click.option("--match", "clip", default=None, type=click.Path(path_type=Path),
+              help="A clip the library finds in FILE: show the evidence of the segments that matched it (with --library).")
+@library_options
 @click.option("--method", type=click.Choice(["gradcam", "occlusion", "both"]), default="both", show_default=True)
 @click.option("--seconds", type=click.FloatRange(1), default=30.0, show_default=True, help="Seconds of FILE explained, from --start.")
-@click.option("--start", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--start", type=click.FloatRange(0), default=None,
+              help="Where the explained part of FILE starts, in seconds (default: 0; with --match, centred on the match).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG heatmap over the spectrogram (default: FILE's name + .explain.png; none with --json unless given).")
 @json_option
 @device_option
 @reports_errors
-def explain(file, tag, checkpoint, method, seconds, start, out, as_json, device):
-    """Show which parts of FILE's mel spectrogram made a tagger say --tag (Grad-CAM and occlusion)."""
+def explain(file, tag, checkpoint, clip, library, db_url, method, seconds, start, out, as_json, device):
+    """Show which parts of FILE's mel spectrogram made a tagger say --tag, or made the library find
+    the --match clip in FILE (Grad-CAM and occlusion)."""
     from musichash.devices import torch_device
     from musichash.features.audio import load_audio, log_mel
-    from musichash.models.explain import METHODS, explain as run_explain, save_png, tag_target
+    from musichash.models.explain import METHODS, explain as run_explain, tag_target
     from musichash.models.taggers import load_tagger
 
+    if (tag is None) == (clip is None):
+        raise click.UsageError("give --tag TAG --model CHECKPOINT (a tagger's evidence) or --match CLIP --library DIR "
+                               "(why the library finds CLIP in FILE), one of the two")
+    if tag is not None and checkpoint is None:
+        raise click.UsageError("--tag needs --model: a checkpoint of `musichash train-tagger` or a shipped one (fcn4_rendered, ...)")
+    methods = METHODS if method == "both" else (method,)
+    if clip is not None:
+        return _explain_match(file, clip, library, db_url, methods, seconds, start, out, as_json, device)
+    start = start or 0.0
     dev = torch_device(device)
     ckpt = load_tagger(checkpoint, dev)
     if tag not in ckpt.names:
         raise click.UsageError(f"--tag {tag!r}: {checkpoint} knows {', '.join(ckpt.names)}")
     mel = log_mel(load_audio(file, offset_s=start, duration_s=seconds), dev)
-    methods = METHODS if method == "both" else (method,)
     e = run_explain(ckpt.model, mel, tag_target(ckpt.names.index(tag), ckpt.multilabel), tag, methods, dev)
-    if out is None and not as_json:
-        out = file.with_name(file.name + ".explain.png")
-    if out is not None:
-        try:
-            save_png(e, out, f"{file.name}: evidence for '{tag}' ({checkpoint.name})")
-        except ImportError:
-            raise MusichashError("the PNG needs matplotlib: pip install 'musichash[explain]' (or use --json)") from None
+    out = _explain_png(e, file, out, as_json, f"{file.name}: evidence for '{tag}' ({checkpoint.name})", start)
     if as_json:
         emit({"path": str(file), "tag": tag, "model": str(checkpoint), "start_s": start, "png": None if out is None else str(out),
               "provenance": ckpt.meta.get("provenance", {}), **e.to_dict()})
         return
     click.echo(f"{out}: {', '.join(e.maps)} for '{tag}' over {len(mel) * e.seconds_per_frame:.1f} s of {file}")
+
+
+def _explain_png(e, file: Path, out: Path | None, as_json: bool, title: str, start_s: float) -> Path | None:
+    from musichash.models.explain import save_png
+
+    if out is None and not as_json:
+        out = file.with_name(file.name + ".explain.png")
+    if out is not None:
+        try:
+            save_png(e, out, title, start_s)
+        except ImportError:
+            raise MusichashError("the PNG needs matplotlib: pip install 'musichash[explain]' (or use --json)") from None
+    return out
+
+
+def _explain_match(file, clip, library, db_url, methods, seconds, start, out, as_json, device):
+    from musichash.search.explain_match import explain_match
+
+    with _open(library, db_url, device=device) as lib:
+        m = explain_match(lib, file, clip, seconds=seconds, start_s=start, methods=methods)
+    e = m.explanation
+    out = _explain_png(e, file, out, as_json, f"{file.name}: why {clip.name} matched at {_clock(m.offset_s)} "
+                                              f"(score {m.score:.2f}, {lib.code_model})", m.start_s)
+    if as_json:
+        emit({**m.to_dict(), "library": str(lib.folder), "code_model": lib.code_model,
+              "png": None if out is None else str(out)})
+        return
+    explained = sum(1 for s in e.window_scores if not math.isnan(s))
+    click.echo(f"{out}: {', '.join(e.maps)} for the match of {clip} at {_clock(m.offset_s)} (score {m.score:.2f}) over "
+               f"{len(e.mel) * e.seconds_per_frame:.1f} s of {file} from {_clock(m.start_s)}; {explained} of "
+               f"{len(e.window_scores)} windows aligned with the clip")

@@ -26,6 +26,7 @@ import numpy as np
 from musichash.errors import MusichashError
 from musichash.features.audio import AudioError, AudioTooShortError
 from musichash.indexer import shards as sharding
+from musichash.indexer import tag_source
 from musichash.indexer.copy import CopyReport, copy_tracks
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
 from musichash.indexer.store import (
@@ -125,6 +126,7 @@ class Library:
         self._model: CodeModel | None = None
         self._index: SearchIndex | None = None
         self._vocabulary: tuple[str, ...] | None = None
+        self._tagger: tag_source.TaggerTags | None | bool = False  # False: not looked up yet
 
     @classmethod
     def open(
@@ -137,6 +139,7 @@ class Library:
         device: str = "auto",
         precision: str = "auto",
         shards: int | None = None,
+        tagger: str | None = None,
     ) -> Library:
         """Open (``write=True``: create if needed, and lock) the library in ``folder``.
 
@@ -149,10 +152,16 @@ class Library:
         ``code_model`` picks the model of a new library (default
         ``DEFAULT_CODE_MODEL``); for an existing one it must match, and so must
         the digest of its weights (codes of retrained weights are never mixed).
+
+        ``tagger`` (``write=True``): a trained tagger (a shipped one's name, or a checkpoint of
+        ``musichash train-tagger``) whose tags the library's tracks get instead of the code model's
+        tag head's, recorded in the library (``indexer.tag_source``); only for a library without tracks.
         """
         folder = Path(folder).expanduser() if folder is not None else default_folder()
         if shards is not None:
             sharding.check_count(shards)
+        if tagger is not None and write:
+            tag_source.check(tagger)
         if code_model is not None:
             spec = get_spec(code_model)
             if spec.kind != "hash":
@@ -174,6 +183,10 @@ class Library:
             store = open_store(DEFAULT_CODE_MODEL)
         try:
             _check_digest(folder, store)
+            if tagger is not None:
+                if not write:
+                    raise LibraryError(f"{folder}: a tagger is chosen when indexing: musichash index PATH... --tagger {tagger}")
+                tag_source.choose(store._engine, folder, tagger)
         except BaseException:
             store.close()
             raise
@@ -206,8 +219,24 @@ class Library:
     def vocabulary(self) -> tuple[str, ...]:
         # once: a checkpoint's spec and the tag list are read from files, and every result shows tags
         if self._vocabulary is None:
-            self._vocabulary = tag_names(get_spec(get_spec(self.code_model).backbone).vocabulary)
+            name, _ = tag_source.stored(self.store._engine)
+            if name is not None:  # names only: a search need not load the tagger's weights
+                self._vocabulary = tag_source.names(name)
+            else:
+                self._vocabulary = tag_names(get_spec(get_spec(self.code_model).backbone).vocabulary)
         return self._vocabulary
+
+    @property
+    def tagger(self) -> str | None:
+        """The trained tagger whose tags the tracks carry (None: the code model's tag head)."""
+        return tag_source.stored(self.store._engine)[0]
+
+    def _tag_source(self) -> tag_source.TaggerTags | None:
+        if self._tagger is False:
+            from musichash.devices import torch_device
+
+            self._tagger = tag_source.load(self.store._engine, self.folder, torch_device(self.device))
+        return self._tagger
 
     def search_index(self, *, force: bool = False) -> SearchIndex:
         """The FAISS index of the library's codes, loaded from ``index/`` or rebuilt if stale;
@@ -242,13 +271,15 @@ class Library:
         ``cluster``: decode and encode on the Ray cluster at this address ('' : on this machine; see
         ``musichash.cluster.index``: the rows are written from here, the codes files by a writer actor each).
         """
+        tagger = self._tag_source()
         encoder = None
         if cluster is not None:
             from musichash.cluster.index import RayEncoder
 
-            encoder = RayEncoder(self.code_model, address=cluster or None, precision=self.precision)
+            encoder = RayEncoder(self.code_model, address=cluster or None, precision=self.precision,
+                                 tagger=None if tagger is None else tagger.name)
         return index_paths(self.store, None if encoder else self.model, [_user(p) for p in paths], prune=prune,
-                           workers=workers, progress=progress, encoder=encoder)
+                           workers=workers, progress=progress, encoder=encoder, tagger=tagger)
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> list[str]:
         """Drop tracks by file path, or every track under a folder; returns the paths removed."""
@@ -271,6 +302,8 @@ class Library:
             raise LibraryError(f"{folder}: that is this library; copy it into another folder")
         with LibraryStore.open(folder, db_url, write=True, code_model=self.store.code_model, bits=self.store.bits,
                                code_digest=self.store.code_digest, shards=shards) as dst:
+            if self.tagger is not None:  # the tags copied are its: the copy keeps its name (and digest)
+                tag_source.choose(dst._engine, folder, self.tagger)
             return copy_tracks(self.store, dst, advance)
 
     def reindex(self, index_type: str | None = None, **params) -> SearchIndex:
@@ -468,6 +501,10 @@ class Library:
             except DamagedCodesError as e:
                 if e.track_id is None or e.track_id in index.left_out:
                     raise
+
+    def top_tags(self, t: Track) -> tuple[TagScore, ...]:
+        """A track's most likely tags, of the library's tagger (``tagger``) or its code model's tag head."""
+        return self._top_tags(t)
 
     def _top_tags(self, t: Track) -> tuple[TagScore, ...]:
         if t.tags is None:

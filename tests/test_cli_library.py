@@ -49,7 +49,7 @@ def test_index_json_again_is_incremental(built):
     assert (obj["added"], obj["updated"], obj["unchanged"]) == (0, 0, 3)
     assert [f["path"] for f in obj["failed"]] == [str(music / "bad.wav")]
     assert set(obj) == {"library", "added", "updated", "unchanged", "moved", "copies", "pruned", "failed", "audio_s", "seconds",
-                        "damaged_redone"}
+                        "damaged_redone", "tagger"}
 
 
 def test_search_json_shape(built):

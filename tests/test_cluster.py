@@ -293,3 +293,19 @@ def test_a_killed_shard_writer_fails_the_batch_and_loses_nothing_committed(ray_c
         assert len(tracks) == 8 and all(t.status == "ok" for t in tracks)
         for t in tracks:
             np.testing.assert_array_equal(store.get_codes(t.id).segment_codes, items[int(t.path[3:-5])][2])
+
+
+def test_a_tagger_backed_library_indexed_on_the_cluster_gets_the_taggers_tags(ray_cluster, music, tmp_path):
+    """The library's tagger runs in the model actors: tags equal to indexing in one process."""
+    from musichash.models.taggers import load_tagger
+
+    tags = {}
+    for how in ("single", "ray"):
+        with Library.open(tmp_path / how, write=True, code_model=MODEL, tagger="fcn4_rendered") as lib:
+            lib.index([music / "song2.wav", music / "song3.wav"], workers=0, cluster="" if how == "ray" else None)
+            tags[how] = {os.path.basename(t.path): t.tags for t in lib.tracks()}
+    assert tags["ray"].keys() == tags["single"].keys() and len(tags["single"]) == 2
+    for name, p in tags["single"].items():  # the actor's torch runs on other threads: last bits may differ
+        np.testing.assert_allclose(tags["ray"][name], p, rtol=0, atol=1e-6)
+    n_labels = len(load_tagger("fcn4_rendered").names)  # the tagger's labels, not the code model's tag head's
+    assert all(len(t) == n_labels for t in tags["single"].values())

@@ -370,3 +370,43 @@ def test_upload_is_checked_by_decoding_not_by_name(client, built, tmp_path):
     r = client.post("/search", files=upload(path))
     assert r.status_code == 200 and r.json()["results"][0]["path"] == str(music / "song1.wav")
     assert np.isclose(r.json()["duration_s"], 6.0)
+
+
+# ------------------------------------------------------------------ explain (issue 25)
+
+
+def test_explain_a_track_as_json_and_png(client, built):
+    from musichash.features.audio import load_audio, log_mel
+    from musichash.models.explain import explain, tag_target
+    from musichash.models.taggers import load_tagger
+
+    music, _ = built
+    tid = ids(built)["song1.wav"]
+    r = client.get(f"/tracks/{tid}/explain", params={"tag": "instrument_family=piano", "model": "fcn4_rendered", "seconds": 6})
+    assert r.status_code == 200, r.text
+    obj = r.json()
+    assert (obj["track_id"], obj["model"], obj["explains"], list(obj["maps"])) == (tid, "fcn4_rendered", "instrument_family=piano", ["gradcam"])
+    # the map the CLI's explain makes for the same part of the file
+    ckpt = load_tagger("fcn4_rendered")
+    mel = log_mel(load_audio(music / "song1.wav", duration_s=6))
+    e = explain(ckpt.model, mel, tag_target(ckpt.names.index("instrument_family=piano"), True), "", ("gradcam",))
+    assert np.allclose(np.asarray(obj["maps"]["gradcam"]), e.maps["gradcam"], atol=2e-4)
+    r = client.get(f"/tracks/{tid}/explain", params={"tag": "composer=bach", "model": "fcn4_rendered", "seconds": 4,
+                                                      "format": "png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_errors(client, built):
+    tid = ids(built)["song1.wav"]
+    r = client.get(f"/tracks/{tid}/explain", params={"tag": "rock"})
+    assert r.status_code == 400 and r.json()["error"].startswith(
+        "this library's tags come from its code model's tag head, which has no map to show; name a tagger: model=one of ")
+    r = client.get(f"/tracks/{tid}/explain", params={"tag": "rock", "model": "/etc/passwd"})
+    assert r.status_code == 400 and r.json()["error"].startswith("model='/etc/passwd': not this library's tagger nor a shipped one")
+    r = client.get(f"/tracks/{tid}/explain", params={"tag": "rock", "model": "fcn4_rendered"})
+    assert r.status_code == 400 and r.json()["error"].startswith("tag='rock': fcn4 (fcn4_rendered) knows composer=bach, ")
+    r = client.get("/tracks/999/explain", params={"tag": "rock", "model": "fcn4_rendered"})
+    assert r.status_code == 404
+    bad = ids(built)["bad.wav"]
+    r = client.get(f"/tracks/{bad}/explain", params={"tag": "composer=bach", "model": "fcn4_rendered"})
+    assert r.status_code == 409 and "has no audio to explain" in r.json()["error"]

@@ -121,3 +121,53 @@ def test_page_shows_a_corrupt_upload_as_one_line(server, browser, tmp_path):
     error = WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.ID, "error")))
     assert error.text.startswith("Error: broken.mp3: ") and "\n" not in error.text
     assert browser.find_elements(By.CSS_SELECTOR, "#results li") == []
+
+
+@pytest.fixture(scope="module")
+def tagged_server(tmp_path_factory):
+    """A library whose tags come from the shipped fcn4_rendered tagger, served on its own port."""
+    from synth import write_song
+
+    root = tmp_path_factory.mktemp("tagged-page")
+    (root / "music").mkdir()
+    for i in range(2):
+        write_song(root / "music" / f"song{i}.wav", seed=i, seconds=12)
+    with Library.open(root / "lib", write=True, code_model="unittest_hash", tagger="fcn4_rendered") as library:
+        library.index([root / "music"], workers=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(root / "lib", device="cpu")), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", root / "music"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_page_explains_a_results_first_tag(tagged_server, server, browser, tmp_path):
+    base, _ = tagged_server
+    wait = WebDriverWait(browser, 60)
+    browser.get(base + "/")
+    wait.until(EC.text_to_be_present_in_element((By.ID, "stats"), "2 tracks"))
+    browser.find_element(By.ID, "file").send_keys(str(excerpt(tmp_path / "clip.flac", 1, 4.0, 6.0)))
+    first = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results li")))
+    tag = first.find_element(By.CSS_SELECTOR, ".tags .tag").text.split(" ")[0]
+    assert "=" in tag  # the tagger's labels (composer=..., instrument_family=...), not the tag head's
+    first.find_element(By.CSS_SELECTOR, "button.explain").click()
+    img = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results li figure.explain img")))
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img))
+    assert tag in first.find_element(By.CSS_SELECTOR, "figure.explain figcaption").text
+
+    # a library tagged by its code model's head has no tagger map to show: the page says so in one line
+    browser.get(server[0] + "/")
+    wait.until(EC.text_to_be_present_in_element((By.ID, "stats"), "4 tracks"))
+    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "clip.flac"))
+    first = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results li")))
+    first.find_element(By.CSS_SELECTOR, "button.explain").click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "error"), "this library's tags come from its code model's tag head"))

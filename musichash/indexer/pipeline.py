@@ -170,6 +170,7 @@ def index_paths(
     progress: Progress | None = None,
     encoder: Encoder | None = None,
     mel_device: str | None = None,
+    tagger: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> IndexReport:
     """Add or update the audio files under ``paths``; see the module docstring.
 
@@ -178,6 +179,9 @@ def index_paths(
     on the model's device when that is a GPU (``decode_wave``: the workers hand over 16 kHz audio,
     the main process makes mel and sketch there; CUDA's mel equals the CPU's in all but ~3e-4 of
     its values, features/audio.py). A device name: always in the main process, on that device.
+
+    ``tagger``: the tracks' tags from ``tagger(mel)`` instead of the code model's tag head
+    (``indexer.tag_source``).
     """
     t0 = time.perf_counter()
     progress = progress or Progress()
@@ -191,7 +195,7 @@ def index_paths(
             mel_device = str(model.device)
         if workers is None and model.device.type == "cuda":
             workers = default_workers(gpu=True)
-        encoder = local_encoder(model, workers, mel_device)
+        encoder = local_encoder(model, workers, mel_device, tagger)
     done: set[int] = set()  # a batch an encoder delivers twice (a retried task) is stored once
     # an encoder may bring writers of its own for the codes files, one a shard (``cluster.index``)
     writing = getattr(encoder, "writing", None) if plan.compute else None
@@ -355,9 +359,11 @@ def decode_wave(path: str | os.PathLike) -> Decoded | str:
         return f"cannot decode it ({type(e).__name__}: {e}); convert it to flac or wav"
 
 
-def encode_decoded(model: CodeModel, decoded: Decoded | str, mel_device: str | None = None) -> Coded | str:
+def encode_decoded(model: CodeModel, decoded: Decoded | str, mel_device: str | None = None,
+                   tagger: Callable[[np.ndarray], np.ndarray] | None = None) -> Coded | str:
     """``decode_mel``'s answer (``decode_wave``'s when ``mel_device`` is set: the mel and sketch are
-    then made here, on that device) encoded by ``model``; the reason passed on when it is one."""
+    then made here, on that device) encoded by ``model``, tagged by ``tagger`` when the library has
+    one (``indexer.tag_source``) else by the model's tag head; the reason passed on when it is one."""
     if isinstance(decoded, str):
         return decoded
     mel, fmt, harmony, sketch = decoded
@@ -365,18 +371,20 @@ def encode_decoded(model: CodeModel, decoded: Decoded | str, mel_device: str | N
         mel = np.concatenate(list(iter_mel_blocks([mel], device=mel_device)))
         sketch = spectra.sketch(mel)
     enc = model.encode(mel, LIBRARY_HOP)
-    return Coded(fmt, enc.duration_s, tuple(float(p) for p in enc.tags), enc.track_code, enc.codes, enc.times,
+    tags = enc.tags if tagger is None else tagger(np.asarray(mel))
+    return Coded(fmt, enc.duration_s, tuple(float(p) for p in tags), enc.track_code, enc.codes, enc.times,
                  harmony, sketch)
 
 
-def local_encoder(model: CodeModel, workers: int | None, mel_device: str | None = None) -> Encoder:
+def local_encoder(model: CodeModel, workers: int | None, mel_device: str | None = None,
+                  tagger: Callable[[np.ndarray], np.ndarray] | None = None) -> Encoder:
     """This machine: decoding in ``workers`` processes (``_decoded``), the model here; one file a batch,
-    so every track is committed as soon as it is encoded. ``mel_device``: as ``index_paths``'."""
+    so every track is committed as soon as it is encoded. ``mel_device``, ``tagger``: as ``index_paths``'."""
     job = decode_mel if mel_device is None else decode_wave
 
     def run(jobs: list) -> Iterable[list[tuple[int, Coded | str]]]:
         for i, decoded in enumerate(_decoded(jobs, workers, job)):
-            yield [(i, encode_decoded(model, decoded, mel_device))]
+            yield [(i, encode_decoded(model, decoded, mel_device, tagger))]
 
     return run
 

@@ -22,6 +22,7 @@ evidence stays dark.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ class Explanation:
 
     def to_dict(self) -> dict:
         return {"explains": self.what, "frames": int(self.mel.shape[0]), "bands": int(self.mel.shape[1]),
-                "seconds_per_frame": self.seconds_per_frame, "window_scores": [round(s, 6) for s in self.window_scores],
+                "seconds_per_frame": self.seconds_per_frame, "window_scores": [None if math.isnan(s) else round(s, 6) for s in self.window_scores],
                 "maps": {m: np.round(v, 4).tolist() for m, v in self.maps.items()}}
 
 
@@ -87,29 +88,36 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: Target
 
 
 @torch.no_grad()
-def occlusion(model: nn.Module, x: torch.Tensor, target: Target, batch: int = 64) -> torch.Tensor:
-    """x: float [1, T, 96] -> float [1, T, 96] (not yet scaled)."""
+def occlusion(model: nn.Module, x: torch.Tensor, target: Target, batch: int = 64,
+              patch: tuple[int, int] = PATCH) -> torch.Tensor:
+    """x: float [1, T, 96] -> float [1, T, 96] (not yet scaled); patches of ``patch`` bins, half a patch apart."""
+    stride = (max(1, patch[0] // 2), max(1, patch[1] // 2))
     _, t, f = x.shape
     base = target(model(x))[0]
     fill = x.median()
-    boxes = [(i, j) for i in range(0, max(t - PATCH[0], 0) + 1, STRIDE[0]) for j in range(0, max(f - PATCH[1], 0) + 1, STRIDE[1])]
+    boxes = [(i, j) for i in range(0, max(t - patch[0], 0) + 1, stride[0]) for j in range(0, max(f - patch[1], 0) + 1, stride[1])]
     drop = torch.zeros(t, f, device=x.device)
     cover = torch.zeros(t, f, device=x.device)
     for s in range(0, len(boxes), batch):
         part = boxes[s : s + batch]
         xs = x.repeat(len(part), 1, 1)
         for k, (i, j) in enumerate(part):
-            xs[k, i : i + PATCH[0], j : j + PATCH[1]] = fill
+            xs[k, i : i + patch[0], j : j + patch[1]] = fill
         d = base - target(model(xs))
         for k, (i, j) in enumerate(part):
-            drop[i : i + PATCH[0], j : j + PATCH[1]] += d[k]
-            cover[i : i + PATCH[0], j : j + PATCH[1]] += 1
+            drop[i : i + patch[0], j : j + patch[1]] += d[k]
+            cover[i : i + patch[0], j : j + patch[1]] += 1
     return F.relu(drop / cover.clamp(min=1))[None]
 
 
-def explain(model: nn.Module, mel: np.ndarray, target: Target, what: str, methods: tuple[str, ...] = METHODS,
-            device: str | torch.device = "cpu") -> Explanation:
-    """Maps of ``methods`` for ``mel: float [T, 96]`` (a whole file's model log-mel)."""
+def explain(model: nn.Module, mel: np.ndarray, target: Target | Callable[[int], Target | None], what: str,
+            methods: tuple[str, ...] = METHODS, device: str | torch.device = "cpu", *, per_window: bool = False,
+            patch: tuple[int, int] = PATCH) -> Explanation:
+    """Maps of ``methods`` for ``mel: float [T, 96]`` (a whole file's model log-mel).
+
+    ``per_window``: ``target`` is a function of a window's start frame giving that window's target, or
+    None for a window with nothing to explain (its map stays 0, its score NaN). ``patch``: occlusion's.
+    """
     model.eval()
     n = len(mel)
     padded = np.pad(mel, ((0, max(0, WINDOW_FRAMES - n)), (0, 0))).astype(np.float32)
@@ -118,13 +126,17 @@ def explain(model: nn.Module, mel: np.ndarray, target: Target, what: str, method
     count = np.zeros((len(padded), 1))
     scores = []
     for s in starts:
+        count[s : s + WINDOW_FRAMES] += 1
+        t = target(s) if per_window else target
+        if t is None:
+            scores.append(float("nan"))
+            continue
         x = torch.from_numpy(padded[s : s + WINDOW_FRAMES][None]).to(device)
         with torch.no_grad():
-            scores.append(float(target(model(x))[0]))
+            scores.append(float(t(model(x))[0]))
         for m in methods:
-            cam = grad_cam(model, model.cam_layer, x, target) if m == "gradcam" else occlusion(model, x, target)
+            cam = grad_cam(model, model.cam_layer, x, t) if m == "gradcam" else occlusion(model, x, t, patch=patch)
             total[m][s : s + WINDOW_FRAMES] += cam[0].double().cpu().numpy()
-        count[s : s + WINDOW_FRAMES] += 1
     maps = {}
     for m in methods:
         v = (total[m] / np.maximum(count, 1))[:n]
@@ -139,8 +151,9 @@ def tag_target(index: int, multilabel: bool) -> Target:
     return lambda out: torch.log_softmax(out, dim=1)[:, index]
 
 
-def save_png(e: Explanation, path, title: str | None = None) -> None:
-    """The mel spectrogram with each map over it, time in seconds and mel bands on the axes."""
+def save_png(e: Explanation, path, title: str | None = None, start_s: float = 0.0) -> None:
+    """The mel spectrogram with each map over it, time in seconds (from ``start_s``: the file's time) and mel
+    bands on the axes."""
     import matplotlib  # noqa: PLC0415  (an optional extra: pip install 'musichash[explain]')
 
     matplotlib.use("Agg")
@@ -149,7 +162,7 @@ def save_png(e: Explanation, path, title: str | None = None) -> None:
     rows = 1 + len(e.maps)
     seconds = len(e.mel) * e.seconds_per_frame
     fig, axes = plt.subplots(rows, 1, figsize=(8, 2.2 * rows), sharex=True, squeeze=False)
-    extent = (0.0, seconds, 0, e.mel.shape[1])
+    extent = (start_s, start_s + seconds, 0, e.mel.shape[1])
     axes[0, 0].imshow(e.mel.T, origin="lower", aspect="auto", extent=extent, cmap="magma")
     axes[0, 0].set_title(title or e.what, fontsize=10)
     axes[0, 0].set_ylabel("mel band")

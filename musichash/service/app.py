@@ -19,14 +19,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 import numpy as np
 from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -259,7 +259,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     def uses_model(request: Request) -> bool:
         path = request.url.path
         return (request.method == "POST" and path in ("/search", "/recommend")) or (
-            request.method == "GET" and (path == "/dedup" or (path.startswith("/tracks/") and path.endswith("/similar"))))
+            request.method == "GET" and (path == "/dedup" or (path.startswith("/tracks/") and path.endswith(("/similar", "/explain")))))
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
@@ -395,6 +395,31 @@ def create_app(config: ServeConfig) -> FastAPI:
                                               exclude_tags=body.exclude_tags, min_p=body.min_p))
 
         return await model(run)
+
+    @app.get("/tracks/{track_id}/explain")
+    async def explain(track_id: int, tag: Annotated[str, Query(min_length=1)],
+                      tagger: Annotated[str | None, Query(alias="model")] = None,
+                      start: Annotated[float, Query(ge=0)] = 0.0,
+                      seconds: Annotated[float, Query(ge=1, le=60)] = 30.0,
+                      method: Annotated[Literal["gradcam", "occlusion", "both"], Query()] = "gradcam",
+                      fmt: Annotated[Literal["json", "png"], Query(alias="format")] = "json"):
+        """Which parts of the track's mel made a tagger say ``tag`` (``musichash explain --tag --json``;
+        ``format=png``: the heatmap). ``model``: a shipped tagger (default: the library's ``--tagger``)."""
+        from musichash.service.explain import explain_track, png_bytes
+
+        methods = ("gradcam", "occlusion") if method == "both" else (method,)
+
+        def run(lib: Library):
+            t = _get(lib, track_id)
+            if t.status != "ok":
+                raise ServiceError(f"track {track_id} has no audio to explain (it is {t.status}); pick an indexed track", 409)
+            return t, *explain_track(lib, t, tag, tagger, start, seconds, methods)
+
+        t, e, name = await model(run)
+        if fmt == "png":
+            return Response(png_bytes(e, f"{Path(t.path).name}: evidence for '{tag}' ({name})", start),
+                            media_type="image/png")
+        return {"track_id": t.id, "tag": tag, "model": name, "start_s": start, **e.to_dict()}
 
     @app.get("/tracks/{track_id}/audio")
     async def audio(track_id: int):

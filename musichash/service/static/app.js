@@ -62,12 +62,39 @@ function trackItem(h, withOffset) {
   similar.addEventListener("click", () => loadSimilar(h.track_id, name));
   const meta = [`score ${h.score.toFixed(2)}`];
   if (withOffset) meta.push(`at ${clock(h.offset_s)}`, `hamming ${h.hamming}`);
+  const why = el("button", { type: "button", class: "secondary explain", text: "Why this tag?",
+                             "aria-label": `what in ${name} made the tagger say its first tag` });
+  why.addEventListener("click", () => showExplain(why, h, name, withOffset ? h.offset_s : 0));
   return el("li", { "data-track": h.track_id },
     el("div", { class: "path", text: h.path }),
     el("div", { class: "meta", text: meta.join(" · ") }),
     tagList(h.tags),
     player(h.track_id, withOffset ? h.offset_s : 0),
-    similar);
+    similar, why);
+}
+
+async function showExplain(button, h, name, offset) {
+  // the library's tagger's Grad-CAM for the track's first tag, over 30 s from where it matched
+  showError("");
+  const tag = h.tags && h.tags.length ? h.tags[0].tag : null;
+  if (!tag) { showError(`${name} has no tags to explain`); return; }
+  const params = new URLSearchParams({ tag, format: "png", seconds: "30", start: String(Math.max(0, offset || 0)) });
+  button.disabled = true;
+  try {
+    const r = await fetch(`/tracks/${h.track_id}/explain?${params}`);
+    if (!r.ok) {
+      let message = `${r.status} ${r.statusText}`;
+      try { message = (await r.json()).error || message; } catch (e) { /* not JSON */ }
+      throw new Error(message);
+    }
+    const img = el("img", { src: URL.createObjectURL(await r.blob()),
+                            alt: `Grad-CAM: where ${name}'s mel spectrogram made the tagger say '${tag}'` });
+    button.replaceWith(el("figure", { class: "explain" }, img,
+      el("figcaption", { text: `evidence for '${tag}' (Grad-CAM over the mel spectrogram)` })));
+  } catch (e) {
+    button.disabled = false;
+    showError(e.message);
+  }
 }
 
 // ------------------------------------------------------------- clip
