@@ -86,9 +86,10 @@ def run(a: argparse.Namespace) -> dict:
                              "by_unit": {u: sum(units[f.name] == u for f in lib_files) for u in sorted(present)}}}
     libdir = a.work / "lib"
     t0 = time.perf_counter()
-    with Library.open(libdir, write=True, code_model=a.code_model) as lib:
+    with Library.open(libdir, write=True, code_model=a.code_model, segment_hop=a.segment_hop_frames) as lib:
         rep = lib.index([a.work / "audio" / "library"])
         st = lib.stats()
+        out["library"]["segment_hop_frames"] = lib.store.segment_hop
     wall = time.perf_counter() - t0
     out["indexing"] = {"audio_s": rep.audio_s, "wall_s": wall, "x_real_time": rep.audio_s / wall if rep.audio_s else None,
                        "code_bytes_per_hour": st.code_bytes_per_hour}
@@ -222,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=10, help="clips per length x condition")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-chromaprint", action="store_true")
+    ap.add_argument("--segment-hop-frames", type=int, default=None,
+                    help="frames (16 ms) between the library's segments; a new library's only (default: the library's own)")
     ap.add_argument("--fresh", action="store_true", help="delete the library first (times the indexing)")
     ap.add_argument("--fit-lengths", type=float, nargs="*", default=[2.5, 4.0, 7.5],
                     help="with --write-thresholds: bounds of the thresholds by clip length")

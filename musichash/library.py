@@ -26,6 +26,7 @@ import numpy as np
 from musichash.errors import MusichashError
 from musichash.features.audio import AudioError, AudioTooShortError
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
+from musichash.indexer.records import DEFAULT_SEGMENT_HOP, SEGMENT_HOP_ALIGN
 from musichash.indexer.store import (
     CODES_FILE,
     DamagedCodesError,
@@ -38,7 +39,7 @@ from musichash.indexer.store import (
     Track,
 )
 from musichash.models import DEFAULT_CODE_MODEL, ModelError, get_spec, tag_names
-from musichash.models.encoder import LIBRARY_HOP, Clip, CodeModel, Encoded, encode_clip
+from musichash.models.encoder import Clip, CodeModel, Encoded, encode_clip
 from musichash.models.registry import weights_digest
 from musichash.models.tagging import TagScore
 from musichash.search import cache, dedup, query, similar
@@ -134,6 +135,7 @@ class Library:
         code_model: str | None = None,
         device: str = "auto",
         precision: str = "auto",
+        segment_hop: int | None = None,
     ) -> Library:
         """Open (``write=True``: create if needed, and lock) the library in ``folder``.
 
@@ -143,8 +145,15 @@ class Library:
         ``code_model`` picks the model of a new library (default
         ``DEFAULT_CODE_MODEL``); for an existing one it must match, and so must
         the digest of its weights (codes of retrained weights are never mixed).
+
+        ``segment_hop``: frames (16 ms) between the segment windows of a new library (default
+        ``DEFAULT_SEGMENT_HOP``), a multiple of 16; for an existing one it must match what it records
+        (a library from before the setting records none and has 80).
         """
         folder = Path(folder).expanduser() if folder is not None else default_folder()
+        if segment_hop is not None and (segment_hop <= 0 or segment_hop % SEGMENT_HOP_ALIGN):
+            raise LibraryError(f"a segment hop of {segment_hop} frames: give a positive multiple of "
+                               f"{SEGMENT_HOP_ALIGN} (the default is {DEFAULT_SEGMENT_HOP})")
         if code_model is not None:
             spec = get_spec(code_model)
             if spec.kind != "hash":
@@ -157,7 +166,7 @@ class Library:
             spec = get_spec(name) if name is not None else None
             return LibraryStore.open(
                 folder, db_url, write=write, code_model=name, bits=spec.bits if spec else None,
-                code_digest=weights_digest(spec) if spec else None,
+                code_digest=weights_digest(spec) if spec else None, segment_hop=segment_hop,
             )
 
         try:
@@ -479,7 +488,7 @@ class Library:
                 return similar.Seed(str(seed), track.path, code, c.segment_codes, c.segment_times, track.id,
                                     track.duration_s)
         try:
-            enc = self.encode(seed, hop=LIBRARY_HOP)
+            enc = self.encode(seed, hop=self.store.segment_hop)
         except AudioError as e:
             raise QueryError(f"{seed}: {e.reason}") from None
         return similar.Seed(str(seed), str(seed), enc.track_code, enc.codes, enc.times, None, enc.duration_s)

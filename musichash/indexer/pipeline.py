@@ -44,7 +44,7 @@ from musichash.features.audio import (
     iter_mel_blocks,
 )
 from musichash.indexer.store import LibraryStore, Track, TrackRecord
-from musichash.models.encoder import LIBRARY_HOP, CodeModel
+from musichash.models.encoder import CodeModel
 
 #: file name endings scanned in folders (files named explicitly are always tried)
 AUDIO_EXTENSIONS = frozenset(
@@ -176,7 +176,7 @@ def index_paths(
         if mel_device is not None:  # ``mel`` is the 16 kHz audio (``decode_wave``)
             mel = np.concatenate(list(iter_mel_blocks([mel], device=mel_device)))
             sketch = spectra.sketch(mel)
-        enc = model.encode(mel, LIBRARY_HOP)
+        enc = model.encode(mel, store.segment_hop)
         record = TrackRecord(
             str(path), digest, st.st_size, st.st_mtime, enc.duration_s, fmt, tuple(float(p) for p in enc.tags)
         )

@@ -31,6 +31,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from musichash.errors import MusichashError
 
+#: frames (16 ms each) between the segment windows of a library made before the hop was recorded
+LEGACY_SEGMENT_HOP = 80
+#: frames between the segment windows of a new library, a multiple of the VGG's 16-frame stride
+DEFAULT_SEGMENT_HOP = 80
+#: a segment hop must be a multiple of this (the backbone's stride: windows share its conv maps)
+SEGMENT_HOP_ALIGN = 16
+
 SCHEMA_VERSION = 3
 #: the oldest format a writer upgrades in place (``store._upgrade``); older ones are re-indexed
 MIN_SCHEMA_VERSION = 1
@@ -53,6 +60,10 @@ class SchemaVersionError(LibraryError):
 
 class ModelMismatchError(LibraryError):
     """The library holds codes of another model (or code length)."""
+
+
+class SegmentHopMismatchError(ModelMismatchError):
+    """The library holds segments at another hop than the one asked for."""
 
 
 class LibraryMismatchError(LibraryError):

@@ -115,9 +115,11 @@ from musichash.indexer.meta import (
     make_folder,
     read_meta,
     release_lock,
+    segment_hop_of,
     upgrade,
 )
 from musichash.indexer.records import (
+    DEFAULT_SEGMENT_HOP,
     MIN_SCHEMA_VERSION,
     SCHEMA_VERSION,
     STATUSES,
@@ -134,6 +136,7 @@ from musichash.indexer.records import (
     Problem,
     RepairReport,
     SchemaVersionError,
+    SegmentHopMismatchError,
     SegmentTable,
     Track,
     TrackCodes,
@@ -165,6 +168,7 @@ __all__ = [
     "Problem",
     "RepairReport",
     "SchemaVersionError",
+    "SegmentHopMismatchError",
     "SegmentTable",
     "Track",
     "TrackCodes",
@@ -194,12 +198,15 @@ class LibraryStore:
         code_model: str,
         bits: int,
         code_digest: str | None = None,
+        segment_hop: int = DEFAULT_SEGMENT_HOP,
     ) -> None:
         self.folder = folder
         self.code_model = code_model
         self.bits = bits
         #: which weights made the codes (``registry.weights_digest``); None if not recorded
         self.code_digest = code_digest
+        #: frames between the library's segment windows (``meta.segment_hop_frames``; 80 when absent)
+        self.segment_hop = segment_hop
         self.repair_report = RepairReport()
         self._engine = engine
         self._h5 = h5
@@ -224,13 +231,16 @@ class LibraryStore:
         code_model: str | None = None,
         bits: int | None = None,
         code_digest: str | None = None,
+        segment_hop: int | None = None,
     ) -> "LibraryStore":
         """Open the library in ``folder``; with ``write=True``, create it if needed.
 
         ``code_model`` and ``bits`` are required to create a library; when given
         for an existing one they must match what it holds (ModelMismatchError).
         ``code_digest`` (which weights make the codes) is recorded in a new
-        library; ``Library.open`` checks an existing one's. A database and a folder
+        library; ``Library.open`` checks an existing one's. ``segment_hop`` (frames between
+        segments) is recorded in a new library (None: ``DEFAULT_SEGMENT_HOP``); given for an existing
+        one it must match (SegmentHopMismatchError). A database and a folder
         of two libraries are refused (LibraryMismatchError) before anything is written.
         """
         folder = Path(folder)
@@ -265,7 +275,8 @@ class LibraryStore:
                     identity.check_new(folder, codes, where)
                     if code_model is None or bits is None:
                         raise ValueError("code_model and bits are needed to create a library")
-                    meta = create_schema(engine, code_model, bits, code_digest, folder)
+                    meta = create_schema(engine, code_model, bits, code_digest, folder,
+                                         DEFAULT_SEGMENT_HOP if segment_hop is None else segment_hop)
             elif meta is None:
                 raise LibraryError(
                     f"{where}: no musichash library in this database; create one "
@@ -278,6 +289,11 @@ class LibraryStore:
                 if folder_id != meta["library_id"]:
                     identity.write_folder_id(folder, meta["library_id"])
             stored_model, stored_bits = meta["code_model"], int(meta["bits"])
+            stored_hop = segment_hop_of(meta, folder)
+            if segment_hop is not None and segment_hop != stored_hop:
+                raise SegmentHopMismatchError(
+                    f"{folder}: library holds segments every {stored_hop} frames, not {segment_hop}; leave out "
+                    f"--segment-hop-frames to keep {stored_hop}, or give another --library for {segment_hop}")
             set_aside_path, damaged = None, False
             if write:
                 h5, set_aside_path, damaged = open_codes_for_write(codes, stored_model, stored_bits, meta["library_id"])
@@ -291,7 +307,7 @@ class LibraryStore:
             if lock_fd is not None:
                 release_lock(lock_fd)
             raise
-        store = cls(folder, engine, h5, lock_fd, stored_model, stored_bits, meta.get("code_digest"))
+        store = cls(folder, engine, h5, lock_fd, stored_model, stored_bits, meta.get("code_digest"), stored_hop)
         store._generation = "generation" in meta
         store.library_id = meta.get("library_id")
         if write:
