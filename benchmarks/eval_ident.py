@@ -47,10 +47,10 @@ from benchmarks.queries import (
     splits_of,
 )
 from musichash.features.audio import SAMPLE_RATE
+from musichash.indexer.records import DEFAULT_SEGMENT_HOP
 from musichash.library import Library
 from musichash.models.registry import DEFAULT_CODE_MODEL, get_spec
 from musichash.search import calibrate
-from musichash.search.thresholds import Thresholds
 
 #: never trained on, never fitted on (the note of issue 22 says which choices saw them earlier)
 EVALUATION = ("planetblupi-music-ogg", "fb-music-high", "boswars-data", "midi/palestrina", "midi/monteverdi")
@@ -101,11 +101,12 @@ def run(a: argparse.Namespace) -> dict:
     with Library.open(libdir) as lib, tempfile.TemporaryDirectory() as tmp:
         lib.search_index()
         model = lib.code_model
+        hop = lib.store.segment_hop
+        thresholds = lib.thresholds  # this hop's
         for length, cond, inside, f, y, off in draw_queries(pool, held, a.queries, a.seed, "ident", others=under):
             mh.append(search_outcome(lib, length, cond, inside, f, y, off))  # through Library.search
             if fps:
                 chroma_outs.append(_chromaprint(y, length, cond, inside, f, off, fps, Path(tmp)))
-    thresholds = Thresholds.of(model)
     out["code_model"] = model
     out["thresholds"] = thresholds.to_dict()
     out["musichash"] = summary(mh)
@@ -117,8 +118,10 @@ def run(a: argparse.Namespace) -> dict:
             [_scored(o) for o in mh], thresholds,
             source=f"the package-split calibration set ({', '.join(mine)}: {len(pool)} tracks, "
                    f"{sum(not o.in_library for o in mh)} out-of-library clips)",
-            lengths=a.fit_lengths)
-        out["thresholds_written"] = {"path": calibrate.write_thresholds(get_spec(model), fitted), **fitted.to_dict()}
+            lengths=a.fit_lengths, segment_hop=hop)
+        # a new library's hop writes the main record; another hop only its own (thresholds_by_hop)
+        path = calibrate.write_thresholds(get_spec(model), fitted, main=hop == DEFAULT_SEGMENT_HOP)
+        out["thresholds_written"] = {"path": path, **fitted.to_dict()}
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 

@@ -189,7 +189,7 @@ def library_options(f):
 
 @contextlib.contextmanager
 def _open(library: Path | None, db_url: str | None, *, write: bool = False, device: str = "auto",
-          code_model: str | None = None, warn: bool = True):
+          code_model: str | None = None, warn: bool = True, segment_hop: int | None = None):
     """The library, opened for the command; warnings about what opening repaired (``warn``), and after a
     read, about tracks left out because their codes are damaged."""
     from musichash.indexer.store import CODES_FILE
@@ -205,7 +205,8 @@ def _open(library: Path | None, db_url: str | None, *, write: bool = False, devi
             err=True,
         )
 
-    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model)
+    lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model,
+                       segment_hop=segment_hop)
     with lib:
         opened = lib.store.repair_report
         if opened.changed and warn:
@@ -252,11 +253,13 @@ def _clock(seconds: float) -> str:
 @click.option("--prune", is_flag=True, help="Also drop tracks whose files are gone.")
 @click.option("--code-model", default=None, help="Code model of a new library (default: the default of `musichash models`).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Decoding processes (0: decode in the main process).")
+@click.option("--segment-hop-frames", type=click.IntRange(1), default=None,
+              help="Frames (16 ms) between the segment codes of a new library, a multiple of 16 (default: 48); an existing library keeps its own.")
 @json_option
 @device_option
 @quiet_option
 @reports_errors
-def index(paths, library, db_url, prune, code_model, workers, as_json, device, quiet):
+def index(paths, library, db_url, prune, code_model, workers, segment_hop_frames, as_json, device, quiet):
     """Add or update the audio files under PATHS (folders are scanned recursively).
 
     Unchanged files are skipped, moved files are recognised by their content,
@@ -275,7 +278,8 @@ def index(paths, library, db_url, prune, code_model, workers, as_json, device, q
             self.bar.set_postfix_str(Path(path).name[:30], refresh=False)
             self.bar.update(seconds)
 
-    with _open(library, db_url, write=True, device=device, code_model=code_model) as lib:
+    with _open(library, db_url, write=True, device=device, code_model=code_model,
+               segment_hop=segment_hop_frames) as lib:
         if not (quiet or as_json) and sys.stderr.isatty():
             click.echo(f"loading the code model {lib.code_model}...", err=True)
         lib.model  # noqa: B018  (loaded before the bar starts, so the bar's rate is the indexing's)

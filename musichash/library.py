@@ -329,8 +329,8 @@ class Library:
 
     @property
     def thresholds(self) -> Thresholds:
-        """The code model's decision thresholds (``search.thresholds``), resolved once."""
-        return Thresholds.of(self.code_model)
+        """The code model's decision thresholds (``search.thresholds``) for this library's segment hop, resolved once."""
+        return Thresholds.of(self.code_model, self.store.segment_hop)
 
     def encode(
         self, clip: str | os.PathLike | Clip, hop: int | None = None, *, track: bool = True, harmony: bool = False
