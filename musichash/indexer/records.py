@@ -34,7 +34,7 @@ from musichash.errors import MusichashError
 #: frames (16 ms each) between the segment windows of a library made before the hop was recorded
 LEGACY_SEGMENT_HOP = 80
 #: frames between the segment windows of a new library, a multiple of the VGG's 16-frame stride
-DEFAULT_SEGMENT_HOP = 80
+DEFAULT_SEGMENT_HOP = 48
 #: a segment hop must be a multiple of this (the backbone's stride: windows share its conv maps)
 SEGMENT_HOP_ALIGN = 16
 
