@@ -30,13 +30,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from musichash.errors import MusichashError
+from musichash.features.segments import DEFAULT_SEGMENT_HOP, LEGACY_SEGMENT_HOP, SEGMENT_HOP_ALIGN  # noqa: F401
 
-#: frames (16 ms each) between the segment windows of a library made before the hop was recorded
-LEGACY_SEGMENT_HOP = 80
-#: frames between the segment windows of a new library, a multiple of the VGG's 16-frame stride
-DEFAULT_SEGMENT_HOP = 48
-#: a segment hop must be a multiple of this (the backbone's stride: windows share its conv maps)
-SEGMENT_HOP_ALIGN = 16
 
 SCHEMA_VERSION = 3
 #: the oldest format a writer upgrades in place (``store._upgrade``); older ones are re-indexed

@@ -23,7 +23,7 @@ import torch
 from musichash.devices import torch_device
 from musichash.features import chroma
 from musichash.features.audio import HOP, SAMPLE_RATE, iter_audio_blocks, iter_mel_blocks, log_mel
-from musichash.indexer.records import DEFAULT_SEGMENT_HOP, LEGACY_SEGMENT_HOP  # noqa: F401 (re-exported)
+from musichash.features.segments import DEFAULT_SEGMENT_HOP, LEGACY_SEGMENT_HOP  # noqa: F401 (re-exported)
 from musichash.models import (
     DEFAULT_CODE_MODEL,
     ModelError,
