@@ -30,8 +30,11 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from musichash.errors import MusichashError
-from musichash.features.segments import DEFAULT_SEGMENT_HOP, LEGACY_SEGMENT_HOP, SEGMENT_HOP_ALIGN  # noqa: F401
-
+from musichash.features.segments import (  # noqa: F401
+    DEFAULT_SEGMENT_HOP,
+    LEGACY_SEGMENT_HOP,
+    SEGMENT_HOP_ALIGN,
+)
 
 SCHEMA_VERSION = 3
 #: the oldest format a writer upgrades in place (``store._upgrade``); older ones are re-indexed
