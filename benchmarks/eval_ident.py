@@ -47,10 +47,10 @@ from benchmarks.queries import (
     splits_of,
 )
 from musichash.features.audio import SAMPLE_RATE
+from musichash.indexer.records import DEFAULT_SEGMENT_HOP
 from musichash.library import Library
 from musichash.models.registry import DEFAULT_CODE_MODEL, get_spec
 from musichash.search import calibrate
-from musichash.search.thresholds import Thresholds
 
 #: never trained on, never fitted on (the note of issue 22 says which choices saw them earlier)
 EVALUATION = ("planetblupi-music-ogg", "fb-music-high", "boswars-data", "midi/palestrina", "midi/monteverdi")
@@ -86,9 +86,10 @@ def run(a: argparse.Namespace) -> dict:
                              "by_unit": {u: sum(units[f.name] == u for f in lib_files) for u in sorted(present)}}}
     libdir = a.work / "lib"
     t0 = time.perf_counter()
-    with Library.open(libdir, write=True, code_model=a.code_model) as lib:
+    with Library.open(libdir, write=True, code_model=a.code_model, segment_hop=a.segment_hop_frames) as lib:
         rep = lib.index([a.work / "audio" / "library"])
         st = lib.stats()
+        out["library"]["segment_hop_frames"] = lib.store.segment_hop
     wall = time.perf_counter() - t0
     out["indexing"] = {"audio_s": rep.audio_s, "wall_s": wall, "x_real_time": rep.audio_s / wall if rep.audio_s else None,
                        "code_bytes_per_hour": st.code_bytes_per_hour}
@@ -100,11 +101,12 @@ def run(a: argparse.Namespace) -> dict:
     with Library.open(libdir) as lib, tempfile.TemporaryDirectory() as tmp:
         lib.search_index()
         model = lib.code_model
+        hop = lib.store.segment_hop
+        thresholds = lib.thresholds  # this hop's
         for length, cond, inside, f, y, off in draw_queries(pool, held, a.queries, a.seed, "ident", others=under):
             mh.append(search_outcome(lib, length, cond, inside, f, y, off))  # through Library.search
             if fps:
                 chroma_outs.append(_chromaprint(y, length, cond, inside, f, off, fps, Path(tmp)))
-    thresholds = Thresholds.of(model)
     out["code_model"] = model
     out["thresholds"] = thresholds.to_dict()
     out["musichash"] = summary(mh)
@@ -116,8 +118,10 @@ def run(a: argparse.Namespace) -> dict:
             [_scored(o) for o in mh], thresholds,
             source=f"the package-split calibration set ({', '.join(mine)}: {len(pool)} tracks, "
                    f"{sum(not o.in_library for o in mh)} out-of-library clips)",
-            lengths=a.fit_lengths)
-        out["thresholds_written"] = {"path": calibrate.write_thresholds(get_spec(model), fitted), **fitted.to_dict()}
+            lengths=a.fit_lengths, segment_hop=hop)
+        # a new library's hop writes the main record; another hop only its own (thresholds_by_hop)
+        path = calibrate.write_thresholds(get_spec(model), fitted, main=hop == DEFAULT_SEGMENT_HOP)
+        out["thresholds_written"] = {"path": path, **fitted.to_dict()}
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -222,6 +226,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=10, help="clips per length x condition")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-chromaprint", action="store_true")
+    ap.add_argument("--segment-hop-frames", type=int, default=None,
+                    help="frames (16 ms) between the library's segments; a new library's only (default: the library's own)")
     ap.add_argument("--fresh", action="store_true", help="delete the library first (times the indexing)")
     ap.add_argument("--fit-lengths", type=float, nargs="*", default=[2.5, 4.0, 7.5],
                     help="with --write-thresholds: bounds of the thresholds by clip length")

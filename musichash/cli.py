@@ -191,7 +191,7 @@ def library_options(f):
 @contextlib.contextmanager
 def _open(library: Path | None, db_url: str | None, *, write: bool = False, device: str = "auto",
           code_model: str | None = None, warn: bool = True, shards: int | None = None,
-          tagger: str | None = None):
+          tagger: str | None = None, segment_hop: int | None = None):
     """The library, opened for the command; warnings about what opening repaired (``warn``), and after a
     read, about tracks left out because their codes are damaged."""
     from musichash.indexer.store import CODES_FILE
@@ -208,7 +208,7 @@ def _open(library: Path | None, db_url: str | None, *, write: bool = False, devi
         )
 
     lib = Library.open(library, db_url=db_url, write=write, device=device, code_model=code_model, shards=shards,
-                       tagger=tagger)
+                       tagger=tagger, segment_hop=segment_hop)
     with lib:
         opened = lib.store.repair_report
         if opened.changed and warn:
@@ -268,6 +268,8 @@ def _clock(seconds: float) -> str:
 @click.option("--tagger", default=None,
               help="Tags of a new library from a trained tagger (a shipped one, e.g. fcn4_rendered, or a checkpoint of "
                    "`musichash train-tagger`) instead of the code model's tag head; recorded in the library.")
+@click.option("--segment-hop-frames", type=click.IntRange(1), default=None,
+              help="Frames (16 ms) between the segment codes of a new library, a multiple of 16 (default: 48); an existing library keeps its own.")
 @json_option
 @device_option
 @quiet_option
@@ -278,7 +280,8 @@ def _clock(seconds: float) -> str:
 @click.option("--shards", type=click.IntRange(1, 1000), default=None,
               help="Codes files (and segment indexes) a new library spreads its codes over (default 1).")
 @reports_errors
-def index(paths, library, db_url, prune, code_model, workers, tagger, as_json, device, quiet, cluster, shards):
+def index(paths, library, db_url, prune, code_model, workers, tagger, segment_hop_frames, as_json, device, quiet,
+          cluster, shards):
     """Add or update the audio files under PATHS (folders are scanned recursively).
 
     Unchanged files are skipped, moved files are recognised by their content,
@@ -299,7 +302,8 @@ def index(paths, library, db_url, prune, code_model, workers, tagger, as_json, d
             self.bar.set_postfix_str(f"{self.done}/{self.n_files} files, {Path(path).name[:30]}", refresh=False)
             self.bar.update(seconds)
 
-    with _open(library, db_url, write=True, device=device, code_model=code_model, shards=shards, tagger=tagger) as lib:
+    with _open(library, db_url, write=True, device=device, code_model=code_model, shards=shards, tagger=tagger,
+               segment_hop=segment_hop_frames) as lib:
         if not (quiet or as_json) and sys.stderr.isatty() and cluster is None:
             click.echo(f"loading the code model {lib.code_model}...", err=True)
         if cluster is None:

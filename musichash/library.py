@@ -29,6 +29,7 @@ from musichash.indexer import shards as sharding
 from musichash.indexer import tag_source
 from musichash.indexer.copy import CopyReport, copy_tracks
 from musichash.indexer.pipeline import IndexReport, Progress, index_paths
+from musichash.indexer.records import DEFAULT_SEGMENT_HOP, SEGMENT_HOP_ALIGN
 from musichash.indexer.store import (
     CODES_FILE,
     DamagedCodesError,
@@ -41,7 +42,7 @@ from musichash.indexer.store import (
     Track,
 )
 from musichash.models import DEFAULT_CODE_MODEL, ModelError, get_spec, tag_names
-from musichash.models.encoder import LIBRARY_HOP, Clip, CodeModel, Encoded, encode_clip
+from musichash.models.encoder import Clip, CodeModel, Encoded, encode_clip
 from musichash.models.registry import weights_digest
 from musichash.models.tagging import TagScore
 from musichash.search import cache, dedup, query, similar
@@ -140,6 +141,7 @@ class Library:
         precision: str = "auto",
         shards: int | None = None,
         tagger: str | None = None,
+        segment_hop: int | None = None,
     ) -> Library:
         """Open (``write=True``: create if needed, and lock) the library in ``folder``.
 
@@ -156,12 +158,19 @@ class Library:
         ``tagger`` (``write=True``): a trained tagger (a shipped one's name, or a checkpoint of
         ``musichash train-tagger``) whose tags the library's tracks get instead of the code model's
         tag head's, recorded in the library (``indexer.tag_source``); only for a library without tracks.
+
+        ``segment_hop``: frames (16 ms) between the segment windows of a new library (default
+        ``DEFAULT_SEGMENT_HOP``), a multiple of 16; for an existing one it must match what it records
+        (a library from before the setting records none and has 80).
         """
         folder = Path(folder).expanduser() if folder is not None else default_folder()
         if shards is not None:
             sharding.check_count(shards)
         if tagger is not None and write:
             tag_source.check(tagger)
+        if segment_hop is not None and (segment_hop <= 0 or segment_hop % SEGMENT_HOP_ALIGN):
+            raise LibraryError(f"a segment hop of {segment_hop} frames: give a positive multiple of "
+                               f"{SEGMENT_HOP_ALIGN} (the default is {DEFAULT_SEGMENT_HOP})")
         if code_model is not None:
             spec = get_spec(code_model)
             if spec.kind != "hash":
@@ -174,7 +183,7 @@ class Library:
             spec = get_spec(name) if name is not None else None
             return LibraryStore.open(
                 folder, db_url, write=write, code_model=name, bits=spec.bits if spec else None,
-                code_digest=weights_digest(spec) if spec else None, shards=shards,
+                code_digest=weights_digest(spec) if spec else None, shards=shards, segment_hop=segment_hop,
             )
 
         try:
@@ -277,7 +286,7 @@ class Library:
             from musichash.cluster.index import RayEncoder
 
             encoder = RayEncoder(self.code_model, address=cluster or None, precision=self.precision,
-                                 tagger=None if tagger is None else tagger.name)
+                                 tagger=None if tagger is None else tagger.name, hop=self.store.segment_hop)
         return index_paths(self.store, None if encoder else self.model, [_user(p) for p in paths], prune=prune,
                            workers=workers, progress=progress, encoder=encoder, tagger=tagger)
 
@@ -301,7 +310,8 @@ class Library:
         if folder.resolve() == Path(self.folder).resolve():
             raise LibraryError(f"{folder}: that is this library; copy it into another folder")
         with LibraryStore.open(folder, db_url, write=True, code_model=self.store.code_model, bits=self.store.bits,
-                               code_digest=self.store.code_digest, shards=shards) as dst:
+                               code_digest=self.store.code_digest, shards=shards,
+                               segment_hop=self.store.segment_hop) as dst:
             if self.tagger is not None:  # the tags copied are its: the copy keeps its name (and digest)
                 tag_source.choose(dst._engine, folder, self.tagger)
             return copy_tracks(self.store, dst, advance)
@@ -383,8 +393,8 @@ class Library:
 
     @property
     def thresholds(self) -> Thresholds:
-        """The code model's decision thresholds (``search.thresholds``), resolved once."""
-        return Thresholds.of(self.code_model)
+        """The code model's decision thresholds (``search.thresholds``) for this library's segment hop, resolved once."""
+        return Thresholds.of(self.code_model, self.store.segment_hop)
 
     def encode(
         self, clip: str | os.PathLike | Clip, hop: int | None = None, *, track: bool = True, harmony: bool = False
@@ -546,7 +556,7 @@ class Library:
                 return similar.Seed(str(seed), track.path, code, c.segment_codes, c.segment_times, track.id,
                                     track.duration_s)
         try:
-            enc = self.encode(seed, hop=LIBRARY_HOP)
+            enc = self.encode(seed, hop=self.store.segment_hop)
         except AudioError as e:
             raise QueryError(f"{seed}: {e.reason}") from None
         return similar.Seed(str(seed), str(seed), enc.track_code, enc.codes, enc.times, None, enc.duration_s)

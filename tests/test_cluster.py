@@ -242,7 +242,8 @@ def test_serve_cluster_answers_from_shard_actors_as_the_library_does(ray_cluster
     from musichash.cluster.search import RemoteShards
     from musichash.service import ServeConfig, create_app
 
-    with Library.open(tmp_path / "lib", write=True, code_model=MODEL, shards=3) as lib:
+    # hop 80: the tiny random test model finds song4 from this clip there (as the serve fixture's library)
+    with Library.open(tmp_path / "lib", write=True, code_model=MODEL, shards=3, segment_hop=80) as lib:
         lib.index([music], workers=0)
     audio, sr = sf.read(music / "song4.wav")
     sf.write(tmp_path / "clip.wav", audio[int(2.56 * sr): int(8.56 * sr)], sr)
@@ -295,15 +296,21 @@ def test_a_killed_shard_writer_fails_the_batch_and_loses_nothing_committed(ray_c
             np.testing.assert_array_equal(store.get_codes(t.id).segment_codes, items[int(t.path[3:-5])][2])
 
 
-def test_a_tagger_backed_library_indexed_on_the_cluster_gets_the_taggers_tags(ray_cluster, music, tmp_path):
-    """The library's tagger runs in the model actors: tags equal to indexing in one process."""
+def test_the_library_settings_hold_in_the_model_actors(ray_cluster, music, tmp_path):
+    """A library's tagger and segment hop (here 32, not the default) hold on the cluster: the same
+    segments, at the library's hop, and the tagger's tags, as indexing in one process."""
+    from musichash.models.encoder import FRAME_S
     from musichash.models.taggers import load_tagger
 
-    tags = {}
+    tags, times = {}, {}
     for how in ("single", "ray"):
-        with Library.open(tmp_path / how, write=True, code_model=MODEL, tagger="fcn4_rendered") as lib:
+        with Library.open(tmp_path / how, write=True, code_model=MODEL, tagger="fcn4_rendered", segment_hop=32) as lib:
             lib.index([music / "song2.wav", music / "song3.wav"], workers=0, cluster="" if how == "ray" else None)
             tags[how] = {os.path.basename(t.path): t.tags for t in lib.tracks()}
+            times[how] = {os.path.basename(t.path): lib.store.get_codes(t.id).segment_times for t in lib.tracks()}
+    for name, t in times["single"].items():
+        np.testing.assert_array_equal(times["ray"][name], t)
+        np.testing.assert_allclose(np.diff(t)[:-1], 32 * FRAME_S, rtol=1e-5)  # the last window ends with the file
     assert tags["ray"].keys() == tags["single"].keys() and len(tags["single"]) == 2
     for name, p in tags["single"].items():  # the actor's torch runs on other threads: last bits may differ
         np.testing.assert_allclose(tags["ray"][name], p, rtol=0, atol=1e-6)

@@ -370,14 +370,15 @@ def test_a_reader_does_not_create_a_database(tmp_path):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Three songs indexed once (codes and index cache); tests change copies (``copy``)."""
+    """Three songs indexed once (codes and index cache); tests change copies (``copy``). Segments every
+    80 frames: the segment counts the messages below name were read at that hop."""
     root = tmp_path_factory.mktemp("integrity")
     music = root / "music"
     music.mkdir()
     for i in range(3):
         write_song(music / f"song{i}.wav", seed=i, seconds=8)
     lib = root / "lib"
-    with Library.open(lib, write=True, code_model=CODE_MODEL) as opened:
+    with Library.open(lib, write=True, code_model=CODE_MODEL, segment_hop=80) as opened:
         opened.index([music], workers=0)
         opened.search_index()
     return music, lib

@@ -15,7 +15,7 @@ from musichash.models.taggers import ARCH_REGISTRY, arch_spec, build_tagger, loa
 from musichash.train.tagger import TaggerTrainConfig, train_tagger
 from musichash.train.tagger_data import LabelledSet, Windows
 from musichash.train.tagger_eval import average_precision, compare, predict_files, roc_auc, score
-from tests.synth_labels import INSTRUMENTS, clip, multi_label, single_label
+from tests.synth_labels import INSTRUMENTS, multi_label, single_label
 
 TINY = [n for n, s in ARCH_REGISTRY.items() if s.test_only]
 

@@ -37,6 +37,7 @@ from musichash.cluster.connect import connect
 from musichash.features.spectra import SKETCH_BANDS
 from musichash.indexer.pipeline import Coded, IndexingError, decode_mel, encode_decoded
 from musichash.indexer.store import LibraryStore
+from musichash.models.encoder import LIBRARY_HOP
 
 #: files a batch: the model's unit of work in an actor and the driver's unit of commit
 DEFAULT_BATCH = 8
@@ -61,7 +62,7 @@ class _Encoder:
     """Stage 3 (an actor): the code model, loaded once, over batches of decoded files."""
 
     def __init__(self, code_model: str, device: str | None, precision: str, threads: int | None,
-                 tagger: str | None = None) -> None:
+                 tagger: str | None = None, hop: int = LIBRARY_HOP) -> None:
         import torch
 
         from musichash.indexer.tag_source import TaggerTags
@@ -72,6 +73,7 @@ class _Encoder:
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.model = CodeModel(code_model, device, precision)
         self.tagger = None if tagger is None else TaggerTags(tagger, self.model.device)
+        self.hop = hop
 
     def __call__(self, batch: dict) -> dict:
         out: dict[str, list] = {k: [] for k in ("i", "error", "fmt", "duration_s", "tags", "track_code",
@@ -80,7 +82,7 @@ class _Encoder:
         for i, error, fmt, mel, harmony, sketch in zip(batch["i"], batch["error"], batch["fmt"], batch["mel"],
                                                        batch["chroma"], batch["sketch"]):
             decoded = str(error) if error else (np.asarray(mel), str(fmt), np.asarray(harmony), np.asarray(sketch))
-            coded = encode_decoded(self.model, decoded, tagger=self.tagger)
+            coded = encode_decoded(self.model, decoded, tagger=self.tagger, hop=self.hop)
             if isinstance(coded, str):
                 coded = Coded("", 0.0, (0.0,), np.zeros(nbytes, np.uint8), np.zeros((0, nbytes), np.uint8),
                               np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros((0, SKETCH_BANDS), np.uint8))
@@ -177,13 +179,15 @@ class RayEncoder:
 
     ``batch_size``: files a model call and a commit (default DEFAULT_BATCH); ``encoders``: model actors
     (default: one a GPU, else one); ``encoder_threads``: torch threads in each actor (default: the node's cores);
-    ``tagger``: the library's tagger, as recorded (``indexer.tag_source``), loaded in each actor.
+    ``tagger``: the library's tagger, as recorded (``indexer.tag_source``), loaded in each actor;
+    ``hop``: the library's segment hop (``LibraryStore.segment_hop``).
     """
 
     def __init__(self, code_model: str, *, address: str | None = None, precision: str = "auto",
                  batch_size: int | None = None, encoders: int | None = None, encoder_threads: int | None = None,
-                 tagger: str | None = None) -> None:
+                 tagger: str | None = None, hop: int = LIBRARY_HOP) -> None:
         self.code_model, self.address, self.precision, self.tagger = code_model, address, precision, tagger
+        self.hop = hop
         self.batch_size, self.encoders, self.encoder_threads = batch_size, encoders, encoder_threads
 
     def writing(self, store: LibraryStore):
@@ -211,7 +215,7 @@ class RayEncoder:
             _Encoder,
             fn_constructor_kwargs={"code_model": self.code_model, "device": "cuda" if gpus else "cpu",
                                    "precision": self.precision, "threads": self.encoder_threads,
-                                   "tagger": self.tagger},
+                                   "tagger": self.tagger, "hop": self.hop},
             batch_size=size, compute=ray.data.ActorPoolStrategy(size=self.encoders or max(gpus, 1)),
             num_gpus=1 if gpus else 0, num_cpus=1,
         )  # Ray Data restarts a killed actor and sends its batch again (max_restarts, max_task_retries: -1)

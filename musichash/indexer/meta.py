@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from musichash.indexer import identity, records
 from musichash.indexer.records import (
+    LEGACY_SEGMENT_HOP,
     MIN_SCHEMA_VERSION,
     SCHEMA_VERSION,
     DamagedDatabaseError,
@@ -90,7 +91,8 @@ def read_meta(engine: Engine) -> dict[str, str] | None:
 
 
 def create_schema(
-    engine: Engine, code_model: str, bits: int, code_digest: str | None, folder: Path, shards: int = 1
+    engine: Engine, code_model: str, bits: int, code_digest: str | None, folder: Path, shards: int = 1,
+    segment_hop: int | None = None,
 ) -> dict[str, str]:
     if bits <= 0 or bits % 8:
         raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
@@ -100,6 +102,8 @@ def create_schema(
         "code_model": code_model,
         "bits": str(bits),
         **({"code_digest": code_digest} if code_digest else {}),
+        # a library without the key was made before the setting, at LEGACY_SEGMENT_HOP
+        **({SEGMENT_HOP_KEY: str(segment_hop)} if segment_hop is not None else {}),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "generation": "0",
         "library_id": identity.new_id(),
@@ -109,6 +113,26 @@ def create_schema(
     with Session(engine) as s, s.begin():
         s.add_all(_Meta(key=k, value=v) for k, v in meta.items())
     return meta
+
+
+#: ``meta`` key of the frames between a library's segments (``LibraryStore.segment_hop``)
+SEGMENT_HOP_KEY = "segment_hop_frames"
+
+
+def segment_hop_of(meta: dict[str, str], folder: Path) -> int:
+    """Frames between the library's segments: recorded at creation, else the hop every library
+    had before the setting existed."""
+    raw = meta.get(SEGMENT_HOP_KEY)
+    if raw is None:
+        return LEGACY_SEGMENT_HOP
+    try:
+        hop = int(raw)
+    except ValueError:
+        hop = 0
+    if hop <= 0:
+        raise LibraryError(f"{folder}: the library records a segment hop of {raw!r} frames, not a positive "
+                           f"number; index the music again into a new library")
+    return hop
 
 
 def check_meta(

@@ -195,7 +195,7 @@ def index_paths(
             mel_device = str(model.device)
         if workers is None and model.device.type == "cuda":
             workers = default_workers(gpu=True)
-        encoder = local_encoder(model, workers, mel_device, tagger)
+        encoder = local_encoder(model, workers, mel_device, tagger, store.segment_hop)
     done: set[int] = set()  # a batch an encoder delivers twice (a retried task) is stored once
     # an encoder may bring writers of its own for the codes files, one a shard (``cluster.index``)
     writing = getattr(encoder, "writing", None) if plan.compute else None
@@ -360,31 +360,33 @@ def decode_wave(path: str | os.PathLike) -> Decoded | str:
 
 
 def encode_decoded(model: CodeModel, decoded: Decoded | str, mel_device: str | None = None,
-                   tagger: Callable[[np.ndarray], np.ndarray] | None = None) -> Coded | str:
+                   tagger: Callable[[np.ndarray], np.ndarray] | None = None, hop: int = LIBRARY_HOP) -> Coded | str:
     """``decode_mel``'s answer (``decode_wave``'s when ``mel_device`` is set: the mel and sketch are
-    then made here, on that device) encoded by ``model``, tagged by ``tagger`` when the library has
-    one (``indexer.tag_source``) else by the model's tag head; the reason passed on when it is one."""
+    then made here, on that device) encoded by ``model`` with segments every ``hop`` frames (the
+    library's), tagged by ``tagger`` when the library has one (``indexer.tag_source``) else by the
+    model's tag head; the reason passed on when it is one."""
     if isinstance(decoded, str):
         return decoded
     mel, fmt, harmony, sketch = decoded
     if mel_device is not None:  # ``mel`` is the 16 kHz audio (``decode_wave``)
         mel = np.concatenate(list(iter_mel_blocks([mel], device=mel_device)))
         sketch = spectra.sketch(mel)
-    enc = model.encode(mel, LIBRARY_HOP)
+    enc = model.encode(mel, hop)
     tags = enc.tags if tagger is None else tagger(np.asarray(mel))
     return Coded(fmt, enc.duration_s, tuple(float(p) for p in tags), enc.track_code, enc.codes, enc.times,
                  harmony, sketch)
 
 
 def local_encoder(model: CodeModel, workers: int | None, mel_device: str | None = None,
-                  tagger: Callable[[np.ndarray], np.ndarray] | None = None) -> Encoder:
+                  tagger: Callable[[np.ndarray], np.ndarray] | None = None, hop: int = LIBRARY_HOP) -> Encoder:
     """This machine: decoding in ``workers`` processes (``_decoded``), the model here; one file a batch,
-    so every track is committed as soon as it is encoded. ``mel_device``, ``tagger``: as ``index_paths``'."""
+    so every track is committed as soon as it is encoded. ``mel_device``, ``tagger``: as ``index_paths``';
+    ``hop``: the library's segment hop."""
     job = decode_mel if mel_device is None else decode_wave
 
     def run(jobs: list) -> Iterable[list[tuple[int, Coded | str]]]:
         for i, decoded in enumerate(_decoded(jobs, workers, job)):
-            yield [(i, encode_decoded(model, decoded, mel_device, tagger))]
+            yield [(i, encode_decoded(model, decoded, mel_device, tagger, hop))]
 
     return run
 

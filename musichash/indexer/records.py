@@ -30,6 +30,11 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from musichash.errors import MusichashError
+from musichash.features.segments import (  # noqa: F401
+    DEFAULT_SEGMENT_HOP,
+    LEGACY_SEGMENT_HOP,
+    SEGMENT_HOP_ALIGN,
+)
 
 SCHEMA_VERSION = 3
 #: the oldest format a writer upgrades in place (``store._upgrade``); older ones are re-indexed
@@ -53,6 +58,10 @@ class SchemaVersionError(LibraryError):
 
 class ModelMismatchError(LibraryError):
     """The library holds codes of another model (or code length)."""
+
+
+class SegmentHopMismatchError(ModelMismatchError):
+    """The library holds segments at another hop than the one asked for."""
 
 
 class LibraryMismatchError(LibraryError):

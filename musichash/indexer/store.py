@@ -117,9 +117,11 @@ from musichash.indexer.meta import (
     make_folder,
     read_meta,
     release_lock,
+    segment_hop_of,
     upgrade,
 )
 from musichash.indexer.records import (
+    DEFAULT_SEGMENT_HOP,
     MIN_SCHEMA_VERSION,
     SCHEMA_VERSION,
     STATUSES,
@@ -136,6 +138,7 @@ from musichash.indexer.records import (
     Problem,
     RepairReport,
     SchemaVersionError,
+    SegmentHopMismatchError,
     SegmentTable,
     Track,
     TrackCodes,
@@ -167,6 +170,7 @@ __all__ = [
     "Problem",
     "RepairReport",
     "SchemaVersionError",
+    "SegmentHopMismatchError",
     "SegmentTable",
     "Track",
     "TrackCodes",
@@ -200,12 +204,15 @@ class LibraryStore:
         code_model: str,
         bits: int,
         code_digest: str | None = None,
+        segment_hop: int = DEFAULT_SEGMENT_HOP,
     ) -> None:
         self.folder = folder
         self.code_model = code_model
         self.bits = bits
         #: which weights made the codes (``registry.weights_digest``); None if not recorded
         self.code_digest = code_digest
+        #: frames between the library's segment windows (``meta.segment_hop_frames``; 80 when absent)
+        self.segment_hop = segment_hop
         self.repair_report = RepairReport()
         self._engine = engine
         #: the codes files, shard by shard (``indexer.shards``): [codes.h5] for one shard
@@ -236,13 +243,16 @@ class LibraryStore:
         bits: int | None = None,
         code_digest: str | None = None,
         shards: int | None = None,
+        segment_hop: int | None = None,
     ) -> "LibraryStore":
         """Open the library in ``folder``; with ``write=True``, create it if needed.
 
         ``code_model`` and ``bits`` are required to create a library; when given
         for an existing one they must match what it holds (ModelMismatchError).
         ``code_digest`` (which weights make the codes) is recorded in a new
-        library; ``Library.open`` checks an existing one's. A database and a folder
+        library; ``Library.open`` checks an existing one's. ``segment_hop`` (frames between
+        segments) is recorded in a new library (None: ``DEFAULT_SEGMENT_HOP``); given for an existing
+        one it must match (SegmentHopMismatchError). A database and a folder
         of two libraries are refused (LibraryMismatchError) before anything is written.
         ``shards``: how many codes files a new library spreads its codes over (``indexer.shards``;
         default 1, ``codes.h5``); an existing library keeps its own count, and another is refused.
@@ -281,7 +291,8 @@ class LibraryStore:
                     if code_model is None or bits is None:
                         raise ValueError("code_model and bits are needed to create a library")
                     meta = create_schema(engine, code_model, bits, code_digest, folder,
-                                         sharding.check_count(shards or 1))
+                                         sharding.check_count(shards or 1),
+                                         DEFAULT_SEGMENT_HOP if segment_hop is None else segment_hop)
             elif meta is None:
                 raise LibraryError(
                     f"{where}: no musichash library in this database; create one "
@@ -294,6 +305,11 @@ class LibraryStore:
                 if folder_id != meta["library_id"]:
                     identity.write_folder_id(folder, meta["library_id"])
             stored_model, stored_bits = meta["code_model"], int(meta["bits"])
+            stored_hop = segment_hop_of(meta, folder)
+            if segment_hop is not None and segment_hop != stored_hop:
+                raise SegmentHopMismatchError(
+                    f"{folder}: library holds segments every {stored_hop} frames, not {segment_hop}; leave out "
+                    f"--segment-hop-frames to keep {stored_hop}, or give another --library for {segment_hop}")
             n_shards = sharding.count(meta)
             if shards is not None and shards != n_shards:
                 raise LibraryError(f"{folder}: this library holds its codes in {n_shards} shards, not {shards}; "
@@ -317,7 +333,7 @@ class LibraryStore:
             if lock_fd is not None:
                 release_lock(lock_fd)
             raise
-        store = cls(folder, engine, files, lock_fd, stored_model, stored_bits, meta.get("code_digest"))
+        store = cls(folder, engine, files, lock_fd, stored_model, stored_bits, meta.get("code_digest"), stored_hop)
         store._generation = "generation" in meta
         store.library_id = meta.get("library_id")
         if write:

@@ -23,6 +23,7 @@ import torch
 from musichash.devices import torch_device
 from musichash.features import chroma
 from musichash.features.audio import HOP, SAMPLE_RATE, iter_audio_blocks, iter_mel_blocks, log_mel
+from musichash.features.segments import DEFAULT_SEGMENT_HOP, LEGACY_SEGMENT_HOP  # noqa: F401 (re-exported)
 from musichash.models import (
     DEFAULT_CODE_MODEL,
     ModelError,
@@ -34,8 +35,9 @@ from musichash.models.binarizer import Binarizer, BinarizerError
 from musichash.models.gpu import chunk_windows, exact_float32
 from musichash.models.registry import missing_weights, weights_file
 
-#: frames between library segments: 1.28 s, a multiple of the VGG's 16-frame stride
-LIBRARY_HOP = 80
+#: frames between the segments of a new library (each library records its own:
+#: ``LibraryStore.segment_hop``; ``LEGACY_SEGMENT_HOP`` when it predates the setting)
+LIBRARY_HOP = DEFAULT_SEGMENT_HOP
 #: frames between the windows of a query clip shorter than ``LONG_QUERY_S``: 0.256 s, so some
 #: query window lies within 0.128 s of every library segment start
 QUERY_HOP = 16

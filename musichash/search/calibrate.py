@@ -119,7 +119,7 @@ def rates(clips: Sequence[Scored], match_threshold: float, chroma_threshold: flo
 
 
 def fit_thresholds(clips: Sequence[Scored], base: Thresholds, source: str, target_tnr: float = JOINT_TNR,
-                   lengths: Sequence[float] = ()) -> Thresholds:
+                   lengths: Sequence[float] = (), segment_hop: int | None = None) -> Thresholds:
     """``base`` with the match and chroma thresholds fitted together on ``clips`` (``fit_joint``).
 
     lengths: bounds (seconds, ascending) of thresholds by clip length: a row is fitted on the clips
@@ -135,7 +135,7 @@ def fit_thresholds(clips: Sequence[Scored], base: Thresholds, source: str, targe
     rest = [c for c in clips if c.length > lo] if lengths else list(clips)
     t, tc = fit_joint(rest, target_tnr)
     return Thresholds(match=t, chroma=tc, dedup=base.dedup, source=source, target_tnr=target_tnr,
-                      by_length=tuple(rows))
+                      by_length=tuple(rows), segment_hop=segment_hop)
 
 
 def rates_by_length(clips: Sequence[Scored], thresholds: Thresholds) -> dict:
@@ -147,16 +147,25 @@ def rates_by_length(clips: Sequence[Scored], thresholds: Thresholds) -> dict:
     return out
 
 
-def write_thresholds(spec, thresholds: Thresholds) -> str:
+def write_thresholds(spec, thresholds: Thresholds, main: bool = True) -> str:
     """Record ``thresholds`` in the code model's JSON (the segment head's, which search uses); returns its path.
 
+    main: as the model's ``thresholds`` (what libraries at their ``segment_hop`` and libraries of
+    any hop without their own record use); else only under ``thresholds_by_hop[segment_hop]``.
     Only models with a JSON beside their weights (CRNNH heads, trained checkpoints) take them.
     """
     path = thresholds_file(spec)
     if path is None or not path.is_file():
         raise ValueError(f"{spec.name}: no model JSON to record thresholds in (CRNNH models and checkpoints have one)")
     meta = json.loads(path.read_text())
-    meta["thresholds"] = thresholds.to_dict()
+    if main:
+        meta["thresholds"] = thresholds.to_dict()
+    if thresholds.segment_hop is not None:
+        by_hop = meta.setdefault("thresholds_by_hop", {})
+        by_hop[str(thresholds.segment_hop)] = thresholds.to_dict()
+        meta["thresholds_by_hop"] = dict(sorted(by_hop.items(), key=lambda kv: int(kv[0])))
+    elif not main:
+        raise ValueError("thresholds for one segment hop need their segment_hop")
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
     tmp.replace(path)

@@ -4,7 +4,10 @@ Where they come from, first that exists:
 
 1. the ``thresholds`` record in the model's JSON (the segment head's for CRNNH models, a trained
    checkpoint's own), written by ``musichash.search.calibrate.write_thresholds`` from a
-   calibration set, with ``source`` saying which;
+   calibration set, with ``source`` saying which. A library whose segments lie at another hop
+   than the record's (``segment_hop``) reads ``thresholds_by_hop[hop]`` when there is one: a
+   denser library gives every clip more close hits, so its scores run higher, in and out of
+   library;
 2. the registry's ``config`` (the interim models' match threshold, and test configs);
 3. the defaults below, which no calibration set chose: ``source`` is None and ``musichash
    models`` says the model is not calibrated.
@@ -46,6 +49,8 @@ class Thresholds:
     source: str | None = None
     target_tnr: float | None = None
     by_length: tuple[tuple[float, float, float | None], ...] = ()
+    #: frames between the segments of the library they were fitted on (None: not recorded)
+    segment_hop: int | None = None
 
     def __post_init__(self) -> None:
         rows = tuple(tuple(r) for r in self.by_length)
@@ -74,15 +79,20 @@ class Thresholds:
 
     @staticmethod
     @lru_cache(maxsize=64)
-    def of(model: str) -> Thresholds:
-        """The thresholds of a code model (registered name or checkpoint path)."""
+    def of(model: str, segment_hop: int | None = None) -> Thresholds:
+        """The thresholds of a code model (registered name or checkpoint path) for a library with
+        segments every ``segment_hop`` frames (None: the model's main record)."""
         from musichash.models.registry import get_spec
 
         spec = get_spec(model)
         t = Thresholds()
         path = thresholds_file(spec)
         if path is not None and path.is_file():
-            stored = json.loads(path.read_text()).get("thresholds")
+            meta = json.loads(path.read_text())
+            stored = meta.get("thresholds")
+            other = meta.get("thresholds_by_hop", {}).get(str(segment_hop)) if segment_hop is not None else None
+            if other and (not stored or stored.get("segment_hop") != segment_hop):
+                stored = other
             if stored:
                 t = Thresholds(**stored)
         keys = {"match_threshold": "match", "chroma_threshold": "chroma", "dedup_threshold": "dedup",
