@@ -105,3 +105,34 @@ def test_a_library_of_interim_codes_is_refused(matched, tmp_path):
     assert r.exit_code == 1 and r.output == (
         f"Error: {lib}: its codes come from unittest_hash, a fitted linear binarizer, not CRNNH: there are no trained "
         f"relaxed codes to explain; explain --match needs a library of a CRNNH code model (crnnh64, the default)\n")
+
+
+def test_the_service_explains_a_match_for_an_uploaded_clip(matched):
+    """POST /tracks/{id}/explain-match (the page's 'Why this match?'): the CLI's maps for an upload."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from musichash.service import ServeConfig, create_app
+
+    root, music, lib = matched
+    with Library.open(lib) as library:
+        ab = library.store.find_by_path(str(music / "ab.wav")).id
+        other = library.store.find_by_path(str(music / "other.wav")).id
+    with TestClient(create_app(ServeConfig(lib, device="cpu"))) as client:
+        def post(track, clip, **form):
+            return client.post(f"/tracks/{track}/explain-match", files=[("files", (clip.name, clip.read_bytes(), "audio/wav"))],
+                               data=form)
+
+        r = post(ab, root / "clip.wav")
+        assert r.status_code == 200, r.text
+        obj = r.json()
+        assert (obj["path"], obj["match"], list(obj["maps"])) == (str(music / "ab.wav"), "clip.wav", ["gradcam"])
+        assert obj["window_scores"][:2] == [None, None]  # song A's windows: not aligned with the clip
+        v = np.asarray(obj["maps"]["gradcam"])
+        assert v[: v.shape[0] // 2].sum() < 0.05 * v.sum()
+        png = post(ab, root / "clip.wav", format="png")
+        assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+        wrong = post(other, root / "clip.wav")
+        assert wrong.status_code == 400 and wrong.json()["error"].startswith(
+            f"clip.wav: matches {music / 'ab.wav'} (score ")
+        assert post(10_000, root / "clip.wav").status_code == 404

@@ -171,3 +171,41 @@ def test_page_explains_a_results_first_tag(tagged_server, server, browser, tmp_p
     first = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results li")))
     first.find_element(By.CSS_SELECTOR, "button.explain").click()
     wait.until(EC.text_to_be_present_in_element((By.ID, "error"), "this library's tags come from its code model's tag head"))
+
+
+def test_page_explains_why_a_clip_matched(browser, tmp_path_factory, tmp_path):
+    """'Why this match?' on the matched track: the match's Grad-CAM over the track's mel (crnnh64, the
+    default code model: the interim test model has no relaxed codes to explain)."""
+    from synth import write_song
+
+    root = tmp_path_factory.mktemp("match-page")
+    (root / "music").mkdir()
+    for i in range(2):
+        write_song(root / "music" / f"song{i}.wav", seed=i, seconds=12)
+    with Library.open(root / "lib", write=True, code_model="crnnh64", device="cpu") as library:
+        library.index([root / "music"], workers=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(root / "lib", device="cpu")), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if srv.started:
+                break
+            time.sleep(0.05)
+        wait = WebDriverWait(browser, 60)
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "stats"), "2 tracks"))
+        browser.find_element(By.ID, "file").send_keys(str(excerpt(tmp_path / "clip.flac", 1, 3.0, 6.0)))
+        first = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results li")))
+        assert first.find_element(By.CSS_SELECTOR, ".path").text.endswith("song1.wav")
+        first.find_element(By.CSS_SELECTOR, "button.explain-match").click()
+        img = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results li figure.explain img")))
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img))
+        assert "why the clip matches song1.wav" in first.find_element(By.CSS_SELECTOR, "figure.explain figcaption").text
+    finally:
+        srv.should_exit = True
+        thread.join(10)

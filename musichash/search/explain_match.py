@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musichash.models import get_spec
-from musichash.models.encoder import CodeModel, encode_clip
+from musichash.models.encoder import Clip, CodeModel, encode_clip
 from musichash.models.explain import METHODS, Explanation, explain
 from musichash.models.explain_match import (
     MATCH_PATCH,
@@ -39,10 +39,11 @@ class MatchExplanation:
                 **self.explanation.to_dict()}
 
 
-def explain_match(lib, file: str | os.PathLike, clip: str | os.PathLike, *, seconds: float = 30.0,
+def explain_match(lib, file: str | os.PathLike, clip: str | os.PathLike | Clip, *, seconds: float = 30.0,
                   start_s: float | None = None, methods: tuple[str, ...] = METHODS) -> MatchExplanation:
-    """Why ``lib`` (a ``Library``) finds ``clip`` in ``file``, a track of it: maps over ``seconds`` of the
-    track from ``start_s`` (None: centred on where the clip matched)."""
+    """Why ``lib`` (a ``Library``) finds ``clip`` (a file, or audio in memory: the service's upload) in
+    ``file``, a track of it: maps over ``seconds`` of the track from ``start_s`` (None: centred on where
+    the clip matched)."""
     from musichash.features.audio import AudioError, load_audio, log_mel
 
     folder = lib.folder
@@ -55,7 +56,9 @@ def explain_match(lib, file: str | os.PathLike, clip: str | os.PathLike, *, seco
     if track is None or track.status != "ok":
         state = "" if track is None else f" that was indexed ({track.status})"
         raise ExplainError(f"{file}: not a track of {folder}{state}; index it first: musichash index {file} --library {folder}")
-    (r,) = lib.search([clip], top_k=10)
+    source = clip if isinstance(clip, Clip) else Path(clip).expanduser()
+    clip = clip.name if isinstance(clip, Clip) else clip
+    (r,) = lib.search([source], top_k=10)
     if r.error:
         raise ExplainError(f"{clip}: {r.error}")
     best = r.results[0] if r.results else None
@@ -68,7 +71,7 @@ def explain_match(lib, file: str | os.PathLike, clip: str | os.PathLike, *, seco
                            f"give that file, or a clip of {file}")
     model = CodeModel(lib.code_model, lib.device, precision="float32")  # gradients in float32, whatever the library's
     net = CodeNet(model)
-    enc = encode_clip(model, Path(clip).expanduser(), track=False, max_s=MAX_CLIP_S)  # the windows the search used
+    enc = encode_clip(model, source, track=False, max_s=MAX_CLIP_S)  # the windows the search used
     if start_s is None:
         mid = best.offset_s + min(r.duration_s, seconds) / 2
         start_s = max(0.0, min(mid - seconds / 2, track.duration_s - seconds))

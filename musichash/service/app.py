@@ -259,7 +259,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     def uses_model(request: Request) -> bool:
         path = request.url.path
         return (request.method == "POST" and path in ("/search", "/recommend")) or (
-            request.method == "GET" and (path == "/dedup" or (path.startswith("/tracks/") and path.endswith(("/similar", "/explain")))))
+            request.method == "GET" and (path == "/dedup" or (path.startswith("/tracks/") and path.endswith(("/similar", "/explain"))))) or (
+            request.method == "POST" and path.startswith("/tracks/") and path.endswith("/explain-match"))
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
@@ -420,6 +421,37 @@ def create_app(config: ServeConfig) -> FastAPI:
             return Response(png_bytes(e, f"{Path(t.path).name}: evidence for '{tag}' ({name})", start),
                             media_type="image/png")
         return {"track_id": t.id, "tag": tag, "model": name, "start_s": start, **e.to_dict()}
+
+    @app.post("/tracks/{track_id}/explain-match")
+    async def explain_match_(
+        track_id: int,
+        files: Annotated[list[UploadFile], File(description="The clip (one), as for POST /search.")],
+        pcm_rate: int | None = Form(None, ge=8000, le=192000, description="The upload is raw float32 PCM at this rate."),
+        seconds: float = Form(30.0, ge=1, le=60),
+        method: Literal["gradcam", "occlusion", "both"] = Form("gradcam"),
+        fmt: Literal["json", "png"] = Form("json", alias="format"),
+    ):
+        """Why the library finds the clip in this track (``musichash explain FILE --match CLIP --json``;
+        ``format=png``: the heatmap): attribution over the track's mel, for the segments the match aligned."""
+        from musichash.search.explain_match import explain_match
+        from musichash.service.explain import png_bytes
+
+        if len(files) != 1:
+            raise ServiceError(f"{len(files)} clips: send the one clip the match is for", 422)
+        clip = await anyio.to_thread.run_sync(_decode, files[0], pcm_rate, config, limiter=decoders)
+        methods = ("gradcam", "occlusion") if method == "both" else (method,)
+
+        def run(lib: Library):
+            t = _get(lib, track_id)
+            if t.status != "ok":
+                raise ServiceError(f"track {track_id} has no audio to explain (it is {t.status}); pick an indexed track", 409)
+            return explain_match(lib, t.path, clip, seconds=seconds, methods=methods)
+
+        m = await model(run)
+        if fmt == "png":
+            return Response(png_bytes(m.explanation, f"{Path(m.path).name}: why {clip.name} matches here", m.start_s),
+                            media_type="image/png")
+        return m.to_dict()
 
     @app.get("/tracks/{track_id}/audio")
     async def audio(track_id: int):

@@ -166,7 +166,44 @@ function showResults(r) {
     ` for ${r.query} (${r.duration_s.toFixed(1)} s)` + (r.error ? `: ${r.error}` : ""));
   if (r.note) verdict.append(` (${r.note})`);
   if (r.error) showError(`${r.query}: ${r.error}`);
-  $("results").replaceChildren(...r.results.map((h) => trackItem(h, true)));
+  const items = r.results.map((h) => trackItem(h, true));
+  if (r.match && items.length) {  // the track the clip matched: why it matched there
+    const h = r.results[0], name = h.path.split("/").pop();
+    const why = el("button", { type: "button", class: "secondary explain-match", text: "Why this match?",
+                               "aria-label": `what in ${name} made the clip match it` });
+    why.addEventListener("click", () => showMatchExplain(why, h, name));
+    items[0].append(why);
+  }
+  $("results").replaceChildren(...items);
+}
+
+async function showMatchExplain(button, h, name) {
+  // Grad-CAM over the matched track's mel, for the segments the search aligned with the clip
+  showError("");
+  const form = new FormData();
+  form.append("format", "png");
+  if (clip.pcm) {
+    form.append("pcm_rate", String(clip.rate));
+    form.append("files", new Blob([clip.pcm.buffer], { type: "application/octet-stream" }), clip.name);
+  } else {
+    form.append("files", clip.file, clip.name);
+  }
+  button.disabled = true;
+  try {
+    const r = await fetch(`/tracks/${h.track_id}/explain-match`, { method: "POST", body: form });
+    if (!r.ok) {
+      let message = `${r.status} ${r.statusText}`;
+      try { message = (await r.json()).error || message; } catch (e) { /* not JSON */ }
+      throw new Error(message);
+    }
+    const img = el("img", { src: URL.createObjectURL(await r.blob()),
+                            alt: `Grad-CAM: where in ${name}'s mel spectrogram the clip matched` });
+    button.replaceWith(el("figure", { class: "explain" }, img,
+      el("figcaption", { text: `why the clip matches ${name} (Grad-CAM over the mel spectrogram)` })));
+  } catch (e) {
+    button.disabled = false;
+    showError(e.message);
+  }
 }
 
 // ------------------------------------------------------------- recording
