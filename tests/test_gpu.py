@@ -118,14 +118,15 @@ def test_a_cuda_model_gets_its_mel_in_the_main_process(monkeypatch):
     monkeypatch.setattr(pipeline, "_decoded", decoded)
     monkeypatch.setattr(pipeline, "_plan", lambda store, files: pipeline._Plan())
     model = SimpleNamespace(device=torch.device("cuda", 0))
-    pipeline.index_paths(None, model, [], workers=0)
+    store = SimpleNamespace(segment_hop=48)  # all index_paths reads of it with nothing to compute
+    pipeline.index_paths(store, model, [], workers=0)
     assert seen["decode"] is pipeline.decode_wave
     monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 16)
-    pipeline.index_paths(None, model, [])
+    pipeline.index_paths(store, model, [])
     assert seen["workers"] == 15  # the CPU's cores all decode for the GPU
     assert pipeline.default_workers() == 4
     model.device = torch.device("cpu")
-    pipeline.index_paths(None, model, [], workers=0)
+    pipeline.index_paths(store, model, [], workers=0)
     assert seen["decode"] is pipeline.decode_mel
 
 
