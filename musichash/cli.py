@@ -528,12 +528,14 @@ def stats(library, db_url, as_json):
     with _open(library, db_url) as lib:
         s = lib.stats(check=True)
         kind = choose_config(lib.folder, s.bits, s.n_segments).kind
+        tagger = lib.tagger
     # the metadata only: `musichash check` reads every code
     health = "codes.h5 metadata ok" if not s.problems else f"{len(s.problems)} problems: run `musichash check`"
     row = {
         "library": str(lib.folder), "tracks": s.n_tracks, "errors": s.n_errors, "pending": s.n_pending,
         "segments": s.n_segments, "hours": round(s.hours, 3), "code_model": s.code_model, "bits": s.bits,
         "index_type": kind, "code_bytes": s.code_bytes, "code_bytes_per_hour": round(s.code_bytes_per_hour, 1),
+        "segment_hop_frames": lib.store.segment_hop, "shards": lib.store.shards, "tagger": tagger,
         "health": health,
     }
     if s.problems:

@@ -181,6 +181,8 @@ def test_stats_json(built):
     obj = json.loads(run("stats", "--library", lib, "--json").stdout)
     assert obj["tracks"] == 3 and obj["errors"] == 1 and obj["code_model"] == "unittest_hash" and obj["bits"] == 16
     assert obj["index_type"] == "flat"
+    # the library's settings: the hop this fixture pins, one codes file, the code model's own tag head
+    assert (obj["segment_hop_frames"], obj["shards"], obj["tagger"]) == (80, 1, None)
     # a 10 s track (626 frames): windows at 0, 80, ..., 400 (the tail at 432 is < hop/2 further),
     # so 6 segment codes plus one track code, 2 bytes each
     assert obj["code_bytes"] == 3 * 2 * (6 + 1)

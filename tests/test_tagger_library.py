@@ -106,3 +106,5 @@ def test_reshard_keeps_the_libraries_tagger(music, tagged, tmp_path):
 
     with Library.open(tmp_path / "new") as lib:
         assert lib.tagger == TAGGER
+    stats = json.loads(run("stats", "--library", tmp_path / "new", "--json").stdout)
+    assert (stats["tagger"], stats["shards"]) == (TAGGER, 2)

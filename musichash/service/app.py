@@ -144,7 +144,8 @@ def _stats_json(lib: Library) -> dict[str, Any]:
     return {"library": str(lib.folder), "tracks": s.n_tracks, "errors": s.n_errors, "pending": s.n_pending,
             "segments": s.n_segments, "hours": round(s.hours, 3), "code_model": s.code_model, "bits": s.bits,
             "index_type": choose_config(lib.folder, s.bits, s.n_segments).kind, "code_bytes": s.code_bytes,
-            "code_bytes_per_hour": round(s.code_bytes_per_hour, 1)}
+            "code_bytes_per_hour": round(s.code_bytes_per_hour, 1), "segment_hop_frames": lib.store.segment_hop,
+            "shards": lib.store.shards, "tagger": lib.tagger}
 
 
 class _BodyLimit:
