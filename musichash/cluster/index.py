@@ -165,11 +165,12 @@ def shard_writers(store: LibraryStore, address: str | None = None) -> Iterator[S
             # not waited for here: they start while the pipeline decodes its first batch
             yield ShardWrites(ray, writers)
         finally:
-            try:
-                ray.get([w.close.remote() for w in writers], timeout=600)
-            except ray.exceptions.RayError:
-                pass  # a dead writer's file is checked (and salvaged) as the store takes it back
-            for w in writers:
+            closing = [w.close.remote() for w in writers]
+            for w, done in zip(writers, closing):
+                try:  # each waited for on its own: one dead writer must not cut the others' writes short
+                    ray.get(done, timeout=600)
+                except ray.exceptions.RayError:
+                    pass  # a dead writer's file is checked (and salvaged) as the store takes it back
                 ray.kill(w)
 
 
