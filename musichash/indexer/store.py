@@ -379,10 +379,8 @@ class LibraryStore:
                 if bad:
                     damaged.append(j)
             deletes, self._detached = self._detached, None
-            lost = tuple(t for j in damaged for t in self._salvage(j)[1])
-            if lost:
-                self.repair_report = replace(self.repair_report, marked_pending=tuple(
-                    sorted({*self.repair_report.marked_pending, *lost})))
+            for j in damaged:
+                self._note_salvage(*self._salvage(j))
             if deletes:
                 self._delete_codes(deletes)
 
@@ -877,10 +875,14 @@ class LibraryStore:
             op()
         except H5_ERRORS:
             salvaged = [self._salvage(j) for j in range(self.shards)]
-            aside, lost = salvaged[0][0], tuple(t for _, lost_j in salvaged for t in lost_j)
-            r = self.repair_report
-            self.repair_report = replace(r, codes_set_aside=aside, marked_pending=tuple(sorted({*r.marked_pending, *lost})))
+            self._note_salvage(salvaged[0][0], tuple(t for _, lost_j in salvaged for t in lost_j))
             op()
+
+    def _note_salvage(self, aside: Path | None, lost: Sequence[int]) -> None:
+        """Add what a ``_salvage`` did to ``repair_report``: the file set aside, the tracks now pending."""
+        r = self.repair_report
+        self.repair_report = replace(r, codes_set_aside=aside or r.codes_set_aside,
+                                     marked_pending=tuple(sorted({*r.marked_pending, *lost})))
 
     def _salvage(self, shard: int = 0) -> tuple[Path, tuple[int, ...]]:
         """Replace a codes.h5 that opens but is damaged by a copy of every 'ok' track whose codes read
