@@ -7,6 +7,7 @@ MUSICHASH_SCREENSHOT=docs/serve.png also saves the page with its results (the RE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -33,9 +34,9 @@ from musichash.library import Library
 from musichash.service import ServeConfig, create_app
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    music, lib = build_library(tmp_path_factory.mktemp("page"))
+@contextlib.contextmanager
+def served(lib):
+    """``musichash serve``'s app over ``lib`` on a free local port, in a thread; yields its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -43,13 +44,34 @@ def server(tmp_path_factory):
                                         log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", music, lib
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        for _ in range(200):
+            if srv.started:
+                break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def two_song_library(root, **open_kw):
+    """music/song0.wav and song1.wav (12 s, seeds 0 and 1) under ``root``, indexed into root/lib."""
+    from synth import write_song
+
+    (root / "music").mkdir()
+    for i in range(2):
+        write_song(root / "music" / f"song{i}.wav", seed=i, seconds=12)
+    with Library.open(root / "lib", write=True, **open_kw) as library:
+        library.index([root / "music"], workers=0)
+    return root / "music", root / "lib"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    music, lib = build_library(tmp_path_factory.mktemp("page"))
+    with served(lib) as base:
+        yield base, music, lib
 
 
 @pytest.fixture(scope="module")
@@ -126,28 +148,10 @@ def test_page_shows_a_corrupt_upload_as_one_line(server, browser, tmp_path):
 @pytest.fixture(scope="module")
 def tagged_server(tmp_path_factory):
     """A library whose tags come from the shipped fcn4_rendered tagger, served on its own port."""
-    from synth import write_song
-
-    root = tmp_path_factory.mktemp("tagged-page")
-    (root / "music").mkdir()
-    for i in range(2):
-        write_song(root / "music" / f"song{i}.wav", seed=i, seconds=12)
-    with Library.open(root / "lib", write=True, code_model="unittest_hash", tagger="fcn4_rendered") as library:
-        library.index([root / "music"], workers=0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(root / "lib", device="cpu")), host="127.0.0.1",
-                                        port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", root / "music"
-    srv.should_exit = True
-    thread.join(10)
+    music, lib = two_song_library(tmp_path_factory.mktemp("tagged-page"), code_model="unittest_hash",
+                                  tagger="fcn4_rendered")
+    with served(lib) as base:
+        yield base, music
 
 
 def test_page_explains_a_results_first_tag(tagged_server, server, browser, tmp_path):
@@ -176,28 +180,10 @@ def test_page_explains_a_results_first_tag(tagged_server, server, browser, tmp_p
 def test_page_explains_why_a_clip_matched(browser, tmp_path_factory, tmp_path):
     """'Why this match?' on the matched track: the match's Grad-CAM over the track's mel (crnnh64, the
     default code model: the interim test model has no relaxed codes to explain)."""
-    from synth import write_song
-
-    root = tmp_path_factory.mktemp("match-page")
-    (root / "music").mkdir()
-    for i in range(2):
-        write_song(root / "music" / f"song{i}.wav", seed=i, seconds=12)
-    with Library.open(root / "lib", write=True, code_model="crnnh64", device="cpu") as library:
-        library.index([root / "music"], workers=0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(root / "lib", device="cpu")), host="127.0.0.1",
-                                        port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if srv.started:
-                break
-            time.sleep(0.05)
+    _, lib = two_song_library(tmp_path_factory.mktemp("match-page"), code_model="crnnh64", device="cpu")
+    with served(lib) as base:
         wait = WebDriverWait(browser, 60)
-        browser.get(f"http://127.0.0.1:{port}/")
+        browser.get(base + "/")
         wait.until(EC.text_to_be_present_in_element((By.ID, "stats"), "2 tracks"))
         browser.find_element(By.ID, "file").send_keys(str(excerpt(tmp_path / "clip.flac", 1, 3.0, 6.0)))
         first = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results li")))
@@ -206,6 +192,3 @@ def test_page_explains_why_a_clip_matched(browser, tmp_path_factory, tmp_path):
         img = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#results li figure.explain img")))
         wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img))
         assert "why the clip matches song1.wav" in first.find_element(By.CSS_SELECTOR, "figure.explain figcaption").text
-    finally:
-        srv.should_exit = True
-        thread.join(10)

@@ -37,6 +37,7 @@ from musichash.errors import MusichashError
 from musichash.features.audio import SAMPLE_RATE, AudioError, load_audio
 from musichash.indexer.store import EmptyLibraryError
 from musichash.library import Clip, Library, QueryError
+from musichash.models.explain import METHODS
 from musichash.search.results import dedup_json, search_json, similar_json
 from musichash.service.runtime import (
     BusyError,
@@ -258,10 +259,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         return JSONResponse({"error": f"internal error ({type(e).__name__}); see the server's log"}, status_code=500)
 
     def uses_model(request: Request) -> bool:
-        path = request.url.path
-        return (request.method == "POST" and path in ("/search", "/recommend")) or (
-            request.method == "GET" and (path == "/dedup" or (path.startswith("/tracks/") and path.endswith(("/similar", "/explain"))))) or (
-            request.method == "POST" and path.startswith("/tracks/") and path.endswith("/explain-match"))
+        path, method = request.url.path, request.method
+        per_track = path.startswith("/tracks/")
+        if method == "POST":
+            return path in ("/search", "/recommend") or (per_track and path.endswith("/explain-match"))
+        return method == "GET" and (path == "/dedup" or (per_track and path.endswith(("/similar", "/explain"))))
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
@@ -409,7 +411,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         ``format=png``: the heatmap). ``model``: a shipped tagger (default: the library's ``--tagger``)."""
         from musichash.service.explain import explain_track, png_bytes
 
-        methods = ("gradcam", "occlusion") if method == "both" else (method,)
+        methods = METHODS if method == "both" else (method,)
 
         def run(lib: Library):
             t = _get(lib, track_id)
@@ -440,7 +442,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         if len(files) != 1:
             raise ServiceError(f"{len(files)} clips: send the one clip the match is for", 422)
         clip = await anyio.to_thread.run_sync(_decode, files[0], pcm_rate, config, limiter=decoders)
-        methods = ("gradcam", "occlusion") if method == "both" else (method,)
+        methods = METHODS if method == "both" else (method,)
 
         def run(lib: Library):
             t = _get(lib, track_id)

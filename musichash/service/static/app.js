@@ -75,22 +75,27 @@ function trackItem(h, withOffset) {
 
 async function showExplain(button, h, name, offset) {
   // the library's tagger's Grad-CAM for the track's first tag, over 30 s from where it matched
-  showError("");
   const tag = h.tags && h.tags.length ? h.tags[0].tag : null;
   if (!tag) { showError(`${name} has no tags to explain`); return; }
   const params = new URLSearchParams({ tag, format: "png", seconds: "30", start: String(Math.max(0, offset || 0)) });
+  await showFigure(button, `/tracks/${h.track_id}/explain?${params}`, {},
+                   `Grad-CAM: where ${name}'s mel spectrogram made the tagger say '${tag}'`,
+                   `evidence for '${tag}' (Grad-CAM over the mel spectrogram)`);
+}
+
+async function showFigure(button, url, init, alt, caption) {
+  // the PNG the server makes at url, in place of the button that asked for it; its error in one line
+  showError("");
   button.disabled = true;
   try {
-    const r = await fetch(`/tracks/${h.track_id}/explain?${params}`);
+    const r = await fetch(url, init);
     if (!r.ok) {
       let message = `${r.status} ${r.statusText}`;
       try { message = (await r.json()).error || message; } catch (e) { /* not JSON */ }
       throw new Error(message);
     }
-    const img = el("img", { src: URL.createObjectURL(await r.blob()),
-                            alt: `Grad-CAM: where ${name}'s mel spectrogram made the tagger say '${tag}'` });
-    button.replaceWith(el("figure", { class: "explain" }, img,
-      el("figcaption", { text: `evidence for '${tag}' (Grad-CAM over the mel spectrogram)` })));
+    const img = el("img", { src: URL.createObjectURL(await r.blob()), alt });
+    button.replaceWith(el("figure", { class: "explain" }, img, el("figcaption", { text: caption })));
   } catch (e) {
     button.disabled = false;
     showError(e.message);
@@ -136,18 +141,24 @@ async function setClip(file) {
   }
 }
 
-async function search(event) {
-  if (event) event.preventDefault();
-  showError("");
-  if (!clip) { showError("pick, drop or record a clip first"); $("file").focus(); return; }
+function clipForm() {
+  // the clip as the server takes it: the picked file, or a recording's raw float32 PCM and its rate
   const form = new FormData();
-  form.append("top_k", $("top-k").value || "5");
   if (clip.pcm) {
     form.append("pcm_rate", String(clip.rate));
     form.append("files", new Blob([clip.pcm.buffer], { type: "application/octet-stream" }), clip.name);
   } else {
     form.append("files", clip.file, clip.name);
   }
+  return form;
+}
+
+async function search(event) {
+  if (event) event.preventDefault();
+  showError("");
+  if (!clip) { showError("pick, drop or record a clip first"); $("file").focus(); return; }
+  const form = clipForm();
+  form.append("top_k", $("top-k").value || "5");
   $("verdict").textContent = "searching…";
   $("results").replaceChildren();
   try {
@@ -179,31 +190,11 @@ function showResults(r) {
 
 async function showMatchExplain(button, h, name) {
   // Grad-CAM over the matched track's mel, for the segments the search aligned with the clip
-  showError("");
-  const form = new FormData();
+  const form = clipForm();
   form.append("format", "png");
-  if (clip.pcm) {
-    form.append("pcm_rate", String(clip.rate));
-    form.append("files", new Blob([clip.pcm.buffer], { type: "application/octet-stream" }), clip.name);
-  } else {
-    form.append("files", clip.file, clip.name);
-  }
-  button.disabled = true;
-  try {
-    const r = await fetch(`/tracks/${h.track_id}/explain-match`, { method: "POST", body: form });
-    if (!r.ok) {
-      let message = `${r.status} ${r.statusText}`;
-      try { message = (await r.json()).error || message; } catch (e) { /* not JSON */ }
-      throw new Error(message);
-    }
-    const img = el("img", { src: URL.createObjectURL(await r.blob()),
-                            alt: `Grad-CAM: where in ${name}'s mel spectrogram the clip matched` });
-    button.replaceWith(el("figure", { class: "explain" }, img,
-      el("figcaption", { text: `why the clip matches ${name} (Grad-CAM over the mel spectrogram)` })));
-  } catch (e) {
-    button.disabled = false;
-    showError(e.message);
-  }
+  await showFigure(button, `/tracks/${h.track_id}/explain-match`, { method: "POST", body: form },
+                   `Grad-CAM: where in ${name}'s mel spectrogram the clip matched`,
+                   `why the clip matches ${name} (Grad-CAM over the mel spectrogram)`);
 }
 
 // ------------------------------------------------------------- recording
