@@ -351,7 +351,7 @@ def index(paths, library, db_url, prune, code_model, workers, tagger, segment_ho
 @quiet_option
 @reports_errors
 def search(clips, library, db_url, top_k, threshold, chroma_threshold, as_json, device, quiet):
-    """Find the tracks that CLIPS (files or folders of clips, 3 s or longer) come from, and where."""
+    """Find the tracks that CLIPS (files or folders of clips, 2 s or longer) come from, and where."""
     from musichash.indexer.pipeline import AUDIO_EXTENSIONS, scan
     from musichash.search.results import search_json
 
@@ -732,6 +732,15 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @click.option("--bits", type=click.Choice(["16", "32", "48", "64", "128"]), default="64", show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--views", type=click.IntRange(1), default=2, show_default=True, help="Augmented views per window in the cache.")
+@click.option("--view-kind", type=click.Choice(["random", "identification"]), default="random", show_default=True,
+              help="How the cache's views are degraded: random (noise, codecs, EQ, gain, small tempo and pitch changes) "
+                   "or identification (the conditions query clips meet: noise down to 0 dB, other music underneath, "
+                   "overdrive, phone recordings, pitch +-2 semitones, speed +-3 %%, gain +-12 dB; one view in eight clean).")
+@click.option("--jitter", type=click.IntRange(0, 64), default=8, show_default=True,
+              help="Up to this many mel frames (16 ms each) between a view's window and its clean window, as a query's "
+                   "window sits off the library's (half the library's segment hop covers every offset).")
+@click.option("--short-views", type=click.IntRange(0), default=0, show_default=True,
+              help="How many of the --views are 2 s clips tiled to a window, as a 2 s query is encoded.")
 @click.option("--max-minutes", type=click.FloatRange(0.1), default=3.0, show_default=True, help="Minutes used of each file.")
 @click.option("--select", type=click.Choice(["learned", "similarity"]), default="learned", show_default=True,
               help="How CRNNH keeps 16 maps per layer: learned channel mixtures, or the channels most like the layer's mean.")
@@ -754,7 +763,7 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @json_option
 @quiet_option
 @reports_errors
-def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s, lambda_p, batches, classes, cache, seed,
+def train(data, layout, out, bits, epochs, views, view_kind, jitter, short_views, max_minutes, select, lambda_s, lambda_p, batches, classes, cache, seed,
           resume, as_json, quiet):
     """Train a CRNNH code model on DATA; backbone features are cached so epochs need no audio."""
     _need_train_extra()
@@ -763,6 +772,8 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s,
     from musichash.train.loop import TrainConfig
     from musichash.train.run import run_training
 
+    if short_views > views:
+        raise click.UsageError(f"--short-views {short_views} is more than --views {views}; the short views are some of the views")
     dataset = load_dataset(data, layout)
     if batches == "label-runs" and dataset.targets is None:
         raise click.UsageError("--batches label-runs groups files by their labels; unlabelled data has none "
@@ -781,7 +792,8 @@ def train(data, layout, out, bits, epochs, views, max_minutes, select, lambda_s,
                 say(msg)
             bar.update(1)
 
-        report = run_training(dataset, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed),
+        report = run_training(dataset, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed,
+                                                          view_kind=view_kind, jitter=jitter, short_views=short_views),
                               TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select, lambda_p=lambda_p,
                                           per_file=0 if batches == "random" else TrainConfig.per_file,
                                           batch_by="labels" if batches == "label-runs" else "any", classes=classes,

@@ -296,3 +296,26 @@ def test_phone_recording_is_narrowband_and_keeps_length(x):
     f = np.fft.rfftfreq(len(y), 1 / SR)
     p = np.abs(np.fft.rfft(y.astype(np.float64))) ** 2
     assert p[f > 4200].sum() < 1e-3 * p.sum()  # nothing above the 8 kHz codec's band
+
+
+def test_identification_views_cover_the_query_conditions():
+    other = np.ones(SR, dtype=np.float32)
+    views = [A.identification_view(np.random.default_rng(s), other) for s in range(300)]
+    names = {d.name for v in views for d in v}
+    assert {"mp3", "aac", "noise", "gain", "overdrive", "phone_recording", "time_stretch", "pitch_shift", "speed"} <= names
+    kinds = {d.params["kind"] for v in views for d in v if d.name == "noise"}
+    assert kinds == {"white", "pink", "babble", "music"}
+    assert all(d.background is other for v in views for d in v if d.name == "noise" and d.params["kind"] == "music")
+    assert 0.08 < sum(v == [] for v in views) / len(views) < 0.18  # one in eight left clean
+    pitches = [d.params["semitones"] for v in views for d in v if d.name == "pitch_shift"]
+    assert min(pitches) < -1.0 and max(pitches) > 1.0  # +-2 semitones, beyond random_view's +-1
+    # without other music, the music condition falls back to babble
+    assert not any(d.params.get("kind") == "music" for s in range(300)
+                   for d in A.identification_view(np.random.default_rng(s)))
+    assert A.identification_view(np.random.default_rng(5), other) == A.identification_view(np.random.default_rng(5), other)
+
+
+def test_time_scale_multiplies_tempo_and_speed():
+    assert A.time_scale([]) == 1.0
+    assert A.time_scale([A.time_stretch(1.05), A.mp3(64), A.speed(0.97)]) == pytest.approx(1.05 * 0.97)
+    assert A.time_scale([A.pitch_shift(2.0)]) == 1.0

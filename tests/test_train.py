@@ -241,6 +241,10 @@ def test_train_command_refuses_label_runs_without_labels(tmp_path):
     assert r.exit_code == 2
     assert "Error: --batches label-runs groups files by their labels; unlabelled data has none" in r.output
     assert not (tmp_path / "run").exists()
+    r = CliRunner().invoke(cli, ["train", str(music), "--out", str(tmp_path / "run"), "--views", "2", "--short-views", "3"])
+    assert r.exit_code == 2
+    assert "Error: --short-views 3 is more than --views 2; the short views are some of the views" in r.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_split_fit_sends_every_third_file_to_calibration(tmp_path, capsys):
@@ -259,3 +263,28 @@ def test_split_fit_sends_every_third_file_to_calibration(tmp_path, capsys):
     assert train_part.names == ("soundtrack=a", "soundtrack=b")
     with pytest.raises(SystemExit, match="no such manifest"):
         split_fit.main([str(tmp_path / "nowhere")])
+
+
+def test_identification_views_reach_the_cache(classes, tmp_path):
+    ds = load_dataset(classes, "unlabelled")
+    ident = CacheConfig(**{**TINY.__dict__, "view_kind": "identification", "jitter": 24})
+    assert ident.key() != TINY.key()
+    # caches made before view kinds keep their key (the shipped heads' JSON records it)
+    assert TINY.key() == __import__("hashlib").sha1(json.dumps(
+        {k: v for k, v in TINY.__dict__.items() if k not in ("view_kind", "short_views")}, sort_keys=True).encode()).hexdigest()[:12]
+    a = load_cache(build_cache(ds, tmp_path / "r.h5", TINY), ds)
+    b = load_cache(build_cache(ds, tmp_path / "i.h5", ident), ds)
+    assert np.array_equal(a.clean, b.clean)  # same windows, other views
+    assert not np.array_equal(a.views, b.views)
+    with pytest.raises(ValueError, match="view_kind must be one of random, identification"):
+        CacheConfig(view_kind="hard")
+
+
+def test_short_views_are_tiled_short_clips(classes, tmp_path):
+    ds = load_dataset(classes, "unlabelled")
+    cfg = CacheConfig(**{**TINY.__dict__, "view_kind": "identification", "jitter": 24, "short_views": 1})
+    f = load_cache(build_cache(ds, tmp_path / "s.h5", cfg), ds)
+    assert f.views.shape[1] == 2 and np.isfinite(f.views.astype(np.float32)).all()
+    assert not np.array_equal(f.views[:, 1], f.views[:, 0])
+    with pytest.raises(ValueError, match=r"short_views must be in 0..views \(2\), got 3"):
+        CacheConfig(views=2, short_views=3)

@@ -698,3 +698,66 @@ def random_view(
     if maybe(0.8):
         view.append(gain(round(float(rng.uniform(-12.0, 3.0)) * s, 2)))
     return view
+
+
+#: the kinds of training view :func:`view` draws
+VIEW_KINDS = ("random", "identification")
+
+
+def identification_view(rng: np.random.Generator, background: np.ndarray | None = None) -> list[Degradation]:
+    """Draw one view for identification training: the conditions query clips meet (issue 22's list).
+
+    One clip in eight is left clean (the window's offset from the library grid is then all that
+    changes it). Otherwise one main condition, drawn evenly from: MP3 at 32-64 kbit/s, AAC at 48,
+    white noise at 0-10 dB SNR, pink noise at 0-10 dB, babble at 0-10 dB, other music underneath at
+    0-10 dB (``background``, float [k] at 16 kHz; speech-like babble without one), gain of ±6-12 dB,
+    overdrive of 6-15 dB, a phone recording in a room, tempo ±2-6 %, pitch ±0.5-2 semitones and
+    speed ±1-3 %; half the time followed by a lighter second step (an MP3 or Opus re-encode, an EQ,
+    or a gain).
+    """
+    if rng.random() < 1 / 8:
+        return []
+
+    def snr() -> float:
+        return round(float(rng.uniform(0.0, 10.0)), 2)
+
+    def signed(lo: float, hi: float, digits: int) -> float:
+        return round(float(rng.uniform(lo, hi)) * (1 if rng.random() < 0.5 else -1), digits)
+
+    mains: list[Callable[[], Degradation]] = [
+        lambda: mp3(int(rng.choice([32, 48, 64]))),
+        lambda: aac(48),
+        lambda: noise(snr(), kind="white"),
+        lambda: noise(snr(), kind="pink"),
+        lambda: noise(snr(), kind="babble"),
+        lambda: noise(snr(), kind="music", background=background) if background is not None
+        else noise(snr(), kind="babble"),
+        lambda: gain(signed(6.0, 12.0, 2)),
+        lambda: overdrive(round(float(rng.uniform(6.0, 15.0)), 2)),
+        lambda: phone_recording(round(float(rng.uniform(0.2, 0.8)), 2)),
+        lambda: time_stretch(round(1.0 + signed(0.02, 0.06, 4), 4)),
+        lambda: pitch_shift(signed(0.5, 2.0, 3)),
+        lambda: speed(round(1.0 + signed(0.01, 0.03, 4), 4)),
+    ]
+    view = [mains[int(rng.integers(len(mains)))]()]
+    if rng.random() < 0.5:
+        extra = int(rng.integers(4))
+        if extra == 0:
+            view.append(mp3(int(rng.choice([32, 48, 64, 96]))))
+        elif extra == 1:
+            view.append(opus(int(rng.choice([16, 24, 32]))))
+        elif extra == 2:
+            view.append(eq(round(float(rng.uniform(-6, 6)), 2), round(float(rng.uniform(-6, 6)), 2)))
+        else:
+            view.append(gain(signed(0.0, 6.0, 2)))
+    return view
+
+
+def time_scale(view: Sequence[Degradation]) -> float:
+    """How much faster a view's music runs than its source: the product of its tempo and speed rates
+    (a window starting at frame s of the source starts near s / rate in the view)."""
+    rate = 1.0
+    for d in view:
+        if d.name in ("time_stretch", "speed"):
+            rate *= float(d.params["rate"])
+    return rate

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from musichash.features.audio import (
+    HOP,
     N_MELS,
     SAMPLE_RATE,
     AudioError,
@@ -38,7 +39,7 @@ from musichash.features.audio import (
     log_mel,
 )
 from musichash.models import build_backbone
-from musichash.models.backbones import WINDOW_FRAMES
+from musichash.models.backbones import WINDOW_FRAMES, repeat_pad
 from musichash.models.crnnh import LAYERS, grid_features, resize_maps
 from musichash.train import augment
 from musichash.train.data import Dataset
@@ -57,9 +58,26 @@ class CacheConfig:
     #: "piece": windows cut from the conv maps of the whole piece, as the engine cuts them from a
     #: track's (starts on the VGG's 16-frame grid); "patch": each window alone, zero-padded
     context: str = "piece"
+    #: how views are drawn (``augment.VIEW_KINDS``): "random" (``augment.random_view``, the shipped
+    #: heads' caches) or "identification" (``augment.identification_view``: issue 22's conditions,
+    #: other music underneath taken from the file cached before)
+    view_kind: str = "random"
+    #: the last ``short_views`` views of each window are short clips (``SHORT_CLIP_FRAMES``) from
+    #: where the view's window starts, tiled to a window as a short query clip is encoded
+    short_views: int = 0
+
+    def __post_init__(self):
+        if self.view_kind not in augment.VIEW_KINDS:
+            raise ValueError(f"view_kind must be one of {', '.join(augment.VIEW_KINDS)}, got {self.view_kind!r}")
+        if not 0 <= self.short_views <= self.views:
+            raise ValueError(f"short_views must be in 0..views ({self.views}), got {self.short_views}")
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        d = asdict(self)
+        for name, default in (("view_kind", "random"), ("short_views", 0)):
+            if d[name] == default:  # caches made before these settings keep their key
+                del d[name]
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,7 @@ def build_cache(
         h5.attrs["files_key"] = files_key(dataset)
         h5.attrs["names"] = json.dumps(list(dataset.names))
         files = h5.require_group("files")
+        background = None  # the music underneath identification views: the file decoded before
         for i, f in enumerate(dataset.files):
             if str(i) in files and files[str(i)].attrs.get("done", False):
                 continue
@@ -108,7 +127,8 @@ def build_cache(
                 if progress:
                     progress(f"skipped {f}: {e.reason}")
                 continue
-            clean, views, probs = _file_features(model, channels, wave, cfg, rng)
+            clean, views, probs = _file_features(model, channels, wave, cfg, rng, background)
+            background = wave
             if str(i) in files:
                 del files[str(i)]
             g = files.create_group(str(i))
@@ -177,7 +197,8 @@ def backbone_channels(model) -> int:
 
 
 @torch.inference_mode()
-def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng: np.random.Generator):
+def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng: np.random.Generator,
+                   background: np.ndarray | None = None):
     piece = int(cfg.piece_s * SAMPLE_RATE)
     clean, views, probs = [], [], []
     for lo in range(0, max(len(wave) - SAMPLE_RATE * 4, 1), piece):
@@ -192,12 +213,29 @@ def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng
         clean.append(p_clean)
         probs.append(torch.sigmoid(logits).numpy())
         per_view = []
-        for _ in range(cfg.views):
-            steps = augment.random_view(rng)
-            rate = next((d.params["rate"] for d in steps if d.name == "time_stretch"), 1.0)
-            vmel = log_mel(augment.chain(*steps).apply(x, rng))
+        for v in range(cfg.views):
+            if cfg.view_kind == "identification":
+                steps = augment.identification_view(rng, background)
+            else:
+                steps = augment.random_view(rng)
+            rate = augment.time_scale(steps)
+            y = augment.chain(*steps).apply(x, rng)
+            if cfg.view_kind == "identification":
+                # identification views: the view's windows lie at any offset from the clean ones, not only at
+                # multiples of the backbone's stride (where the windows are cut): a query clip starts
+                # anywhere, and its windows lie up to half the library's hop from the nearest segment
+                shift = int(rng.integers(model.align * HOP))
+                y = y[shift:]
+                within = max(cfg.jitter - model.align // 2, 0)
+                wanted = [s / rate - shift / HOP + rng.uniform(-within, within) for s in starts]
+            else:
+                wanted = [s / rate + rng.integers(-cfg.jitter, cfg.jitter + 1) for s in starts]
+            vmel = log_mel(y)
+            if v >= cfg.views - cfg.short_views:
+                per_view.append(_short_resized(model, channels, vmel, wanted, cfg))
+                continue
             last = vmel.shape[0] - WINDOW_FRAMES
-            vstarts = [int(np.clip(round(s / rate) + rng.integers(-cfg.jitter, cfg.jitter + 1), 0, max(last, 0))) for s in starts]
+            vstarts = [int(np.clip(round(w), 0, max(last, 0))) for w in wanted]
             per_view.append(_resized(model, channels, vmel, vstarts, cfg)[0])
         views.append(np.stack(per_view, axis=1))
     if not clean:
@@ -205,6 +243,22 @@ def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng
         return (np.zeros((0, n, c, hw), np.float16), np.zeros((0, cfg.views, n, c, hw), np.float16),
                 np.zeros((0, 50), np.float32))
     return np.concatenate(clean), np.concatenate(views), np.concatenate(probs)
+
+
+#: frames of a short view: a 2 s query clip's log-mel (``SAMPLE_RATE * 2 // HOP + 1``)
+SHORT_CLIP_FRAMES = SAMPLE_RATE * 2 // HOP + 1
+
+
+def _short_resized(model, channels: int, mel: np.ndarray, starts: list[float], cfg: CacheConfig) -> np.ndarray:
+    """Short views: ``SHORT_CLIP_FRAMES`` from each start, alone and tiled to a window (``repeat_pad``), as the
+    encoder reads a clip shorter than a window."""
+    keys = grid_features(cfg.grid)
+    m = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
+    last = max(m.shape[0] - SHORT_CLIP_FRAMES, 0)
+    clips = [repeat_pad(m[s : s + SHORT_CLIP_FRAMES]) for s in (int(np.clip(round(w), 0, last)) for w in starts)]
+    out = model.head(model.trunk(torch.stack(clips)), [0] * len(clips), frozenset(keys.values()))
+    seq = resize_maps({name: out.features[key] for name, key in keys.items()}, tuple(cfg.grid), channels)
+    return seq.numpy().astype(np.float16)
 
 
 def _resized(model, channels: int, mel: np.ndarray, starts: list[int], cfg: CacheConfig) -> tuple[np.ndarray, torch.Tensor]:
