@@ -147,14 +147,9 @@ def splits_of(manifest: Path) -> dict[str, str]:
     return {r["id"].replace("/", "__") + ".flac": split_of(r) for r in rows}
 
 
-def cut_corpus(manifest: Path, out: Path, minutes: float, held_out: int, seed: int,
-               held_from: Collection[str] | None = None) -> tuple[list[Path], list[Path]]:
-    """FLAC cuts of each track's first minutes, in out/library and out/held-out; returns both lists.
-
-    Held-out tracks alternate over the sources, or with ``held_from`` over those split units
-    (``split_of``: packages, ``midi/<composer>``), so out-of-library clips come only from them.
-    """
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+def held_out_rows(rows: list[dict], held_out: int, seed: int, held_from: Collection[str] | None = None) -> set[int]:
+    """The manifest rows ``cut_corpus`` holds out (indices): ``held_out`` of them, alternating over the
+    sources, or over the split units ``held_from``."""
     rng = np.random.default_rng(seed)
     by_source: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
@@ -168,6 +163,18 @@ def cut_corpus(manifest: Path, out: Path, minutes: float, held_out: int, seed: i
         if not pool:
             continue
         held.add(pool.pop(int(rng.integers(len(pool)))))
+    return held
+
+
+def cut_corpus(manifest: Path, out: Path, minutes: float, held_out: int, seed: int,
+               held_from: Collection[str] | None = None) -> tuple[list[Path], list[Path]]:
+    """FLAC cuts of each track's first minutes, in out/library and out/held-out; returns both lists.
+
+    Held-out tracks alternate over the sources, or with ``held_from`` over those split units
+    (``split_of``: packages, ``midi/<composer>``), so out-of-library clips come only from them.
+    """
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    held = held_out_rows(rows, held_out, seed, held_from)
     lib, out_files = [], []
     for i, r in enumerate(rows):
         dest = out / ("held-out" if i in held else "library") / (r["id"].replace("/", "__") + ".flac")

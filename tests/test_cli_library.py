@@ -79,12 +79,12 @@ def test_search_text_output(built):
 def test_search_bad_clips_exit_1_and_others_still_answered(built, tmp_path):
     music, lib, _ = built
     short = tmp_path / "short.wav"
-    sf.write(short, make_song(5, 2.0), SR)
+    sf.write(short, make_song(5, 1.5), SR)
     result = run("search", short, tmp_path / "gone.wav", music / "song0.wav", "--library", lib, "--json")
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         f"Error: {tmp_path / 'gone.wav'}: no such file or folder; check the path",
-        f"Error: {short}: clip is 2.0 s long; queries need at least 3 s",
+        f"Error: {short}: clip is 1.5 s long; queries need at least 2 s",
         "Error: 2 of 3 clips could not be searched",
     ]
     rows = [json.loads(line) for line in result.stdout.splitlines()]

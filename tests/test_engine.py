@@ -170,10 +170,10 @@ def test_top_k_does_not_narrow_the_harmony_reranking(music, lib_dir, monkeypatch
 
 def test_search_reports_unusable_clips(music, lib_dir, tmp_path):
     index(lib_dir, music)
-    short = make_song(1, seconds=2.0)
+    short = make_song(1, seconds=1.5)
     with Library.open(lib_dir) as lib:
         res = list(lib.search([Clip("short", short), tmp_path / "missing.wav"]))
-    assert res[0].error == "clip is 2.0 s long; queries need at least 3 s"
+    assert res[0].error == "clip is 1.5 s long; queries need at least 2 s"
     assert not res[0].match and res[0].results == ()
     assert "not found" in res[1].error or "no such" in res[1].error
 

@@ -288,3 +288,20 @@ def test_short_views_are_tiled_short_clips(classes, tmp_path):
     assert not np.array_equal(f.views[:, 1], f.views[:, 0])
     with pytest.raises(ValueError, match=r"short_views must be in 0..views \(2\), got 3"):
         CacheConfig(views=2, short_views=3)
+
+
+def test_identification_views_lie_off_the_backbone_grid(classes, tmp_path, monkeypatch):
+    """A clean identification view still differs from its window: its audio is shifted by part of the
+    backbone's stride (a query's windows lie anywhere), which whole-frame jitter, rounded to the
+    stride where windows are cut, never did."""
+    from musichash.train import augment
+
+    monkeypatch.setattr(augment, "identification_view", lambda rng, background=None: [])
+    monkeypatch.setattr(augment, "random_view", lambda rng, *a, **k: [])
+    ds = load_dataset(classes, "unlabelled")
+    plain = CacheConfig(**{**TINY.__dict__, "jitter": 0, "views": 1})
+    f = load_cache(build_cache(ds, tmp_path / "p.h5", plain), ds)
+    assert np.array_equal(f.views[:, 0], f.clean)  # no degradation, no offset: the same windows
+    ident = CacheConfig(**{**plain.__dict__, "view_kind": "identification"})
+    g = load_cache(build_cache(ds, tmp_path / "i.h5", ident), ds)
+    assert np.array_equal(g.clean, f.clean) and not np.array_equal(g.views[:, 0], g.clean)

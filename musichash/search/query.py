@@ -43,8 +43,9 @@ DEFAULT_SHARE_SLACK = 2
 #: distance and keeps the k nearest by ``asymmetric_distance``. On the fit corpus's calibration
 #: clips 4 gave the same top-1 as ranking every segment (benchmarks/HISTORY.md)
 RERANK_FACTOR = 4
-#: shortest query clip, seconds (one 3 s window)
-MIN_CLIP_S = 3.0
+#: shortest query clip, seconds: a clip shorter than a window (3 s) is tiled to one, as musicnn was
+#: trained (``backbones.repeat_pad``); the segment head learnt such 2 s views (``--short-views``)
+MIN_CLIP_S = 2.0
 #: a longer query file is searched by its first this many seconds (a whole album as a "clip" took
 #: minutes and gigabytes), and the result says so
 MAX_CLIP_S = 60.0

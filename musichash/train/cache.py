@@ -7,8 +7,13 @@ noise 0-20 dB, low-bitrate re-encoding, gain, EQ or telephone band, tempo
 ±5 %, pitch ±1 semitone), and every clean window is paired with the window
 of each view that holds the same music (start scaled by the tempo change,
 plus up to ``jitter`` frames of offset, as a query window sits off the
-library grid). Windows go through the frozen backbone (cut from the conv
-maps of the whole piece, as the engine does) and every channel of every
+library grid; the offset is rounded to the backbone's stride where windows
+are cut, so only identification views, whose audio is also shifted by part of
+the stride, lie off the grid). Identification views (``view_kind``) draw
+issue 22's query conditions instead (``augment.identification_view``), and
+the last ``short_views`` of them are 2 s clips tiled to a window. Windows go
+through the frozen backbone (cut from the conv maps of the whole piece, as
+the engine does; short views each alone) and every channel of every
 layer is stored resized to the CRNNH grid (``float16 [n, layers, C, H*W]``),
 so epochs never touch audio or the CNN, and the channel selection is made
 at training time.

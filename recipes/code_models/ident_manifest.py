@@ -1,11 +1,9 @@
 """The training manifest of the identification segment head (issue 22): the package-split corpus's
-calibration units, less the tracks its evaluation holds out for out-of-library clips, plus
-neverball-data's music (in neither split).
+calibration units, less the tracks ``benchmarks.eval_ident`` holds out for out-of-library clips (the
+same choice, from the same seed), plus neverball-data's music (in neither split).
 
-    python -m recipes.code_models.ident_manifest --corpus /tmp/corpus22 \
-        --held-out /tmp/ident/calibration.json --out /tmp/corpus22/train_ident.jsonl
+    python -m recipes.code_models.ident_manifest --corpus /tmp/corpus22 --out /tmp/corpus22/train_ident.jsonl
 
-``--held-out``: the JSON ``benchmarks.eval_ident --split calibration`` wrote (``library.held_out``).
 Units of ``benchmarks.eval_ident.EVALUATION`` are never written: no evaluation music is trained on.
 """
 
@@ -18,7 +16,7 @@ from pathlib import Path
 import soundfile as sf
 
 from benchmarks.eval_ident import EVALUATION
-from benchmarks.queries import split_of
+from benchmarks.queries import held_out_rows, split_of
 
 NEVERBALL = Path("/usr/share/games/neverball/bgm")
 
@@ -26,14 +24,15 @@ NEVERBALL = Path("/usr/share/games/neverball/bgm")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, required=True, help="folder of benchmarks.corpus's manifest.jsonl")
-    ap.add_argument("--held-out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0, help="eval_ident's --seed (which tracks it holds out)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    held = {Path(n).stem for n in json.loads(a.held_out.read_text())["library"]["held_out"]}
+    corpus = [json.loads(line) for line in (a.corpus / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    units = sorted({split_of(r) for r in corpus})
+    held = held_out_rows(corpus, len(units), a.seed, held_from=units)  # as eval_ident: one per split unit
     rows = []
-    for line in (a.corpus / "manifest.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if split_of(r) in EVALUATION or r["id"].replace("/", "__") in held:
+    for i, r in enumerate(corpus):
+        if split_of(r) in EVALUATION or i in held:
             continue
         r["path"] = str((a.corpus / r["path"]).resolve())
         rows.append(r)
