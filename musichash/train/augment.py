@@ -700,7 +700,7 @@ def random_view(
     return view
 
 
-#: the kinds of training view :func:`view` draws
+#: the kinds of training view a feature cache draws: :func:`random_view`, :func:`identification_view`
 VIEW_KINDS = ("random", "identification")
 
 
