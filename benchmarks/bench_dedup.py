@@ -61,8 +61,9 @@ def hard_negatives(originals: list[Path], corpus_files: list[Path], out: Path, s
             j = out / f"{f.stem}.jingle.wav"
             sf.write(str(j), y[start : start + int(JINGLE_S * SAMPLE_RATE)], SAMPLE_RATE)
             made.append(j)
-        if bodies:
-            other = bodies[i % len(bodies)]
+        if i < len(bodies):  # each body once: two files that share a 150 s body are one recording by
+            # dedup's own rule (the alignment covers 88 % of both), which a set of 31 originals showed
+            other = bodies[i]
             body = load_audio(other, offset_s=INTRO_S, duration_s=150.0)
             intro = out / f"{f.stem}.intro-of.{other.stem}.flac"
             _write(intro, np.concatenate([y[: int(INTRO_S * SAMPLE_RATE)], body]))
