@@ -312,8 +312,9 @@ class Library:
         with LibraryStore.open(folder, db_url, write=True, code_model=self.store.code_model, bits=self.store.bits,
                                code_digest=self.store.code_digest, shards=shards,
                                segment_hop=self.store.segment_hop) as dst:
-            if self.tagger is not None:  # the tags copied are its: the copy keeps its name (and digest)
-                tag_source.choose(dst._engine, folder, self.tagger)
+            tagger = self.tagger
+            if tagger is not None:  # the tags copied are its: the copy keeps its name (and digest)
+                tag_source.choose(dst._engine, folder, tagger)
             return copy_tracks(self.store, dst, advance)
 
     def reindex(self, index_type: str | None = None, **params) -> SearchIndex:

@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from musichash.indexer import identity, records
+from musichash.indexer import shards as sharding
 from musichash.indexer.records import (
     LEGACY_SEGMENT_HOP,
     MIN_SCHEMA_VERSION,
@@ -108,7 +109,7 @@ def create_schema(
         "generation": "0",
         "library_id": identity.new_id(),
         "library_folder": identity.folder_path(folder),
-        **({"shards": str(shards)} if shards > 1 else {}),  # absent: one shard, codes.h5 (``indexer.shards``)
+        **({sharding.META_KEY: str(shards)} if shards > 1 else {}),  # absent: one shard, codes.h5
     }
     with Session(engine) as s, s.begin():
         s.add_all(_Meta(key=k, value=v) for k, v in meta.items())

@@ -472,8 +472,7 @@ class LibraryStore:
         def write_here() -> None:
             for track_id, (_, *codes) in zip(ids, checked):
                 self._write_codes(track_id, *codes)
-            for h5 in {id(self._h5_of(t)): self._h5_of(t) for t in ids}.values():
-                h5.flush()
+            self._flush(ids)
 
         if write is not None:
             by_shard: dict[int, list[tuple]] = {}
@@ -807,6 +806,11 @@ class LibraryStore:
     def _h5_of(self, track_id: int) -> h5py.File:
         return self._files[sharding.shard_of(track_id, self.shards)]
 
+    def _flush(self, track_ids: Iterable[int]) -> None:
+        """Flush the codes files that hold ``track_ids`` (the others were not written)."""
+        for j in sorted({sharding.shard_of(t, self.shards) for t in track_ids}):
+            self._files[j].flush()
+
     def _read(self, track_id: int) -> TrackCodes:
         """A track's verified codes; CodesMissing, or DamagedCodesError: of this track (noted in
         ``damaged``), or of the whole file (``track_id`` None: its track index cannot be read)."""
@@ -863,8 +867,7 @@ class LibraryStore:
                 groups = self._h5_of(tid)["tracks"]
                 if str(tid) in groups:
                     del groups[str(tid)]
-            for h5 in self._files:
-                h5.flush()
+            self._flush(track_ids)
 
         self._h5_write(delete)
 

@@ -33,7 +33,7 @@ import numpy as np
 from musichash.indexer import records
 from musichash.indexer.store import LibraryStore
 from musichash.search.faiss_index import BinaryIndex, IndexConfig, SearchError
-from musichash.search.shards import MIN_IVF_SHARD, ShardedIndex, build_segments, shard_count
+from musichash.search.shards import ShardedIndex, build_segments, combined_kind, shard_config, shard_count
 
 INDEX_DIR = "index"
 _SEGMENTS, _TABLE, _TRACKS, _CONFIG = "segments.faiss", "segments.npz", "tracks.faiss", "config.json"
@@ -238,9 +238,9 @@ def _read(d: Path, stamp: str, device: str, n_shards: int = 1) -> SearchIndex:
 
 
 def _built_kind(config: IndexConfig, segments: BinaryIndex | ShardedIndex) -> str:
-    """The kind ``config`` builds as: a sharded index is IVF only where a shard has enough codes."""
-    if isinstance(segments, ShardedIndex) and config.kind == "ivf":
-        return "ivf" if any(s.ntotal >= MIN_IVF_SHARD for s in segments.shards) else "flat"
+    """The kind ``config`` builds ``segments`` as: a shard too small for IVF is flat (``shard_config``)."""
+    if isinstance(segments, ShardedIndex):
+        return combined_kind([shard_config(config, s.ntotal).kind for s in segments.shards])
     return config.kind
 
 

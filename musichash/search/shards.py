@@ -31,6 +31,16 @@ from musichash.search.faiss_index import MISSING_DISTANCE, BinaryIndex, IndexCon
 MIN_IVF_SHARD = 10_000
 
 
+def shard_config(config: IndexConfig, n_codes: int) -> IndexConfig:
+    """What a shard of ``n_codes`` codes is built as under ``config``: flat when too few to train IVF."""
+    return config if config.kind == "flat" or n_codes >= MIN_IVF_SHARD else IndexConfig("flat", bits=config.bits)
+
+
+def combined_kind(kinds: Sequence[str]) -> str:
+    """The kind a sharded index reports for its shards' kinds: IVF if any shard is, else the first's."""
+    return "ivf" if "ivf" in kinds else kinds[0]
+
+
 def merge_knn(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest of several shards' answers for the same queries.
 
@@ -63,12 +73,8 @@ class ShardedIndex:
         device: str = "auto",
     ) -> ShardedIndex:
         """One index a shard: shard j holds ``codes[shard_rows[j]]`` under ``ids[shard_rows[j]]``."""
-        flat = IndexConfig("flat", bits=config.bits)
-        return cls([
-            BinaryIndex.build(codes[rows], ids[rows], config if len(rows) >= MIN_IVF_SHARD or config.kind == "flat"
-                              else flat, device)
-            for rows in shard_rows
-        ])
+        return cls([BinaryIndex.build(codes[rows], ids[rows], shard_config(config, len(rows)), device)
+                    for rows in shard_rows])
 
     @property
     def ntotal(self) -> int:
@@ -84,8 +90,7 @@ class ShardedIndex:
     @property
     def kind(self) -> str:
         """The kind the shards were built as (a shard too small for IVF is flat)."""
-        kinds = {s.kind for s in self.shards}
-        return "ivf" if "ivf" in kinds else self.shards[0].kind
+        return combined_kind([s.kind for s in self.shards])
 
     @property
     def config(self) -> IndexConfig:
