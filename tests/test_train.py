@@ -265,7 +265,13 @@ def test_split_fit_sends_every_third_file_to_calibration(tmp_path, capsys):
         split_fit.main([str(tmp_path / "nowhere")])
 
 
-def test_identification_views_reach_the_cache(classes, tmp_path):
+def test_identification_views_reach_the_cache(classes, tmp_path, monkeypatch):
+    from musichash.train import augment
+
+    drawn = []  # (file's call, whether other music came with it)
+    real = augment.identification_view
+    monkeypatch.setattr(augment, "identification_view",
+                        lambda rng, background=None: drawn.append(background is not None) or real(rng, background))
     ds = load_dataset(classes, "unlabelled")
     ident = CacheConfig(**{**TINY.__dict__, "view_kind": "identification", "jitter": 24})
     assert ident.key() != TINY.key()
@@ -273,9 +279,14 @@ def test_identification_views_reach_the_cache(classes, tmp_path):
     assert TINY.key() == __import__("hashlib").sha1(json.dumps(
         {k: v for k, v in TINY.__dict__.items() if k not in ("view_kind", "short_views")}, sort_keys=True).encode()).hexdigest()[:12]
     a = load_cache(build_cache(ds, tmp_path / "r.h5", TINY), ds)
+    assert drawn == []  # random views: identification_view is not asked
     b = load_cache(build_cache(ds, tmp_path / "i.h5", ident), ds)
     assert np.array_equal(a.clean, b.clean)  # same windows, other views
     assert not np.array_equal(a.views, b.views)
+    # the identification cache's views are identification_view's, every piece's, and from the second
+    # file on with the file before as the music underneath
+    assert len(drawn) >= len(ds.files) * ident.views
+    assert drawn[0] is False and drawn[-1] is True and drawn == sorted(drawn)
     with pytest.raises(ValueError, match="view_kind must be one of random, identification"):
         CacheConfig(view_kind="hard")
 
@@ -286,6 +297,9 @@ def test_short_views_are_tiled_short_clips(classes, tmp_path):
     f = load_cache(build_cache(ds, tmp_path / "s.h5", cfg), ds)
     assert f.views.shape[1] == 2 and np.isfinite(f.views.astype(np.float32)).all()
     assert not np.array_equal(f.views[:, 1], f.views[:, 0])
+    # the same draws without short views: the first view is the same, the last one is not (it is a 2 s clip)
+    full = load_cache(build_cache(ds, tmp_path / "f.h5", CacheConfig(**{**cfg.__dict__, "short_views": 0})), ds)
+    assert np.array_equal(full.views[:, 0], f.views[:, 0]) and not np.array_equal(full.views[:, 1], f.views[:, 1])
     with pytest.raises(ValueError, match=r"short_views must be in 0..views \(2\), got 3"):
         CacheConfig(views=2, short_views=3)
 
