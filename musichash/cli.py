@@ -741,6 +741,11 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
                    "window sits off the library's (half the library's segment hop covers every offset).")
 @click.option("--short-views", type=click.IntRange(0), default=0, show_default=True,
               help="How many of the --views are 2 s clips tiled to a window, as a 2 s query is encoded.")
+@click.option("--tune-backbone", is_flag=True,
+              help="Also fine-tune a copy of the VGG's blocks 4 and 5 for the codes (segment heads). Tags keep the exact "
+                   "musicnn weights and blocks 1-3 are shared; the cache keeps each window's pool3 (about three times larger).")
+@click.option("--init", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Start the head from this CRNNH checkpoint (e.g. a shipped musichash/models/weights/crnnh64_segments.safetensors).")
 @click.option("--max-minutes", type=click.FloatRange(0.1), default=3.0, show_default=True, help="Minutes used of each file.")
 @click.option("--select", type=click.Choice(["learned", "similarity"]), default="learned", show_default=True,
               help="How CRNNH keeps 16 maps per layer: learned channel mixtures, or the channels most like the layer's mean.")
@@ -763,8 +768,8 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @json_option
 @quiet_option
 @reports_errors
-def train(data, layout, out, bits, epochs, views, view_kind, jitter, short_views, max_minutes, select, lambda_s, lambda_p, batches, classes, cache, seed,
-          resume, as_json, quiet):
+def train(data, layout, out, bits, epochs, views, view_kind, jitter, short_views, tune_backbone, init, max_minutes, select, lambda_s,
+          lambda_p, batches, classes, cache, seed, resume, as_json, quiet):
     """Train a CRNNH code model on DATA; backbone features are cached so epochs need no audio."""
     _need_train_extra()
     from musichash.train.cache import CacheConfig
@@ -774,6 +779,13 @@ def train(data, layout, out, bits, epochs, views, view_kind, jitter, short_views
 
     if short_views > views:
         raise click.UsageError(f"--short-views {short_views} is more than --views {views}; the short views are some of the views")
+    if init is not None:
+        from musichash.models.crnnh import load_checkpoint
+
+        try:
+            load_checkpoint(init)
+        except Exception:
+            raise click.UsageError(f"--init {init}: not a CRNNH checkpoint; give a .safetensors written by `musichash train`") from None
     dataset = load_dataset(data, layout)
     if batches == "label-runs" and dataset.targets is None:
         raise click.UsageError("--batches label-runs groups files by their labels; unlabelled data has none "
@@ -793,12 +805,13 @@ def train(data, layout, out, bits, epochs, views, view_kind, jitter, short_views
             bar.update(1)
 
         report = run_training(dataset, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed,
-                                                          view_kind=view_kind, jitter=jitter, short_views=short_views),
+                                                          view_kind=view_kind, jitter=jitter, short_views=short_views,
+                                                          tune_backbone=tune_backbone),
                               TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select, lambda_p=lambda_p,
                                           per_file=0 if batches == "random" else TrainConfig.per_file,
                                           batch_by="labels" if batches == "label-runs" else "any", classes=classes,
                                           **({} if lambda_s is None else {"lambda_s": lambda_s})),
-                              cache=cache, resume=resume, file_done=file_done, epoch_done=epoch_done)
+                              cache=cache, resume=resume, file_done=file_done, epoch_done=epoch_done, init=init)
     if as_json:
         emit({"checkpoint": str(report.checkpoint), "cache": str(report.cache), "windows": report.windows,
               "files": report.files, "metrics": report.metrics})

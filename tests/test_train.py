@@ -277,7 +277,7 @@ def test_identification_views_reach_the_cache(classes, tmp_path, monkeypatch):
     assert ident.key() != TINY.key()
     # caches made before view kinds keep their key (the shipped heads' JSON records it)
     assert TINY.key() == __import__("hashlib").sha1(json.dumps(
-        {k: v for k, v in TINY.__dict__.items() if k not in ("view_kind", "short_views")}, sort_keys=True).encode()).hexdigest()[:12]
+        {k: v for k, v in TINY.__dict__.items() if k not in ("view_kind", "short_views", "tune_backbone")}, sort_keys=True).encode()).hexdigest()[:12]
     a = load_cache(build_cache(ds, tmp_path / "r.h5", TINY), ds)
     assert drawn == []  # random views: identification_view is not asked
     b = load_cache(build_cache(ds, tmp_path / "i.h5", ident), ds)

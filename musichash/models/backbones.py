@@ -248,6 +248,7 @@ class VGG(_Backbone):
     def __init__(self, n_filters: int = 128, n_tags: int = 50):
         super().__init__()
         self.n_filters, self.n_tags = n_filters, n_tags
+        self.branch: VGGBranch | None = None
         self.bn_in = _bn(1)
         self.convs = nn.ModuleList(
             nn.Conv2d(1 if i == 0 else n_filters, n_filters, 3, padding=1) for i in range(5)
@@ -255,8 +256,9 @@ class VGG(_Backbone):
         self.bns = nn.ModuleList(_bn(n_filters) for _ in range(5))
         self.dense = nn.Linear(n_filters * 2, n_tags)
 
-    def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """``maxpool(bn(relu(conv(x))))``, computed as ``bn(relu(sign * pool(conv'(x))))``.
+    def _block(self, i: int, x: torch.Tensor, conv: nn.Conv2d | None = None, bn: nn.BatchNorm2d | None = None) -> torch.Tensor:
+        """``maxpool(bn(relu(conv(x))))``, computed as ``bn(relu(sign * pool(conv'(x))))``; block ``i``'s pooling
+        with its own conv and BN, or with ``conv`` and ``bn`` (a segment branch's copies, :class:`VGGBranch`).
 
         ReLU and BN are monotone per channel, so they commute with the max over
         a pooling window: exactly, with max-pooling where BN's scale is
@@ -272,7 +274,8 @@ class VGG(_Backbone):
         features read.
         """
         kernel, stride = self.POOLS[i]
-        conv, bn = self.convs[i], self.bns[i]
+        conv = self.convs[i] if conv is None else conv
+        bn = self.bns[i] if bn is None else bn
         sign = torch.where(bn.weight < 0, -1.0, 1.0)
         weight, bias = conv.weight * sign[:, None, None, None], conv.bias * sign
         conv_stride = (1, 1)
@@ -295,7 +298,22 @@ class VGG(_Backbone):
         for i in range(4):  # pool5 is taken per window, in ``head``
             h = self._block(i, h)
             maps[f"pool{i + 1}"] = h
+        if self.branch is not None:
+            b = self.branch
+            maps["seg_pool4"] = self._block(3, maps[f"pool{BRANCH_FROM}"], b.convs[0], b.bns[0])
         return maps
+
+    def attach_branch(self, branch: VGGBranch | None) -> None:
+        """Run ``branch`` (fine-tuned copies of blocks 4 and 5 for segment codes) beside blocks 4 and 5.
+
+        It reads the shared ``pool3``; its maps are ``seg_pool4`` and ``seg_pool5`` (also resized:
+        ``"seg_pool4@8x4"``). The tagger's own blocks and logits are untouched.
+        """
+        if branch is not None and branch.convs[0].in_channels != self.n_filters:
+            raise ValueError(f"the branch has {branch.convs[0].in_channels} channels, the VGG {self.n_filters}")
+        if branch is not None:
+            branch = branch.to(next(self.parameters()).device).to(memory_format=torch.channels_last).eval()
+        self.branch = branch
 
     def head(self, maps: dict[str, torch.Tensor], starts: list[int], want: frozenset[str] | None = None) -> BackboneOutput:
         """Besides the maps by name, ``want`` may ask for ``"poolN@HxW"``: the window's map resized
@@ -303,10 +321,13 @@ class VGG(_Backbone):
         but read straight from the track's maps: the per-window crops of ``pool1`` alone are 2.3 MB
         each, and cutting and resizing them cost more than the convolutions (see ``_resized``)."""
         grids = {}
+        names = ("pool1", "pool2", "pool3", "pool4", "pool5") + (BRANCH_MAPS if self.branch is not None else ())
         for key in want or ():
             name, at, grid = key.partition("@")
+            if name in BRANCH_MAPS and self.branch is None:
+                raise ValueError(f"feature {key!r}: this VGG has no segment branch (attach_branch)")
             if at:
-                if name not in ("pool1", "pool2", "pool3", "pool4", "pool5"):
+                if name not in names:
                     raise ValueError(f"feature {key!r}: only pool1 ... pool5 come resized, for example pool1@8x4")
                 grids[key] = (name, _parse_grid(key, grid))
         plain = None if want is None else {key for key in want if key not in grids}
@@ -322,15 +343,59 @@ class VGG(_Backbone):
             )
         pool5 = self._block(4, cut["pool4"])
         cut["pool5"] = pool5
+        if self.branch is not None and (want is None or any(k.split("@")[0] in BRANCH_MAPS for k in want)):
+            m = maps["seg_pool4"]
+            cut["seg_pool4"] = torch.stack(
+                [m[b if m.shape[0] > 1 else 0, :, s // 16 : s // 16 + self.LENGTHS[3]] for b, s in enumerate(starts)]
+            )
+            cut["seg_pool5"] = self._block(4, cut["seg_pool4"], self.branch.convs[1], self.branch.bns[1])
         for key, (name, grid) in grids.items():
-            if name == "pool5":
-                cut[key] = F.interpolate(pool5, size=grid, mode="bilinear", align_corners=False)
+            if name.endswith("pool5"):
+                cut[key] = F.interpolate(cut[name], size=grid, mode="bilinear", align_corners=False)
             else:
-                i = int(name[4:]) - 1
+                i = int(name[-1]) - 1
                 cut[key] = _resized(maps[name], starts, self.STRIDES[i], self.LENGTHS[i], grid)
         # TF flattens NHWC: (time, band, channel)
         logits = self.dense(pool5.permute(0, 2, 3, 1).flatten(1))
         return BackboneOutput(logits, cut)
+
+
+#: the VGG blocks a segment branch shares with the tagger (it reads their last map, ``pool3``)
+BRANCH_FROM = 3
+#: the maps a segment branch adds
+BRANCH_MAPS = ("seg_pool4", "seg_pool5")
+#: pool3 frames a cached branch input holds per window: its 23, and 2 before and after, so that the
+#: branch's pool4 of the window is what the track's conv maps give (the first conv reads one frame beyond)
+BRANCH_CONTEXT = 2
+
+
+class VGGBranch(nn.Module):
+    """Copies of the VGG's blocks 4 and 5 (conv + BN), fine-tuned for segment codes (``musichash train
+    --tune-backbone``). The tagger keeps the exact musicnn weights; blocks 1-3 are shared, so the branch
+    costs the track's pool4 convolutions once more and each window's pool5.
+    """
+
+    def __init__(self, n_filters: int = 128):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(n_filters, n_filters, 3, padding=1) for _ in range(2))
+        self.bns = nn.ModuleList(_bn(n_filters) for _ in range(2))
+
+    @classmethod
+    def from_vgg(cls, vgg: VGG) -> VGGBranch:
+        """A branch that starts as the VGG's own blocks 4 and 5 (the same maps until it is trained)."""
+        branch = cls(vgg.n_filters)
+        for i in range(2):
+            branch.convs[i].load_state_dict(vgg.convs[BRANCH_FROM + i].state_dict())
+            branch.bns[i].load_state_dict(vgg.bns[BRANCH_FROM + i].state_dict())
+        return branch.to(next(vgg.parameters()).device)
+
+    def forward(self, context: torch.Tensor, vgg: VGG) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows' ``pool3`` with ``BRANCH_CONTEXT`` frames each side, float [B, C, 23 + 4, F]
+        -> ``seg_pool4`` [B, C, 11, F/2] and ``seg_pool5`` [B, C, 2, 1], as the engine cuts them from a track's maps."""
+        p4 = vgg._block(3, context, self.convs[0], self.bns[0])
+        lo = BRANCH_CONTEXT // 2
+        p4 = p4[:, :, lo : lo + vgg.LENGTHS[3]]
+        return p4, vgg._block(4, p4, self.convs[1], self.bns[1])
 
 
 class Musicnn(_Backbone):

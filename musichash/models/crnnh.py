@@ -49,7 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from musichash.models.backbones import VGGBranch
+
 LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5")
+#: the pyramid of a head with a fine-tuned segment branch (``CRNNH(branch=...)``): the tagger's pool1-3,
+#: then the branch's own pool4 and pool5
+BRANCH_LAYERS = ("pool1", "pool2", "pool3", "seg_pool4", "seg_pool5")
 SELECTIONS = ("similarity", "learned")
 
 
@@ -106,7 +111,13 @@ def rank_channels(resized: torch.Tensor) -> torch.Tensor:
 
 
 class CRNNH(nn.Module):
-    """The hashing head; the backbone stays outside (frozen, its maps cached for training)."""
+    """The hashing head; the backbone stays outside (frozen, its maps cached for training).
+
+    With ``branch`` (the VGG's width) the head carries fine-tuned copies of the VGG's blocks 4 and 5
+    (``backbones.VGGBranch``, saved with its weights) and reads ``BRANCH_LAYERS``: the engine attaches
+    the branch to the backbone (``VGG.attach_branch``), training runs it on cached ``pool3`` maps
+    (:meth:`forward_cached`).
+    """
 
     def __init__(
         self,
@@ -119,8 +130,15 @@ class CRNNH(nn.Module):
         layers: Sequence[str] = LAYERS,
         channels: int = 128,
         select: str = "similarity",
+        branch: int | None = None,
     ):
         super().__init__()
+        if branch is not None:
+            if tuple(layers) != BRANCH_LAYERS:
+                raise ValueError(f"a head with a segment branch reads {', '.join(BRANCH_LAYERS)}, got {', '.join(layers)}")
+            self.branch = VGGBranch(branch)
+        else:
+            self.branch = None
         if bits not in (16, 32, 48, 64, 128):
             raise ValueError(f"bits must be one of 16, 32, 48, 64, 128, got {bits}")
         if select not in SELECTIONS:
@@ -141,9 +159,19 @@ class CRNNH(nn.Module):
         self.classifier = nn.Linear(bits, n_classes)
 
     def config(self) -> dict:
-        return {"bits": self.bits, "n_classes": self.n_classes, "grid": list(self.grid), "n_select": self.n_select,
-                "hidden": self.lstm.hidden_size, "layers": list(self.layers), "channels": self.channels,
-                "select": self.select}
+        cfg = {"bits": self.bits, "n_classes": self.n_classes, "grid": list(self.grid), "n_select": self.n_select,
+               "hidden": self.lstm.hidden_size, "layers": list(self.layers), "channels": self.channels,
+               "select": self.select}
+        if self.branch is not None:  # checkpoints without a branch keep their config
+            cfg["branch"] = self.branch.convs[0].in_channels
+        return cfg
+
+    def train(self, mode: bool = True) -> CRNNH:
+        """The branch's batch norms keep the musicnn statistics: fine-tuning moves its weights, never its BN statistics."""
+        super().train(mode)
+        if self.branch is not None:
+            self.branch.bns.eval()
+        return self
 
     def set_selection(self, ranked: torch.Tensor) -> None:
         """Keep the first ``n_select`` channels of each layer's ranking (long [L, >= n_select])."""
@@ -166,6 +194,18 @@ class CRNNH(nn.Module):
         _, (h, _) = self.lstm(self.norm(self.steps(resized)))
         relaxed = torch.tanh(self.hash(h[-1]))
         return CRNNHOutput(relaxed, self.classifier(relaxed))
+
+    def forward_cached(self, resized: torch.Tensor, context: torch.Tensor | None = None, vgg=None) -> CRNNHOutput:
+        """Cached windows: ``resized`` float [B, L, C, H*W]; with a branch, the first three layers only,
+        and ``context`` (the windows' ``pool3`` with margins, float [B, C, 27, F]) runs through the
+        branch, with ``vgg``'s block layout, for the last two."""
+        if self.branch is not None:
+            if context is None or vgg is None:
+                raise ValueError("a head with a segment branch needs the windows' pool3 context and the VGG")
+            p4, p5 = self.branch(context.float(), vgg)
+            tail = resize_maps({"seg_pool4": p4, "seg_pool5": p5}, self.grid, self.channels, BRANCH_LAYERS[3:])
+            resized = torch.cat([resized.float(), tail], dim=1)
+        return self.forward_resized(resized)
 
     def forward(self, maps: Mapping[str, torch.Tensor]) -> CRNNHOutput:
         return self.forward_resized(resize_maps(maps, self.grid, self.channels, self.layers))
@@ -322,6 +362,7 @@ def load_checkpoint(path) -> CRNNH:
     if "select" not in cfg:
         raise ValueError(f"{path}: a CRNNH checkpoint from an older musichash (channels chosen per window); train it again")
     model = CRNNH(cfg["bits"], cfg["n_classes"], grid=tuple(cfg["grid"]), n_select=cfg["n_select"],
-                  hidden=cfg["hidden"], layers=tuple(cfg["layers"]), channels=cfg["channels"], select=cfg["select"])
+                  hidden=cfg["hidden"], layers=tuple(cfg["layers"]), channels=cfg["channels"], select=cfg["select"],
+                  branch=cfg.get("branch"))
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval()

@@ -212,7 +212,15 @@ def _load_head(spec, backbone, device, n_tags: int, weights: str | None):
             model = load_checkpoint(path)
         if model.bits != spec.bits:
             raise ModelError(f"{weights} holds a {model.bits}-bit CRNNH head, {spec.name} needs {spec.bits}")
-        return _CRNNHHead(model.eval().to(device))
+        model = model.eval().to(device)
+        if model.branch is not None:  # fine-tuned blocks 4-5 (``musichash train --tune-backbone``) run in the backbone's pass
+            if getattr(backbone, "branch", None) is not None or not hasattr(backbone, "attach_branch"):
+                raise ModelError(f"{weights}: a head with fine-tuned VGG blocks needs a VGG backbone without another branch")
+            try:
+                backbone.attach_branch(model.branch)
+            except ValueError as e:
+                raise ModelError(f"{weights}: {e}") from None
+        return _CRNNHHead(model)
     raise ModelError(f"code model {spec.name}: unknown architecture {spec.arch!r}")
 
 

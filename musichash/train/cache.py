@@ -34,6 +34,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from musichash.features.audio import (
     HOP,
@@ -44,7 +45,13 @@ from musichash.features.audio import (
     log_mel,
 )
 from musichash.models import build_backbone
-from musichash.models.backbones import WINDOW_FRAMES, repeat_pad
+from musichash.models.backbones import (
+    BRANCH_CONTEXT,
+    BRANCH_FROM,
+    VGG,
+    WINDOW_FRAMES,
+    repeat_pad,
+)
 from musichash.models.crnnh import LAYERS, grid_features, resize_maps
 from musichash.train import augment
 from musichash.train.data import Dataset
@@ -70,6 +77,10 @@ class CacheConfig:
     #: the last ``short_views`` views of each window are short clips (``SHORT_CLIP_FRAMES``) from
     #: where the view's window starts, tiled to a window as a short query clip is encoded
     short_views: int = 0
+    #: also keep each window's ``pool3`` with ``BRANCH_CONTEXT`` frames each side (``clean_ctx``,
+    #: ``views_ctx``, float16 [.., C, 27, F]): what a fine-tuned copy of blocks 4 and 5 reads
+    #: (``musichash train --tune-backbone``); about twice the cache
+    tune_backbone: bool = False
 
     def __post_init__(self):
         if self.view_kind not in augment.VIEW_KINDS:
@@ -79,7 +90,7 @@ class CacheConfig:
 
     def key(self) -> str:
         d = asdict(self)
-        for name, default in (("view_kind", "random"), ("short_views", 0)):
+        for name, default in (("view_kind", "random"), ("short_views", 0), ("tune_backbone", False)):
             if d[name] == default:  # caches made before these settings keep their key
                 del d[name]
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -89,7 +100,8 @@ class CacheConfig:
 class Features:
     """clean: float16 [N, L, C, H*W]; views: float16 [N, V, L, C, H*W]; targets: float32 [N, K]; item: int32 [N] (file index).
 
-    backbone: the registry name of the model whose maps these are.
+    backbone: the registry name of the model whose maps these are. clean_ctx, views_ctx: the windows'
+    ``pool3`` with margins, float16 [N, C, 27, F] and [N, V, C, 27, F] (caches built with ``tune_backbone``).
     """
 
     clean: np.ndarray
@@ -97,6 +109,8 @@ class Features:
     targets: np.ndarray
     item: np.ndarray
     backbone: str = "MTT_vgg"
+    clean_ctx: np.ndarray | None = None
+    views_ctx: np.ndarray | None = None
 
 
 def build_cache(
@@ -111,6 +125,8 @@ def build_cache(
     if _complete(path, cfg, dataset):  # read-only: runs may share a finished cache
         return path
     model = build_backbone(cfg.backbone)
+    if cfg.tune_backbone and not isinstance(model, VGG):
+        raise ValueError(f"tune_backbone fine-tunes VGG blocks; {cfg.backbone} is not a VGG")
     channels = backbone_channels(model)
     with h5py.File(path, "a") as h5:
         if not _same_data(h5, cfg, dataset, fresh=True):
@@ -132,7 +148,7 @@ def build_cache(
                 if progress:
                     progress(f"skipped {f}: {e.reason}")
                 continue
-            clean, views, probs = _file_features(model, channels, wave, cfg, rng, background)
+            clean, views, probs, ctx = _file_features(model, channels, wave, cfg, rng, background)
             background = wave
             if str(i) in files:
                 del files[str(i)]
@@ -140,6 +156,9 @@ def build_cache(
             g.create_dataset("clean", data=clean)
             g.create_dataset("views", data=views)
             g.create_dataset("tag_probs", data=probs)
+            if cfg.tune_backbone:
+                g.create_dataset("clean_ctx", data=ctx[0])
+                g.create_dataset("views_ctx", data=ctx[1])
             g.attrs["done"] = True
             h5.flush()
             if progress:
@@ -176,7 +195,7 @@ def _complete(path: Path, cfg: CacheConfig, dataset: Dataset) -> bool:
 
 def load_cache(path: str | Path, dataset: Dataset) -> Features:
     """All cached windows; targets from the dataset's labels, or the tagger's probabilities when unlabelled."""
-    clean, views, targets, item = [], [], [], []
+    clean, views, targets, item, clean_ctx, views_ctx = [], [], [], [], [], []
     with h5py.File(path, "r") as h5:
         backbone = json.loads(h5.attrs["config"])["backbone"]
         for name, g in sorted(h5["files"].items(), key=lambda kv: int(kv[0])):
@@ -186,12 +205,16 @@ def load_cache(path: str | Path, dataset: Dataset) -> Features:
             c = g["clean"][()]
             clean.append(c)
             views.append(g["views"][()])
+            if "clean_ctx" in g:
+                clean_ctx.append(g["clean_ctx"][()])
+                views_ctx.append(g["views_ctx"][()])
             t = g["tag_probs"][()] if dataset.targets is None else np.repeat(dataset.targets[i][None], len(c), axis=0)
             targets.append(t.astype(np.float32))
             item.append(np.full(len(c), i, dtype=np.int32))
     if not clean:
         raise ValueError(f"{path}: no cached windows; the training files could not be decoded")
-    return Features(np.concatenate(clean), np.concatenate(views), np.concatenate(targets), np.concatenate(item), backbone)
+    ctx = (np.concatenate(clean_ctx), np.concatenate(views_ctx)) if clean_ctx else (None, None)
+    return Features(np.concatenate(clean), np.concatenate(views), np.concatenate(targets), np.concatenate(item), backbone, *ctx)
 
 
 @torch.inference_mode()
@@ -205,7 +228,7 @@ def backbone_channels(model) -> int:
 def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng: np.random.Generator,
                    background: np.ndarray | None = None):
     piece = int(cfg.piece_s * SAMPLE_RATE)
-    clean, views, probs = [], [], []
+    clean, views, probs, clean_ctx, views_ctx = [], [], [], [], []
     for lo in range(0, max(len(wave) - SAMPLE_RATE * 4, 1), piece):
         x = wave[lo : lo + piece]
         if len(x) < SAMPLE_RATE * 4:
@@ -214,10 +237,11 @@ def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng
         starts = list(range(0, mel.shape[0] - WINDOW_FRAMES + 1, cfg.hop))
         if not starts:
             continue
-        p_clean, logits = _resized(model, channels, mel, starts, cfg)
+        p_clean, logits, c_ctx = _resized(model, channels, mel, starts, cfg)
         clean.append(p_clean)
+        clean_ctx.append(c_ctx)
         probs.append(torch.sigmoid(logits).numpy())
-        per_view = []
+        per_view, per_view_ctx = [], []
         for v in range(cfg.views):
             if cfg.view_kind == "identification":
                 steps = augment.identification_view(rng, background)
@@ -237,17 +261,43 @@ def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng
                 wanted = [s / rate + rng.integers(-cfg.jitter, cfg.jitter + 1) for s in starts]
             vmel = log_mel(y)
             if v >= cfg.views - cfg.short_views:
-                per_view.append(_short_resized(model, channels, vmel, wanted, cfg))
-                continue
-            last = vmel.shape[0] - WINDOW_FRAMES
-            vstarts = [int(np.clip(round(w), 0, max(last, 0))) for w in wanted]
-            per_view.append(_resized(model, channels, vmel, vstarts, cfg)[0])
+                seq, v_ctx = _short_resized(model, channels, vmel, wanted, cfg)
+            else:
+                last = vmel.shape[0] - WINDOW_FRAMES
+                vstarts = [int(np.clip(round(w), 0, max(last, 0))) for w in wanted]
+                seq, _, v_ctx = _resized(model, channels, vmel, vstarts, cfg)
+            per_view.append(seq)
+            per_view_ctx.append(v_ctx)
         views.append(np.stack(per_view, axis=1))
+        if cfg.tune_backbone:
+            views_ctx.append(np.stack(per_view_ctx, axis=1))
+    ctx = None
     if not clean:
         n, c, hw = len(LAYERS), channels, cfg.grid[0] * cfg.grid[1]
+        if cfg.tune_backbone:
+            shape = (model.n_filters, VGG.LENGTHS[2] + 2 * BRANCH_CONTEXT, _pool3_bands(model))
+            ctx = (np.zeros((0, *shape), np.float16), np.zeros((0, cfg.views, *shape), np.float16))
         return (np.zeros((0, n, c, hw), np.float16), np.zeros((0, cfg.views, n, c, hw), np.float16),
-                np.zeros((0, 50), np.float32))
-    return np.concatenate(clean), np.concatenate(views), np.concatenate(probs)
+                np.zeros((0, 50), np.float32), ctx)
+    if cfg.tune_backbone:
+        ctx = (np.concatenate(clean_ctx), np.concatenate(views_ctx))
+    return np.concatenate(clean), np.concatenate(views), np.concatenate(probs), ctx
+
+
+def _pool3_bands(model) -> int:
+    """Bands of the VGG's pool3 map (12 for 96 mel bands)."""
+    return int(model.trunk(torch.zeros(1, WINDOW_FRAMES, N_MELS))[f"pool{BRANCH_FROM}"].shape[3])
+
+
+def _context(pool3: torch.Tensor, starts: list[int]) -> np.ndarray:
+    """Each window's ``pool3`` frames with ``BRANCH_CONTEXT`` more on each side (zeros past the map's ends, as the
+    conv pads a track's map): float16 [B, C, 23 + 2 * BRANCH_CONTEXT, F]. ``pool3``: one map [1, C, T, F] whose
+    windows start at ``starts`` (mel frames, multiples of 16), or one map per window [B, C, 23, F] (starts 0)."""
+    m = F.pad(pool3, (0, 0, BRANCH_CONTEXT, BRANCH_CONTEXT))
+    n = VGG.LENGTHS[2] + 2 * BRANCH_CONTEXT
+    stride = VGG.STRIDES[2]
+    cut = [m[b if m.shape[0] > 1 else 0, :, s // stride : s // stride + n] for b, s in enumerate(starts)]
+    return torch.stack(cut).numpy().astype(np.float16)
 
 
 #: frames of a short view: a 2 s query clip's log-mel (``SAMPLE_RATE * 2 // HOP + 1``)
@@ -261,9 +311,11 @@ def _short_resized(model, channels: int, mel: np.ndarray, starts: list[float], c
     m = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
     last = max(m.shape[0] - SHORT_CLIP_FRAMES, 0)
     clips = [repeat_pad(m[s : s + SHORT_CLIP_FRAMES]) for s in (int(np.clip(round(w), 0, last)) for w in starts)]
-    out = model.head(model.trunk(torch.stack(clips)), [0] * len(clips), frozenset(keys.values()))
+    maps = model.trunk(torch.stack(clips))
+    out = model.head(maps, [0] * len(clips), frozenset(keys.values()))
     seq = resize_maps({name: out.features[key] for name, key in keys.items()}, tuple(cfg.grid), channels)
-    return seq.numpy().astype(np.float16)
+    ctx = _context(maps[f"pool{BRANCH_FROM}"], [0] * len(clips)) if cfg.tune_backbone else None
+    return seq.numpy().astype(np.float16), ctx
 
 
 def _resized(model, channels: int, mel: np.ndarray, starts: list[int], cfg: CacheConfig) -> tuple[np.ndarray, torch.Tensor]:
@@ -275,9 +327,12 @@ def _resized(model, channels: int, mel: np.ndarray, starts: list[int], cfg: Cach
     if cfg.context == "piece":
         align = model.align
         last = (m.shape[0] - WINDOW_FRAMES) // align * align
-        aligned = [min(int(round(s / align)) * align, last) for s in starts]
-        out = model.head(model.trunk(m[None]), aligned, want)
+        starts = [min(int(round(s / align)) * align, last) for s in starts]
+        maps = model.trunk(m[None])
     else:
-        out = model.head(model.trunk(torch.stack([m[s : s + WINDOW_FRAMES] for s in starts])), [0] * len(starts), want)
+        maps = model.trunk(torch.stack([m[s : s + WINDOW_FRAMES] for s in starts]))
+        starts = [0] * len(starts)
+    out = model.head(maps, starts, want)
     seq = resize_maps({name: out.features[key] for name, key in keys.items()}, tuple(cfg.grid), channels)
-    return seq.numpy().astype(np.float16), out.logits
+    ctx = _context(maps[f"pool{BRANCH_FROM}"], starts) if cfg.tune_backbone else None
+    return seq.numpy().astype(np.float16), out.logits, ctx

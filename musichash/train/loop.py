@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from musichash.models.backbones import VGGBranch
 from musichash.models.crnnh import (
+    BRANCH_LAYERS,
     CRNNH,
     CRNNHLoss,
     load_checkpoint,
@@ -62,6 +64,8 @@ class TrainConfig:
     #: with the same labels, e.g. one soundtrack: each other's hardest negatives)
     batch_by: str = "any"
     seed: int = 0
+    #: learning rate of the fine-tuned VGG blocks (caches built with ``tune_backbone``)
+    tune_lr: float = 1e-4
 
 
 VAL_EVERY = 10
@@ -82,11 +86,16 @@ def train(
     meta: dict | None = None,
     resume: bool = False,
     progress: Callable[[int, dict], None] | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     """Train and write ``out/crnnh.safetensors`` (+ .json) after every epoch; returns its path.
 
     With ``resume``, training continues from the last finished epoch in
     ``out`` (weights and the RNG stream; the optimiser restarts its moments).
+    ``init``: a CRNNH checkpoint whose head weights the new model starts from (those of the same
+    name and shape). A cache built with ``tune_backbone`` (``feats.clean_ctx``) trains, besides the
+    head, copies of the VGG's blocks 4 and 5 (``backbones.VGGBranch``), started from the backbone's own,
+    at ``cfg.tune_lr``.
     """
     for name, allowed in (("negatives", NEGATIVES), ("classes", CLASSES), ("batch_by", BATCH_BY)):
         if getattr(cfg, name) not in allowed:
@@ -107,6 +116,11 @@ def train(
     if held.all() or not held.any():
         held = np.zeros_like(held)
     fit = np.flatnonzero(~held)
+    vgg = None
+    if feats.clean_ctx is not None:
+        from musichash.models import build_backbone
+
+        vgg = build_backbone(feats.backbone)
     if resume and ckpt.is_file() and state_path.is_file():
         state = json.loads(state_path.read_text())
         before = {**asdict(TrainConfig()), **state["config"]}  # settings added since then had their defaults
@@ -116,13 +130,20 @@ def train(
         start = state["epoch"]
     else:
         n_classes = n_files if cfg.classes == "files" else feats.targets.shape[1]
+        tuned = {} if vgg is None else {"layers": BRANCH_LAYERS, "branch": vgg.n_filters}
         model = CRNNH(cfg.bits, n_classes, grid=grid, n_select=cfg.n_select, hidden=cfg.hidden,
-                      channels=feats.clean.shape[2], select=cfg.select)
+                      channels=feats.clean.shape[2], select=cfg.select, **tuned)
+        if vgg is not None:
+            model.branch.load_state_dict(VGGBranch.from_vgg(vgg).state_dict())
+        if init is not None:
+            start_from(model, load_checkpoint(init))
         if cfg.select == "similarity":  # ranked once, on (a sample of) the training windows
             sample = np.sort(np.random.default_rng(cfg.seed).permutation(fit)[:4096])
             model.set_selection(rank_channels(torch.from_numpy(feats.clean[sample].astype(np.float32))))
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    tuned = [] if model.branch is None else list(model.branch.parameters())
+    head = [p for p in model.parameters() if all(p is not q for q in tuned)]
+    opt = torch.optim.Adam([{"params": head}] + ([{"params": tuned, "lr": cfg.tune_lr}] if tuned else []), lr=cfg.lr)
     if cfg.classes == "files":
         multilabel = False
         targets = torch.from_numpy(file_index.astype(np.int64))
@@ -146,11 +167,9 @@ def train(
             if len(idx) < 2:
                 continue
             v = rng.integers(feats.views.shape[1], size=len(idx))
-            clean = torch.from_numpy(feats.clean[idx].astype(np.float32))
-            view = torch.from_numpy(feats.views[idx, v].astype(np.float32))
             group = torch.from_numpy(feats.item[idx].astype(np.int64)) if cfg.negatives == "file" else None
-            parts = loss_fn(model.forward_resized(clean), targets[idx], model.forward_resized(view),
-                            None if teacher is None else teacher[idx], group)
+            parts = loss_fn(cached_forward(model, feats, idx, None, vgg), targets[idx],
+                            cached_forward(model, feats, idx, v, vgg), None if teacher is None else teacher[idx], group)
             opt.zero_grad()
             parts.total.backward()
             opt.step()
@@ -159,7 +178,7 @@ def train(
         record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t0, 2), **{k: v / n for k, v in sums.items()}}
         history.append(record)
         model.eval()
-        record.update(validate(model, feats, np.flatnonzero(held)))
+        record.update(validate(model, feats, np.flatnonzero(held), vgg))
         metrics = {k: v for k, v in record.items() if k.startswith("val_")}
         info = {"registry_name": f"crnnh{cfg.bits}", "backbone": feats.backbone, **(meta or {})}
         save_checkpoint(model, ckpt, {**info, "train": asdict(cfg), "metrics": metrics, "history": history})
@@ -203,29 +222,59 @@ def batch_order(rows: np.ndarray, item: np.ndarray, rng: np.random.Generator, pe
     return np.concatenate([runs[i] for i in shuffled])
 
 
-def validate(model: CRNNH, feats: Features, rows: np.ndarray) -> dict:
+def start_from(model: CRNNH, trained: CRNNH) -> list[str]:
+    """Copy ``trained``'s weights into ``model`` where name and shape agree (a head trained before, on the
+    tagger's maps, starts a head with fine-tuned blocks); returns the names copied."""
+    mine = model.state_dict()
+    copied = {k: v for k, v in trained.state_dict().items() if k in mine and mine[k].shape == v.shape}
+    if not any(k.startswith("lstm.") for k in copied):
+        from musichash.models import ModelError
+
+        raise ModelError("the --init checkpoint's head does not fit this model (other --bits, or another grid); "
+                         "start from a checkpoint of the same size")
+    model.load_state_dict(copied, strict=False)
+    return sorted(copied)
+
+
+def cached_forward(model: CRNNH, feats: Features, idx: np.ndarray, view: np.ndarray | int | None = None, vgg=None):
+    """``model`` on cached windows ``idx``: clean (``view`` None) or view ``view`` (one per window, or one for all).
+    A head with a fine-tuned branch reads the cache's first three layers and runs its branch on the windows'
+    pool3 context with ``vgg``'s block layout."""
+    if view is None:
+        x, ctx = feats.clean[idx], None if model.branch is None else feats.clean_ctx[idx]
+    else:
+        x, ctx = feats.views[idx, view], None if model.branch is None else feats.views_ctx[idx, view]
+    x = torch.from_numpy(x.astype(np.float32))
+    if model.branch is None:
+        return model.forward_resized(x)
+    return model.forward_cached(x[:, : len(BRANCH_LAYERS) - 2], torch.from_numpy(ctx.astype(np.float32)), vgg)
+
+
+def validate(model: CRNNH, feats: Features, rows: np.ndarray, vgg=None) -> dict:
     """``val_top1``, ``val_file_top1`` and ``val_flips`` (module docstring) over the held-out windows ``rows``; {} when none."""
 
-    return validate_codes(lambda x: cached_codes(model, x), feats, rows)
+    return validate_codes(lambda r, v: cached_codes(model, feats, r, v, vgg), feats, rows)
 
 
 @torch.inference_mode()
-def cached_codes(model: CRNNH, x: np.ndarray, chunk: int = 512) -> torch.Tensor:
-    """+-1 codes ``float [n, bits]`` of cached windows ``float16 [n, L, C, H*W]``, ``chunk`` at a time."""
-    return torch.cat([model.forward_resized(torch.from_numpy(x[i : i + chunk].astype(np.float32))).codes
-                      for i in range(0, len(x), chunk)])
+def cached_codes(model: CRNNH, feats: Features, rows: np.ndarray, view: int | None = None, vgg=None,
+                 chunk: int = 512) -> torch.Tensor:
+    """+-1 codes ``float [n, bits]`` of cached windows ``rows`` (clean, or view ``view``), ``chunk`` at a time."""
+    return torch.cat([cached_forward(model, feats, rows[i : i + chunk], view, vgg).codes
+                      for i in range(0, len(rows), chunk)])
 
 
 @torch.inference_mode()
-def validate_codes(codes: Callable[[np.ndarray], torch.Tensor], feats: Features, rows: np.ndarray) -> dict:
-    """:func:`validate` for any code: ``codes`` maps cached windows ``float16 [n, L, C, H*W]`` to +-1 ``float [n, bits]``."""
+def validate_codes(codes: Callable[[np.ndarray, int | None], torch.Tensor], feats: Features, rows: np.ndarray) -> dict:
+    """:func:`validate` for any code: ``codes(rows, view)`` gives the +-1 codes ``float [n, bits]`` of cached windows
+    ``rows``, clean (``view`` None) or their view ``view``."""
     if len(rows) < 2:
         return {}
-    clean = codes(feats.clean[rows])
+    clean = codes(rows, None)
     hits, file_hits, flips, total = 0, 0, 0.0, 0
     item = torch.from_numpy(feats.item[rows].astype(np.int64))
     for v in range(feats.views.shape[1]):
-        view = codes(feats.views[rows, v])
+        view = codes(rows, v)
         dist = (view.shape[1] - view @ clean.T) / 2  # Hamming distance of +-1 codes, [n, n]
         own = dist.diagonal()
         others = dist + torch.diag(torch.full_like(own, float("inf")))

@@ -31,12 +31,14 @@ def run_training(
     resume: bool = False,
     file_done: Callable[[str], None] | None = None,
     epoch_done: Callable[[int, dict], None] | None = None,
+    init: str | Path | None = None,
 ) -> TrainReport:
     """Train on ``dataset`` (``data.load_dataset``) into ``out``; the cache is ``cache`` or ``out/features-<settings>.h5``.
 
     One cache serves runs of every bit count and head setting: it depends only
     on the data and ``cache_cfg``. ``file_done`` gets a line per cached file
-    (starting with ``skipped`` for a file that could not be decoded).
+    (starting with ``skipped`` for a file that could not be decoded). ``init``: a CRNNH checkpoint the head
+    starts from (``loop.train``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,6 @@ def run_training(
     meta = {"backbone": cache_cfg.backbone, "data": dataset.summary(), "cache": cache.name,
             "cache_config": asdict(cache_cfg), "windows": len(feats.clean)}
     ckpt = train(feats, out, train_cfg, grid=cache_cfg.grid, multilabel=dataset.layout != "classes", meta=meta,
-                 resume=resume, progress=epoch_done)
+                 resume=resume, progress=epoch_done, init=init)
     metrics = json.loads(ckpt.with_suffix(".json").read_text()).get("metrics", {})
     return TrainReport(ckpt, cache, len(feats.clean), len(dataset.files), metrics)
