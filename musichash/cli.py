@@ -744,6 +744,9 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @click.option("--tune-backbone", is_flag=True,
               help="Also fine-tune a copy of the VGG's blocks 4 and 5 for the codes (segment heads). Tags keep the exact "
                    "musicnn weights and blocks 1-3 are shared; the cache keeps each window's pool3 (about three times larger).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="The head's learning rate.")
+@click.option("--tune-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="The learning rate of the fine-tuned VGG blocks (--tune-backbone).")
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Start the head from this CRNNH checkpoint (e.g. a shipped musichash/models/weights/crnnh64_segments.safetensors).")
 @click.option("--max-minutes", type=click.FloatRange(0.1), default=3.0, show_default=True, help="Minutes used of each file.")
@@ -768,7 +771,7 @@ def evaluate(data, layout, bits, code_models, windows, max_minutes, ks, seed, as
 @json_option
 @quiet_option
 @reports_errors
-def train(data, layout, out, bits, epochs, views, view_kind, jitter, short_views, tune_backbone, init, max_minutes, select, lambda_s,
+def train(data, layout, out, bits, epochs, views, view_kind, jitter, short_views, tune_backbone, lr, tune_lr, init, max_minutes, select, lambda_s,
           lambda_p, batches, classes, cache, seed, resume, as_json, quiet):
     """Train a CRNNH code model on DATA; backbone features are cached so epochs need no audio."""
     _need_train_extra()
@@ -807,7 +810,7 @@ def train(data, layout, out, bits, epochs, views, view_kind, jitter, short_views
         report = run_training(dataset, out, CacheConfig(views=views, max_minutes=max_minutes, seed=seed,
                                                           view_kind=view_kind, jitter=jitter, short_views=short_views,
                                                           tune_backbone=tune_backbone),
-                              TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select, lambda_p=lambda_p,
+                              TrainConfig(bits=int(bits), epochs=epochs, seed=seed, select=select, lambda_p=lambda_p, lr=lr, tune_lr=tune_lr,
                                           per_file=0 if batches == "random" else TrainConfig.per_file,
                                           batch_by="labels" if batches == "label-runs" else "any", classes=classes,
                                           **({} if lambda_s is None else {"lambda_s": lambda_s})),

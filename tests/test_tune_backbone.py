@@ -119,11 +119,14 @@ def test_train_tune_backbone_then_index_and_search_with_it(music, tmp_path):
     r = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "plain")])
     assert r.exit_code == 0, r.output
     plain = json.loads(r.stdout)["checkpoint"]
-    r = CliRunner().invoke(cli, [*base, "--out", str(out), "--tune-backbone", "--init", plain])
+    r = CliRunner().invoke(cli, [*base, "--out", str(out), "--tune-backbone", "--init", plain, "--lr", "3e-4",
+                                 "--tune-lr", "0.01"])
     assert r.exit_code == 0, r.output
     ckpt = json.loads(r.stdout)["checkpoint"]
     meta = json.loads((out / "crnnh.json").read_text())
     assert meta["cache_config"]["tune_backbone"] is True and meta["config"]["layers"] == list(BRANCH_LAYERS)
+    assert (meta["train"]["lr"], meta["train"]["tune_lr"]) == (3e-4, 0.01)
+    assert meta["init"] == plain  # the head it started from is on record
     lib = tmp_path / "lib"
     r = CliRunner().invoke(cli, ["index", str(music), "--library", str(lib), "--code-model", ckpt, "--workers", "0", "--json"])
     assert r.exit_code == 0, r.output

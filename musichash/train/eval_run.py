@@ -188,7 +188,9 @@ def extract_items(
     ref = models[0][1]
     groups: dict[str, list[tuple[str, CodeModel]]] = {}
     for method, m in models:
-        groups.setdefault(m.spec.backbone, []).append((method, m))
+        # a head with fine-tuned blocks (a branch on its backbone) gets its backbone's own pass
+        plain = getattr(m.backbone, "branch", None) is None
+        groups.setdefault(m.spec.backbone if plain else f"{m.spec.backbone} ({method})", []).append((method, m))
     # the same file listed twice is one file: its windows must not match each other
     paths = [p.resolve() for p in dataset.files]
     file_id = {p: i for i, p in reversed(list(enumerate(paths)))}

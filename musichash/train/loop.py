@@ -180,7 +180,8 @@ def train(
         model.eval()
         record.update(validate(model, feats, np.flatnonzero(held), vgg))
         metrics = {k: v for k, v in record.items() if k.startswith("val_")}
-        info = {"registry_name": f"crnnh{cfg.bits}", "backbone": feats.backbone, **(meta or {})}
+        info = {"registry_name": f"crnnh{cfg.bits}", "backbone": feats.backbone, **(meta or {}),
+                **({"init": str(init)} if init is not None else {})}
         save_checkpoint(model, ckpt, {**info, "train": asdict(cfg), "metrics": metrics, "history": history})
         state_path.write_text(json.dumps({"epoch": epoch + 1, "config": asdict(cfg), "history": history}))
         model.train()
