@@ -115,7 +115,7 @@ REGISTRY: dict[str, ModelSpec] = {
             ModelSpec(
                 f"crnnh{bits}", "hash", "crnnh", "MTT",
                 f"CRNNH: MTT_vgg pool1-5 pyramid, LSTM hash heads for clips and for similarity, {bits} bits, "
-                "trained on allowed music" + ("; the clip head with fine-tuned VGG blocks 4-5; default code model" if bits == 64 else ""),
+                "trained on allowed music" + ("; default code model" if bits == 64 else ""),
                 weights=f"crnnh{bits}.safetensors", segment_weights=f"crnnh{bits}_segments.safetensors", bits=bits, backbone="MTT_vgg",
             )
             for bits in CRNNH_BITS
