@@ -1,4 +1,4 @@
-"""Warm 10 s queries through ``Library.search`` on libraries of 1k to 100k tracks.
+"""Warm 10 s queries (or ``--clip-seconds``) through ``Library.search`` on libraries of 1k to 100k tracks.
 
     python -m benchmarks.bench_library_scale --library /tmp/eval/lib-default \\
         --audio /tmp/eval/audio/library --work /tmp/libscale --sizes 1000 10000 100000 --json /tmp/libscale.json
@@ -15,7 +15,7 @@ call, as eval_engine.py's warm-query figure does on the real corpus alone.
   random tag probabilities.
 - The segment index is the one the library picks itself (``cache.choose_config``: flat up
   to 1M segments, IVF from there) and is rebuilt once per size (``Library.reindex``, timed).
-- The queries are 10 s excerpts of the real tracks (``--audio``) at seeded offsets,
+- The queries are 10 s excerpts (``--clip-seconds``) of the real tracks (``--audio``) at seeded offsets,
   clean and with white noise at 10 dB SNR; each size times them in ``--rounds`` rounds
   after a warm-up, in one process, as a long-running user of the API would.
 
@@ -75,8 +75,9 @@ def synthetic_tracks(n: int, first: int, rng: np.random.Generator, n_tags: int):
         yield items
 
 
-def make_clips(audio: Path, per_condition: int, rng: np.random.Generator) -> list[tuple[Clip, str]]:
-    """10 s excerpts of the real tracks: (clip, the path of its track)."""
+def make_clips(audio: Path, per_condition: int, rng: np.random.Generator,
+               clip_s: float = CLIP_S) -> list[tuple[Clip, str]]:
+    """``clip_s`` excerpts of the real tracks: (clip, the path of its track)."""
     files = sorted(audio.glob("*.flac"))
     if not files:
         sys.exit(f"no .flac files in {audio}; give --audio the folder the library was indexed from")
@@ -86,7 +87,7 @@ def make_clips(audio: Path, per_condition: int, rng: np.random.Generator) -> lis
         for k in range(per_condition):
             f = files[int(rng.integers(len(files)))]
             y = waves[f]
-            n = int(CLIP_S * SAMPLE_RATE)
+            n = int(clip_s * SAMPLE_RATE)
             o = int(rng.integers(0, max(1, len(y) - n)))
             x = y[o : o + n]
             if degrade is not None:
@@ -137,8 +138,8 @@ def run(a: argparse.Namespace) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(a.library, folder, ignore=shutil.ignore_patterns("index", ".lock"))
     rng = np.random.default_rng(a.seed)
-    clips = make_clips(a.audio, a.per_condition, rng)
-    out = {"meta": machine(), "clip_s": CLIP_S, "conditions": [c for c, _ in CONDITIONS],
+    clips = make_clips(a.audio, a.per_condition, rng, a.clip_seconds)
+    out = {"meta": machine(), "clip_s": a.clip_seconds, "conditions": [c for c, _ in CONDITIONS],
            "per_condition": a.per_condition, "rounds": a.rounds, "results": []}
     with Library.open(folder) as lib:
         n_real = lib.stats().n_tracks
@@ -203,6 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--per-condition", type=int, default=15)
+    ap.add_argument("--clip-seconds", type=float, default=CLIP_S, help="length of the query excerpts")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
