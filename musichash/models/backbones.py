@@ -346,7 +346,7 @@ class VGG(_Backbone):
         if self.branch is not None and (want is None or any(k.split("@")[0] in BRANCH_MAPS for k in want)):
             m = maps["seg_pool4"]
             cut["seg_pool4"] = torch.stack(
-                [m[b if m.shape[0] > 1 else 0, :, s // 16 : s // 16 + self.LENGTHS[3]] for b, s in enumerate(starts)]
+                [m[b if m.shape[0] > 1 else 0, :, s // self.STRIDES[3] : s // self.STRIDES[3] + self.LENGTHS[3]] for b, s in enumerate(starts)]
             )
             cut["seg_pool5"] = self._block(4, cut["seg_pool4"], self.branch.convs[1], self.branch.bns[1])
         for key, (name, grid) in grids.items():

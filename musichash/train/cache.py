@@ -79,7 +79,7 @@ class CacheConfig:
     short_views: int = 0
     #: also keep each window's ``pool3`` with ``BRANCH_CONTEXT`` frames each side (``clean_ctx``,
     #: ``views_ctx``, float16 [.., C, 27, F]): what a fine-tuned copy of blocks 4 and 5 reads
-    #: (``musichash train --tune-backbone``); about twice the cache
+    #: (``musichash train --tune-backbone``); about three times the cache
     tune_backbone: bool = False
 
     def __post_init__(self):
