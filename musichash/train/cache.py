@@ -156,7 +156,7 @@ def build_cache(
             g.create_dataset("clean", data=clean)
             g.create_dataset("views", data=views)
             g.create_dataset("tag_probs", data=probs)
-            if cfg.tune_backbone:
+            if ctx is not None:  # a file without windows has none (load_cache reads the groups that have them)
                 g.create_dataset("clean_ctx", data=ctx[0])
                 g.create_dataset("views_ctx", data=ctx[1])
             g.attrs["done"] = True
@@ -271,22 +271,12 @@ def _file_features(model, channels: int, wave: np.ndarray, cfg: CacheConfig, rng
         views.append(np.stack(per_view, axis=1))
         if cfg.tune_backbone:
             views_ctx.append(np.stack(per_view_ctx, axis=1))
-    ctx = None
     if not clean:
         n, c, hw = len(LAYERS), channels, cfg.grid[0] * cfg.grid[1]
-        if cfg.tune_backbone:
-            shape = (model.n_filters, VGG.LENGTHS[2] + 2 * BRANCH_CONTEXT, _pool3_bands(model))
-            ctx = (np.zeros((0, *shape), np.float16), np.zeros((0, cfg.views, *shape), np.float16))
         return (np.zeros((0, n, c, hw), np.float16), np.zeros((0, cfg.views, n, c, hw), np.float16),
-                np.zeros((0, 50), np.float32), ctx)
-    if cfg.tune_backbone:
-        ctx = (np.concatenate(clean_ctx), np.concatenate(views_ctx))
+                np.zeros((0, 50), np.float32), None)
+    ctx = (np.concatenate(clean_ctx), np.concatenate(views_ctx)) if cfg.tune_backbone else None
     return np.concatenate(clean), np.concatenate(views), np.concatenate(probs), ctx
-
-
-def _pool3_bands(model) -> int:
-    """Bands of the VGG's pool3 map (12 for 96 mel bands)."""
-    return int(model.trunk(torch.zeros(1, WINDOW_FRAMES, N_MELS))[f"pool{BRANCH_FROM}"].shape[3])
 
 
 def _context(pool3: torch.Tensor, starts: list[int]) -> np.ndarray:

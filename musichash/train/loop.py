@@ -130,9 +130,9 @@ def train(
         start = state["epoch"]
     else:
         n_classes = n_files if cfg.classes == "files" else feats.targets.shape[1]
-        tuned = {} if vgg is None else {"layers": BRANCH_LAYERS, "branch": vgg.n_filters}
+        branch = {} if vgg is None else {"layers": BRANCH_LAYERS, "branch": vgg.n_filters}
         model = CRNNH(cfg.bits, n_classes, grid=grid, n_select=cfg.n_select, hidden=cfg.hidden,
-                      channels=feats.clean.shape[2], select=cfg.select, **tuned)
+                      channels=feats.clean.shape[2], select=cfg.select, **branch)
         if vgg is not None:
             model.branch.load_state_dict(VGGBranch.from_vgg(vgg).state_dict())
         if init is not None:
@@ -142,7 +142,7 @@ def train(
             model.set_selection(rank_channels(torch.from_numpy(feats.clean[sample].astype(np.float32))))
     model.train()
     tuned = [] if model.branch is None else list(model.branch.parameters())
-    head = [p for p in model.parameters() if all(p is not q for q in tuned)]
+    head = [p for name, p in model.named_parameters() if not name.startswith("branch.")]
     opt = torch.optim.Adam([{"params": head}] + ([{"params": tuned, "lr": cfg.tune_lr}] if tuned else []), lr=cfg.lr)
     if cfg.classes == "files":
         multilabel = False
